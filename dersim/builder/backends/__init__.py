@@ -1,0 +1,20 @@
+"""Expert backends: in-process llama.cpp, OpenAI-compatible HTTP and a deterministic synthetic one."""
+
+from __future__ import annotations
+
+from dersim.builder.backends.base import Backend
+from dersim.errors import BackendError
+from dersim.recipe import ExpertSpec
+
+
+def make_backend(spec: ExpertSpec) -> Backend:
+    """Instantiate the backend an expert's recipe entry names (heavy imports happen lazily)."""
+    if spec.backend == "synthetic":
+        from dersim.builder.backends.synthetic import SyntheticBackend
+
+        return SyntheticBackend(spec)
+    if spec.backend == "llama_cpp":
+        from dersim.builder.backends.llama_cpp import make_llama_cpp_backend
+
+        return make_llama_cpp_backend(spec)
+    raise BackendError(f"expert '{spec.name}': backend '{spec.backend}' is not available in this version")

@@ -1,0 +1,116 @@
+"""In-process llama.cpp experts: llama-cpp-python running a local GGUF file on the CPU.
+
+Decoding is greedy (temperature 0 makes llama-cpp-python use llama.cpp's argmax sampler; the
+repeat/frequency/presence penalties are neutral) and every call starts from an empty KV cache, so
+a call's answer depends only on its prompt and the model, never on earlier calls: a resumed build
+reproduces exactly the answers an uninterrupted one would have produced.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from dersim.builder.backends.base import CallFailed, CallRejected, CallRequest, Completion
+from dersim.builder.backends.models import resolve_model
+from dersim.errors import BackendError
+from dersim.recipe import ExpertSpec
+
+OPTIONS = ("n_ctx", "n_threads", "n_batch")
+
+# Sampling settings that make llama-cpp-python decode greedily: temperature 0 selects the argmax
+# sampler; the rest keeps every other sampler stage (penalties, top-k/p, mirostat) a no-op.
+_GREEDY: dict[str, Any] = {
+    "temperature": 0.0,
+    "top_k": 1,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "mirostat_mode": 0,
+}
+
+
+def _check_spec(spec: ExpertSpec) -> ModuleType:
+    """Validate the expert's options and return the `llama_cpp` module (a clear error if absent)."""
+    for key, value in spec.options.items():
+        if key not in OPTIONS:
+            raise BackendError(f"expert '{spec.name}': unknown llama_cpp option '{key}' "
+                               f"(allowed: {', '.join(OPTIONS)})")
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise BackendError(f"expert '{spec.name}': option '{key}' must be a positive integer, "
+                               f"got {value!r}")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise BackendError(f"expert '{spec.name}': the llama_cpp backend needs llama-cpp-python: "
+                           "pip install 'dersim[llm]' -c constraints.txt") from None
+    return llama_cpp
+
+
+class LlamaCppBackend:
+    """One expert backed by a llama.cpp model held in this process; calls are serialized."""
+
+    def __init__(self, spec: ExpertSpec, model_path: Path) -> None:
+        llama_cpp = _check_spec(spec)
+        self.name = spec.name
+        self.prompt_format = spec.prompt_format
+        n_threads = spec.options.get("n_threads", os.cpu_count() or 1)
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(model_path),
+                n_ctx=spec.options.get("n_ctx", 2048),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_batch=spec.options.get("n_batch", 512),
+                seed=0,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"expert '{spec.name}': llama.cpp cannot load {model_path}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def complete(self, request: CallRequest) -> Completion:
+        """Greedy-decode one answer from an empty KV cache."""
+        stop = list(request.stop) or None
+        with self._lock:
+            self._llm.reset()  # forget the previous call: no KV-cache prefix reuse across calls
+            start = time.perf_counter()
+            try:
+                if self.prompt_format == "chat":
+                    out = self._llm.create_chat_completion(
+                        messages=[{"role": "user", "content": request.prompt}],
+                        max_tokens=request.max_new_tokens, stop=stop, **_GREEDY)
+                    text = out["choices"][0]["message"]["content"] or ""
+                else:
+                    out = self._llm.create_completion(
+                        request.prompt, max_tokens=request.max_new_tokens, stop=stop, **_GREEDY)
+                    text = out["choices"][0]["text"]
+            except ValueError as exc:
+                if "exceed context window" in str(exc):
+                    raise CallRejected(f"expert '{self.name}': prompt does not fit the context window "
+                                       f"({exc}); raise options.n_ctx") from None
+                raise
+            except RuntimeError as exc:
+                raise CallFailed(f"expert '{self.name}': llama.cpp failed: {exc}") from exc
+            latency_s = time.perf_counter() - start
+        usage = out["usage"]
+        return Completion(text=text.strip(), prompt_tokens=usage["prompt_tokens"],
+                          completion_tokens=usage["completion_tokens"], latency_s=latency_s)
+
+    def close(self) -> None:
+        """Free the model and its context."""
+        with self._lock:
+            self._llm.close()
+
+
+def make_llama_cpp_backend(spec: ExpertSpec) -> LlamaCppBackend:
+    """Check the spec, fetch or find the model file (verified by sha256), and load it."""
+    _check_spec(spec)  # fail before a long download if the options or llama-cpp-python are wrong
+    return LlamaCppBackend(spec, resolve_model(spec.model, spec.sha256))

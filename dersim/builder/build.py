@@ -1,0 +1,118 @@
+"""`dersim build-cache`: recipe -> questions -> expansion -> scores and embeddings -> cache.
+
+The expensive part (expert calls) is journaled and resumable; scoring and embedding are cheap,
+batched passes redone on every run, which keeps the final files a pure function of the recipe and
+the journal: a resumed build ends byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dersim import __version__
+from dersim.builder.backends import make_backend
+from dersim.builder.calls import CallRunner
+from dersim.builder.expand import expand
+from dersim.builder.journal import CallJournal
+from dersim.builder.sources import load_questions
+from dersim.cache.schema import QUESTIONS, STATES, TRANSITIONS
+from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
+from dersim.recipe import Recipe
+
+JOURNAL_DIR = "journal"
+
+
+@dataclass
+class BuildReport:
+    """What a build did: sizes, the dedup saving against the full N^D tree, and where time went."""
+
+    out: str
+    questions: int
+    experts: int
+    depth: int
+    states: int
+    transitions: int
+    failed: int
+    calls_made: int
+    calls_reused: int
+    full_tree_calls: int
+    backend_seconds: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    calls_per_expert: dict[str, int] = field(default_factory=dict)
+    seconds_per_expert: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def dedup_saving(self) -> float:
+        """Share of the full tree's calls that deduplication avoided."""
+        return 1.0 - self.transitions / self.full_tree_calls if self.full_tree_calls else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dedup_saving": self.dedup_saving}
+
+
+def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
+    """Calls a build without deduplication would make: Q * (N + N^2 + ... + N^D)."""
+    return n_questions * sum(n_experts ** (d + 1) for d in range(depth))
+
+
+def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int | None = None,
+                show_progress: bool = True) -> BuildReport:
+    """Build (or resume, or extend) the cache of `recipe` in `out`."""
+    from dersim.builder.embedding import make_embedder, state_text
+    from dersim.builder.scoring import metric_manifest, score_answers
+
+    depth = depth or recipe.build.depth
+    started = time.perf_counter()
+    questions = load_questions(recipe.dataset, limit)
+    embedder = make_embedder(recipe.embedding)
+    journal = CallJournal(out / JOURNAL_DIR, recipe.build.flush_every)
+    runner = CallRunner(recipe.experts, recipe.prompt, recipe.build, journal, make_backend, show_progress)
+    try:
+        graphs = expand(questions, len(recipe.experts), depth, runner.run_level)
+    finally:
+        runner.close()
+    expanded = time.perf_counter()
+
+    state_questions = [g.question for g in graphs for _ in g.answers]
+    answers = [a for g in graphs for a in g.answers]
+    scores = score_answers(answers, state_questions, recipe.metrics)
+    scored = time.perf_counter()
+    embeddings = embedder.embed([state_text(q.text, a) for q, a in zip(state_questions, answers, strict=True)])
+    embedded = time.perf_counter()
+
+    tables = {QUESTIONS: questions_table(graphs), STATES: states_table(graphs, scores, embeddings),
+              TRANSITIONS: transitions_table(graphs)}
+    n_train = sum(q.split == "train" for q in questions)
+    write_cache(out, tables, {
+        "dersim_version": __version__,
+        "dataset": {"id": recipe.name, "source": recipe.dataset.source, "path": str(recipe.dataset.path),
+                    "task": recipe.dataset.task, "seed": recipe.dataset.seed,
+                    "splits": {"train": n_train, "test": len(questions) - n_train}},
+        "experts": [asdict(e) for e in recipe.experts],
+        "prompt": asdict(recipe.prompt),
+        "depth": depth,
+        "metrics": metric_manifest(recipe.metrics),
+        "metric_columns": list(scores),
+        "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},
+        "build": {"limit": limit, "retries": recipe.build.retries, "concurrency": recipe.build.concurrency},
+        "recipe": recipe.to_manifest(),
+    })
+    finished = time.perf_counter()
+
+    failed = [r for g in graphs for _, _, t, r in g.edges if t < 0]
+    return BuildReport(
+        out=str(out), questions=len(questions), experts=len(recipe.experts), depth=depth,
+        states=len(answers), transitions=sum(len(g.edges) for g in graphs), failed=len(failed),
+        calls_made=runner.calls_made, calls_reused=runner.calls_reused,
+        full_tree_calls=full_tree_calls(len(questions), len(recipe.experts), depth),
+        backend_seconds=runner.backend_seconds,
+        seconds={"expand": expanded - started, "score": scored - expanded, "embed": embedded - scored,
+                 "write": finished - embedded, "total": finished - started},
+        calls_per_expert=dict(runner.calls_per_expert),
+        seconds_per_expert=dict(runner.seconds_per_expert),
+        failures=[f"{r.question_id} / {r.expert}: {r.error}" for r in failed],
+    )

@@ -1,0 +1,164 @@
+"""Running a level's expert calls: journal look-up, retries with backoff, bounded parallelism, progress.
+
+Calls already in the journal are reused; the rest run on a thread pool of `concurrency` workers
+(in-process backends serialise themselves). A transient error is retried with exponential backoff;
+after the last attempt, or on a permanent error, the call is recorded as failed and the build goes
+on. Backends are created lazily, so a fully journaled rebuild loads no model.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from dersim.builder.backends.base import Backend, CallFailed, CallRejected, Completion
+from dersim.builder.journal import CallJournal, CallRecord, call_key, expert_fingerprint
+from dersim.builder.prompts import render_request
+from dersim.builder.sources.question import Question
+from dersim.cache.schema import STATUS_FAILED, STATUS_OK
+from dersim.recipe import BuildSpec, ExpertSpec, PromptSpec
+
+
+class CallsPerSecondColumn(ProgressColumn):
+    """Shows the progress task's speed as calls/s."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:.2f} calls/s", style="progress.data.speed")
+
+
+class CallRunner:
+    """Executes the builder's calls against the journal and the experts' backends."""
+
+    def __init__(self, experts: tuple[ExpertSpec, ...], prompt: PromptSpec, build: BuildSpec,
+                 journal: CallJournal, make_backend: Callable[[ExpertSpec], Backend],
+                 show_progress: bool = True) -> None:
+        self.experts = experts
+        self.prompt = prompt
+        self.build = build
+        self.journal = journal
+        self._make_backend = make_backend
+        self._fingerprints = [expert_fingerprint(e, prompt) for e in experts]
+        self._backends: dict[int, Backend] = {}
+        self._backend_lock = threading.Lock()
+        self.show_progress = show_progress
+        self.calls_made = 0
+        self.calls_reused = 0
+        self.backend_seconds = 0.0
+        self.calls_per_expert: Counter[str] = Counter()
+        self.seconds_per_expert: Counter[str] = Counter()
+
+    def _backend(self, expert: int) -> Backend:
+        with self._backend_lock:
+            if expert not in self._backends:
+                self._backends[expert] = self._make_backend(self.experts[expert])
+            return self._backends[expert]
+
+    def _call(self, key: str, question: Question, previous: str | None, expert: int) -> CallRecord:
+        """One call with retries; never raises for backend errors."""
+        spec = self.experts[expert]
+        backend = self._backend(expert)
+        request = render_request(self.prompt, spec, question, previous)
+        error, attempts, completion = "", 0, None
+        started = time.perf_counter()
+        for attempt in range(self.build.retries + 1):
+            attempts = attempt + 1
+            try:
+                completion = backend.complete(request)
+                break
+            except CallRejected as exc:
+                error = f"rejected: {exc}"
+                break
+            except CallFailed as exc:
+                error = str(exc)
+            except Exception as exc:  # an unexpected backend error must not kill a long build
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.build.retries:
+                time.sleep(self.build.backoff_s * 2**attempt)
+        elapsed = time.perf_counter() - started
+        with self._backend_lock:
+            self.backend_seconds += elapsed
+            self.calls_per_expert[spec.name] += 1
+            self.seconds_per_expert[spec.name] += elapsed
+        return _record(key, question, spec.name, previous, completion, error, attempts)
+
+    def run_level(self, level: int, calls: list[tuple[Question, str | None, int]]) -> list[CallRecord]:
+        """Records for `calls` (in order): journaled ones reused, the others executed now."""
+        keys = [call_key(self._fingerprints[e], q.question_id, q.text, prev) for q, prev, e in calls]
+        results: list[CallRecord | None] = []
+        todo = []
+        for index, key in enumerate(keys):
+            known = self.journal.get(key)
+            if known is not None and known.ok:
+                results.append(known)
+            else:
+                results.append(None)
+                todo.append(index)
+        self.calls_reused += len(calls) - len(todo)
+        if not todo:
+            return results  # type: ignore[return-value]
+        with _progress(self.show_progress) as progress:
+            task = progress.add_task(f"depth {level + 1}", total=len(todo))
+            with ThreadPoolExecutor(max_workers=self.build.concurrency) as pool:
+                futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
+                try:
+                    for future in _as_completed_in_submission_order(futures):
+                        record = future.result()
+                        self.journal.add(record)
+                        results[futures[future]] = record
+                        self.calls_made += 1
+                        progress.advance(task)
+                finally:
+                    for future in futures:
+                        future.cancel()
+                    self.journal.flush()
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+
+def _as_completed_in_submission_order(futures: dict[Future, int]) -> Iterator[Future]:
+    """Yield futures in submission order (keeps the journal's order deterministic for concurrency 1)."""
+    for future in futures:
+        future.result()
+        yield future
+
+
+def _record(key: str, question: Question, expert: str, previous: str | None,
+            completion: Completion | None, error: str, attempts: int) -> CallRecord:
+    if completion is None:
+        return CallRecord(key, question.question_id, expert, previous, None, 0, 0, 0.0,
+                          STATUS_FAILED, error, attempts)
+    return CallRecord(key, question.question_id, expert, previous, completion.text,
+                      completion.prompt_tokens, completion.completion_tokens, completion.latency_s,
+                      STATUS_OK, "", attempts)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        CallsPerSecondColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )

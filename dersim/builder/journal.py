@@ -1,0 +1,122 @@
+"""The build journal: every finished expert call, kept in small Parquet shards, so builds resume.
+
+A call is identified by a key hashing everything its answer depends on (the expert's settings,
+the prompt templates, the question and the previous answer), so a rerun reuses exactly the calls
+that would give the same answer, and a changed recipe never reuses stale ones. Shards are written
+atomically every `flush_every` calls (or few seconds): `kill -9` loses at most the unflushed calls.
+The latest record of a key wins, so a failed call that succeeds on a rerun replaces its failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dersim.cache.schema import STATUS_OK, write_parquet_atomic
+from dersim.errors import CacheFormatError
+from dersim.recipe import ExpertSpec, PromptSpec
+
+SHARD_GLOB = "shard-*.parquet"
+FLUSH_SECONDS = 5.0
+
+RECORD_SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("question_id", pa.string()),
+    ("expert", pa.string()),
+    ("previous_answer", pa.string()),
+    ("text", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("latency_s", pa.float32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("attempts", pa.int16()),
+])
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One finished call: its answer (or its error after the last attempt) and its cost."""
+
+    key: str
+    question_id: str
+    expert: str
+    previous_answer: str | None
+    text: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    status: str
+    error: str
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+
+def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
+    """A hash of every setting that changes what `expert` answers (not its price or size)."""
+    settings = asdict(expert)
+    for irrelevant in ("params_b", "usd_per_mtok_in", "usd_per_mtok_out"):
+        settings.pop(irrelevant)
+    settings["prompt"] = asdict(prompt)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def call_key(fingerprint: str, question_id: str, question_text: str, previous_answer: str | None) -> str:
+    """The identity of one call; `None` (the root prompt, no KTP) differs from an empty answer."""
+    parts = [fingerprint, question_id, question_text, "\x00root" if previous_answer is None else previous_answer]
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+
+class CallJournal:
+    """Append-only store of call records in `directory`, loaded whole at start."""
+
+    def __init__(self, directory: Path, flush_every: int = 64) -> None:
+        self.directory = directory
+        self.flush_every = flush_every
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob(".tmp-*"):
+            stale.unlink()
+        self.records: dict[str, CallRecord] = {}
+        self._pending: list[CallRecord] = []
+        self._last_flush = time.monotonic()
+        shards = sorted(directory.glob(SHARD_GLOB))
+        self._next_shard = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=0)
+        for shard in shards:
+            self._load(shard)
+
+    def _load(self, shard: Path) -> None:
+        try:
+            table = pq.read_table(shard, schema=RECORD_SCHEMA)
+        except Exception as exc:  # pyarrow raises several error types for damaged files
+            raise CacheFormatError(f"{shard}: unreadable journal shard ({type(exc).__name__}); "
+                                   "delete it to redo only its calls") from None
+        for row in table.to_pylist():
+            self.records[row["key"]] = CallRecord(**row)
+
+    def get(self, key: str) -> CallRecord | None:
+        return self.records.get(key)
+
+    def add(self, record: CallRecord) -> None:
+        """Remember a record; flush a shard when enough calls or seconds have gone by."""
+        self.records[record.key] = record
+        self._pending.append(record)
+        if len(self._pending) >= self.flush_every or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write pending records as one new shard (atomic)."""
+        if self._pending:
+            table = pa.Table.from_pylist([asdict(r) for r in self._pending], schema=RECORD_SCHEMA)
+            write_parquet_atomic(table, self.directory / f"shard-{self._next_shard:06d}.parquet")
+            self._next_shard += 1
+            self._pending.clear()
+        self._last_flush = time.monotonic()

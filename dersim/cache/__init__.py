@@ -1,0 +1,1 @@
+"""The cache: Parquet tables of questions, states (scored, embedded) and transitions, plus a manifest."""

@@ -1,0 +1,65 @@
+"""`dersim cache info`: what a cache holds, and how good its experts and its oracles are."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from dersim.cache.reader import Cache
+from dersim.cache.schema import STATUS_OK
+
+
+def cache_summary(cache: Cache) -> dict[str, Any]:
+    """Sizes, per-expert depth-1 quality and cost, and two oracles, as JSON-able data.
+
+    `oracle_single_call`: per question the best expert's first answer, averaged (the paper's
+    "oracle best single expert per question"); `oracle_any_state`: the best state any route of at
+    most D calls reaches.
+    """
+    s, t, q = cache.states, cache.transitions, cache.questions
+    metrics = cache.metric_columns
+    names = cache.expert_names
+    first = (t.join(q.select("root_state_id"), left_on="state_id", right_on="root_state_id")
+              .filter(pl.col("status") == STATUS_OK)
+              .join(s.select(["state_id", *metrics]), left_on="next_state_id", right_on="state_id"))
+    per_expert = (first.group_by("expert_id").agg([pl.col(m).mean() for m in metrics])
+                  .sort("expert_id").to_dicts())
+    calls = (t.group_by("expert_id").agg(
+        calls=pl.len(),
+        failed=(pl.col("status") != STATUS_OK).sum(),
+        mean_latency_s=pl.col("latency_s").mean(),
+        mean_completion_tokens=pl.col("completion_tokens").mean(),
+    ).sort("expert_id").to_dicts())
+    by_id = {row["expert_id"]: row for row in calls}
+    experts = []
+    for index, spec in enumerate(cache.manifest["experts"]):
+        depth1 = next((row for row in per_expert if row["expert_id"] == index), {})
+        usage = by_id.get(index, {})
+        experts.append({
+            "name": names[index], "backend": spec.get("backend"), "params_b": spec.get("params_b"),
+            "calls": usage.get("calls", 0), "failed": usage.get("failed", 0),
+            "mean_latency_s": usage.get("mean_latency_s"),
+            "mean_completion_tokens": usage.get("mean_completion_tokens"),
+            "depth1": {m: depth1.get(m) for m in metrics},
+        })
+    oracle_single = (first.group_by("state_id").agg([pl.col(m).max() for m in metrics])
+                     .select([pl.col(m).mean() for m in metrics]).to_dicts())
+    oracle_any = (s.group_by("question_id").agg([pl.col(m).max() for m in metrics])
+                  .select([pl.col(m).mean() for m in metrics]).to_dicts())
+    depth_counts = s.group_by("depth").len().sort("depth")
+    return {
+        "path": str(cache.path),
+        "dataset": cache.manifest.get("dataset", {}).get("id"),
+        "questions": dict(q.group_by("split").len().sort("split").iter_rows()),
+        "experts": experts,
+        "depth": cache.depth,
+        "states": s.height,
+        "states_per_depth": {int(d): int(n) for d, n in depth_counts.iter_rows()},
+        "transitions": t.height,
+        "failed_calls": int(t.filter(pl.col("status") != STATUS_OK).height),
+        "metrics": metrics,
+        "oracle_single_call": oracle_single[0] if oracle_single else {},
+        "oracle_any_state": oracle_any[0] if oracle_any else {},
+        "embedding": cache.manifest.get("embedding", {}),
+    }

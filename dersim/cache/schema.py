@@ -1,0 +1,100 @@
+"""The cache format: file names, Parquet schemas and atomic writes.
+
+A cache is a directory with `manifest.json`, `questions.parquet`, `states.parquet` and
+`transitions.parquet` (see DESIGN.md, "Cache format"). Metric columns of `states` vary with the
+recipe; every other column is fixed here. Files are written to a temporary name, fsynced and
+renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+QUESTIONS = "questions.parquet"
+STATES = "states.parquet"
+TRANSITIONS = "transitions.parquet"
+TABLE_FILES = (QUESTIONS, STATES, TRANSITIONS)
+
+SPLITS = ("train", "test")
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+QUESTIONS_SCHEMA = pa.schema([
+    ("question_id", pa.string()),
+    ("split", pa.string()),
+    ("question", pa.string()),
+    ("reference", pa.string()),
+    ("references", pa.list_(pa.string())),
+    ("label", pa.string()),
+    ("root_state_id", pa.int32()),
+])
+
+TRANSITIONS_SCHEMA = pa.schema([
+    ("state_id", pa.int32()),
+    ("expert_id", pa.int16()),
+    ("next_state_id", pa.int32()),  # null when the call failed
+    ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()),
+    ("latency_s", pa.float32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+])
+
+# Every metric the builder can write, as states.parquet column names.
+METRIC_COLUMNS = ("bertscore_p", "bertscore_r", "bertscore_f1", "accuracy", "exact_match", "token_f1", "rouge_l")
+
+
+def states_schema(metric_columns: list[str], dim: int) -> pa.Schema:
+    """`states.parquet`: fixed columns, then one float32 column per metric, then the embedding."""
+    return pa.schema([
+        ("state_id", pa.int32()),
+        ("question_id", pa.string()),
+        ("answer", pa.string()),
+        ("depth", pa.int16()),
+        *[(name, pa.float32()) for name in metric_columns],
+        ("embedding", pa.list_(pa.float32(), dim)),
+    ])
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, recorded in the manifest and checked by `cache verify`."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write `table` to `path` with deterministic bytes (fixed settings, no timestamps), atomically."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    pq.write_table(table, tmp, compression="zstd", compression_level=6, write_statistics=True,
+                   store_schema=True)
+    _fsync_replace(tmp, path)
+
+
+def write_json_atomic(data: dict[str, Any], path: Path) -> None:
+    """Write JSON (sorted keys, indented) atomically."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    _fsync_replace(tmp, path)
