@@ -61,11 +61,20 @@ class CallRecord:
         return self.status == STATUS_OK
 
 
+# Backend options that change how a call runs but never what it answers.
+RUN_ONLY_OPTIONS = {
+    "synthetic": {"latency_ms", "fail_rate", "fail_attempts"},
+    "llama_cpp": {"n_threads"},
+}
+
+
 def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
-    """A hash of every setting that changes what `expert` answers (not its price or size)."""
+    """A hash of every setting that changes what `expert` answers (not its price, size or speed)."""
     settings = asdict(expert)
     for irrelevant in ("params_b", "usd_per_mtok_in", "usd_per_mtok_out"):
         settings.pop(irrelevant)
+    run_only = RUN_ONLY_OPTIONS.get(expert.backend, set())
+    settings["options"] = {k: v for k, v in expert.options.items() if k not in run_only}
     settings["prompt"] = asdict(prompt)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -7,7 +7,7 @@ metrics (accuracy, token F1, ROUGE-L, BERTScore) see a known quality. An answer 
 - `refine` in [0, 1]: how much of a previous answer's quality the expert keeps and builds on;
 - `copy` in [0, 1]: chance of repeating the previous answer verbatim (small models often do);
 - `levels`: detail levels (more levels, more distinct states);
-- `latency_ms`: sleep per call, to simulate a backend's speed;
+- `latency_ms`: sleep per call, to simulate a backend's speed (and the latency it reports);
 - `fail_rate`, `fail_attempts`: that share of calls fails on its first `fail_attempts` attempts
   (in each process), to exercise retries and failure records.
 Every draw is seeded by a hash of (seed, expert, question, previous answer), so any call gives the
@@ -129,8 +129,9 @@ class SyntheticBackend:
             text = self._write_answer(request.question, bool(correct_draw < p_correct), level)
         if s.latency_ms > 0:
             time.sleep(max(0.0, s.latency_ms / 1000 - (time.perf_counter() - started)))
+        # The simulated latency, not the measured one: synthetic caches stay byte-reproducible.
         return Completion(text=text, prompt_tokens=len(request.prompt.split()),
-                          completion_tokens=len(text.split()), latency_s=time.perf_counter() - started)
+                          completion_tokens=len(text.split()), latency_s=s.latency_ms / 1000)
 
     def close(self) -> None:
         """Nothing to release."""
