@@ -46,7 +46,8 @@ def test_duplicates_merge_and_states_expand_once_at_their_first_depth() -> None:
     assert graph.answers == ["", "Yes.", "Yes. Blue light scatters.", "done"]
     assert graph.depths == [0, 1, 2, 3]
     # 2 calls at the root, 2 from "Yes.", 2 from depth 2; "done" is at depth D and is not expanded.
-    assert [(s, e, t) for s, e, t, _ in graph.edges] == [(0, 0, 1), (0, 1, 1), (1, 0, 2), (1, 1, 1), (2, 0, 3), (2, 1, 1)]
+    edges = [(s, e, t) for s, e, t, _ in graph.edges]
+    assert edges == [(0, 0, 1), (0, 1, 1), (1, 0, 2), (1, 1, 1), (2, 0, 3), (2, 1, 1)]
     assert len(seen) == 6 < full_tree_calls(1, 2, 3) == 14
     assert seen[0] == (0, None, 0)  # the root call carries no previous answer (no KTP)
 
