@@ -62,10 +62,11 @@ class LlamaCppBackend:
         self.name = spec.name
         self.prompt_format = spec.prompt_format
         n_threads = spec.options.get("n_threads", os.cpu_count() or 1)
+        n_ctx = spec.options.get("n_ctx", 2048)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(model_path),
-                n_ctx=spec.options.get("n_ctx", 2048),
+                n_ctx=n_ctx,
                 n_threads=n_threads,
                 n_threads_batch=n_threads,
                 n_batch=spec.options.get("n_batch", 512),
@@ -74,7 +75,22 @@ class LlamaCppBackend:
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"expert '{spec.name}': llama.cpp cannot load {model_path}: {exc}") from None
+        if spec.prompt_format == "chat" and "tokenizer.chat_template" not in self._llm.metadata:
+            # llama-cpp-python would silently fall back to the llama-2 [INST] format.
+            self._llm.close()
+            raise BackendError(f"expert '{spec.name}': {model_path.name} has no chat template (a base "
+                               f"model?); use prompt_format = \"completion\" with a few-shot prompt")
+        if self._llm.n_ctx() != n_ctx:
+            # llama.cpp pads the context (to a multiple of 256) but llama-cpp-python sizes its token
+            # buffers by the requested n_ctx, so prompts between the two crash instead of being refused.
+            padded = self._llm.n_ctx()
+            self._llm.close()
+            raise BackendError(f"expert '{spec.name}': option 'n_ctx' = {n_ctx} is padded to {padded} by "
+                               f"llama.cpp; use a multiple of 256")
         self._lock = threading.Lock()
+        # One throw-away token, so that one-time start-up work (weight repacking, buffer allocation)
+        # counts as loading, not as the first call's latency.
+        self._llm.create_completion("Hello", max_tokens=1, **_GREEDY)
 
     def complete(self, request: CallRequest) -> Completion:
         """Greedy-decode one answer from an empty KV cache."""
