@@ -60,7 +60,6 @@ def build_cache_command(recipe: Path, out: Path | None, limit: int | None, depth
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
     seconds = report.seconds
-    overhead = 1 - report.backend_seconds / seconds["total"] if report.calls_made else float("nan")
     table = Table(title=f"built {target}", show_header=False)
     table.add_row("questions x experts x depth", f"{report.questions} x {report.experts} x {report.depth}")
     table.add_row("distinct states", str(report.states))
@@ -70,9 +69,12 @@ def build_cache_command(recipe: Path, out: Path | None, limit: int | None, depth
     for name, calls in report.calls_per_expert.items():
         rate = calls / report.seconds_per_expert[name] if report.seconds_per_expert[name] else 0.0
         table.add_row(f"  {name}", f"{calls} calls, {rate:.2f} calls/s")
-    table.add_row("time expand / score / embed / write",
-                  " / ".join(f"{seconds[k]:.1f}s" for k in ("expand", "score", "embed", "write")))
-    table.add_row("time outside backend calls", f"{overhead:.1%}" if report.calls_made else "n/a (no calls)")
+    table.add_row("time setup / expand / score / embed / write",
+                  " / ".join(f"{seconds[k]:.1f}s" for k in ("setup", "expand", "score", "embed", "write")))
+    table.add_row("expert model loading (within expand)", f"{report.setup_seconds:.1f}s")
+    table.add_row("builder overhead within expand",
+                  f"{report.overhead:.1%}" if report.calls_made else "n/a (no calls)")
+    table.add_row("whole build outside backend calls", f"{report.outside_calls:.1%}")
     table.add_row("failed calls", str(report.failed))
     console.print(table)
     for line in report.failures[:10]:

@@ -40,6 +40,7 @@ class BuildReport:
     calls_reused: int
     full_tree_calls: int
     backend_seconds: float
+    setup_seconds: float
     seconds: dict[str, float] = field(default_factory=dict)
     calls_per_expert: dict[str, int] = field(default_factory=dict)
     seconds_per_expert: dict[str, float] = field(default_factory=dict)
@@ -50,8 +51,22 @@ class BuildReport:
         """Share of the full tree's calls that deduplication avoided."""
         return 1.0 - self.transitions / self.full_tree_calls if self.full_tree_calls else 0.0
 
+    @property
+    def overhead(self) -> float:
+        """The builder's own share of the expansion's wall time: journal, prompts, bookkeeping (not the
+        backend calls, not model loading)."""
+        expand = self.seconds.get("expand", 0.0)
+        return 1.0 - (self.backend_seconds + self.setup_seconds) / expand if expand else 0.0
+
+    @property
+    def outside_calls(self) -> float:
+        """Share of the whole build's wall time spent outside backend calls (loading, scoring, ...)."""
+        total = self.seconds.get("total", 0.0)
+        return 1.0 - self.backend_seconds / total if total else 0.0
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dedup_saving": self.dedup_saving}
+        return {**asdict(self), "dedup_saving": self.dedup_saving, "overhead": self.overhead,
+                "outside_calls": self.outside_calls}
 
 
 def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
@@ -71,6 +86,7 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
     embedder = make_embedder(recipe.embedding)
     journal = CallJournal(out / JOURNAL_DIR, recipe.build.flush_every)
     runner = CallRunner(recipe.experts, recipe.prompt, recipe.build, journal, make_backend, show_progress)
+    prepared = time.perf_counter()
     try:
         graphs = expand(questions, len(recipe.experts), depth, runner.run_level)
     finally:
@@ -109,8 +125,9 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
         states=len(answers), transitions=sum(len(g.edges) for g in graphs), failed=len(failed),
         calls_made=runner.calls_made, calls_reused=runner.calls_reused,
         full_tree_calls=full_tree_calls(len(questions), len(recipe.experts), depth),
-        backend_seconds=runner.backend_seconds,
-        seconds={"expand": expanded - started, "score": scored - expanded, "embed": embedded - scored,
+        backend_seconds=runner.backend_seconds, setup_seconds=runner.setup_seconds,
+        seconds={"setup": prepared - started, "expand": expanded - prepared, "score": scored - expanded,
+                 "embed": embedded - scored,
                  "write": finished - embedded, "total": finished - started},
         calls_per_expert=dict(runner.calls_per_expert),
         seconds_per_expert=dict(runner.seconds_per_expert),

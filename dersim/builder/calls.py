@@ -59,13 +59,16 @@ class CallRunner:
         self.calls_made = 0
         self.calls_reused = 0
         self.backend_seconds = 0.0
+        self.setup_seconds = 0.0
         self.calls_per_expert: Counter[str] = Counter()
         self.seconds_per_expert: Counter[str] = Counter()
 
     def _backend(self, expert: int) -> Backend:
         with self._backend_lock:
             if expert not in self._backends:
+                started = time.perf_counter()
                 self._backends[expert] = self._make_backend(self.experts[expert])
+                self.setup_seconds += time.perf_counter() - started
             return self._backends[expert]
 
     def _call(self, key: str, question: Question, previous: str | None, expert: int) -> CallRecord:
