@@ -56,7 +56,8 @@ def main() -> None:
     args = parser.parse_args()
 
     table = Table("run", "questions", "calls", "wall s", "in calls s", "loading s", "score+embed s",
-                  "builder overhead", "outside calls (whole build)", "dedup saving (calls/full tree)", "calls/s per expert",
+                  "builder overhead", "outside calls (whole build)", "dedup saving (calls/full tree)",
+                  "calls/s per expert",
                   title="build overhead (target: overhead < 5%)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

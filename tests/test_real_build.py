@@ -12,8 +12,8 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import REPO
+
 from dersim.builder.build import build_cache
 from dersim.cache.reader import open_cache
 from dersim.cache.verify import verify_cache
