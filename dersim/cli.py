@@ -74,7 +74,8 @@ def build_cache_command(recipe: Path, out: Path | None, limit: int | None, depth
     table.add_row("expert model loading (within expand)", f"{report.setup_seconds:.1f}s")
     table.add_row("builder overhead within expand",
                   f"{report.overhead:.1%}" if report.calls_made else "n/a (no calls)")
-    table.add_row("whole build outside backend calls", f"{report.outside_calls:.1%}")
+    table.add_row("whole build outside backend calls",
+                  f"{report.outside_calls:.1%}" if report.calls_made else "n/a (no calls)")
     table.add_row("failed calls", str(report.failed))
     console.print(table)
     for line in report.failures[:10]:
@@ -106,11 +107,12 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
               f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")
     metrics = summary["metrics"]
     table = Table("expert", "params (B)", "calls", "s/call", *[f"{m} @1" for m in metrics])
+    table.columns[0].no_wrap = True
     for e in summary["experts"]:
         table.add_row(e["name"], f"{e['params_b']:g}", str(e["calls"]), _fmt(e["mean_latency_s"], 3),
                       *[_fmt(e["depth1"][m]) for m in metrics])
-    for label, key in (("oracle: best expert per question", "oracle_single_call"),
-                       ("oracle: best state in the cache", "oracle_any_state")):
+    for label, key in (("oracle: best expert/q", "oracle_single_call"),
+                       ("oracle: best state/q", "oracle_any_state")):
         table.add_row(label, "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
     out.print(table)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import synthetic_recipe_text
 
 from dersim.builder.build import build_cache
 from dersim.cache.info import cache_summary
@@ -16,6 +15,8 @@ from dersim.cache.reader import open_cache
 from dersim.cache.schema import TABLE_FILES
 from dersim.cache.verify import verify_cache
 from dersim.recipe import load_recipe
+
+from conftest import synthetic_recipe_text
 
 
 def tables_bytes(directory: Path) -> dict[str, bytes]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from conftest import STRATEGYQA
-
 from dersim.builder.build import full_tree_calls
 from dersim.builder.expand import expand, normalise_answer
 from dersim.builder.journal import CallRecord, call_key
 from dersim.builder.sources.bigbench import read_bigbench
 from dersim.builder.sources.question import Question
 from dersim.cache.schema import STATUS_FAILED, STATUS_OK
+
+from conftest import STRATEGYQA
 
 QUESTION = Question("q1", "Is the sky blue?", "Yes. Rayleigh scattering.", ("Yes. Rayleigh scattering.",), "yes")
 

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, synthetic_recipe_text
 
 from dersim.cache.schema import MANIFEST, TABLE_FILES
 from dersim.cache.verify import verify_cache
+
+from conftest import REPO, synthetic_recipe_text
 
 
 def run_build(recipe: Path, out: Path) -> dict:

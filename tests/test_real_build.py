@@ -12,13 +12,14 @@ import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
 
 from dersim.builder.build import build_cache
 from dersim.cache.reader import open_cache
 from dersim.cache.verify import verify_cache
 from dersim.cli import main
 from dersim.recipe import load_recipe
+
+from conftest import REPO
 
 pytestmark = pytest.mark.real_llm
 

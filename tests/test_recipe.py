@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import REPO, synthetic_recipe_text
 
 from dersim.errors import RecipeError
 from dersim.recipe import PAPER_KTP, load_recipe
+
+from conftest import REPO, synthetic_recipe_text
 
 
 @pytest.mark.parametrize("name", ["synthetic", "strategyqa"])

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import SHARED_DATA, STRATEGYQA
 
 from dersim.builder.sources import load_questions, split_sizes
 from dersim.builder.sources.bigbench import read_bigbench
 from dersim.builder.sources.table import read_table
 from dersim.errors import DatasetError
 from dersim.recipe import DatasetSpec
+
+from conftest import SHARED_DATA, STRATEGYQA
 
 
 def test_strategyqa_questions_have_free_text_references_and_yes_no_labels() -> None:

@@ -3,7 +3,7 @@
 A call is identified by a key hashing everything its answer depends on (the expert's settings,
 the prompt templates, the question and the previous answer), so a rerun reuses exactly the calls
 that would give the same answer, and a changed recipe never reuses stale ones. Shards are written
-atomically every `flush_every` calls (or few seconds): `kill -9` loses at most the unflushed calls.
+atomically every `flush_every` calls (or 30 seconds): `kill -9` loses at most the unflushed calls.
 The latest record of a key wins, so a failed call that succeeds on a rerun replaces its failure.
 """
 
@@ -23,7 +23,8 @@ from dersim.errors import CacheFormatError
 from dersim.recipe import ExpertSpec, PromptSpec
 
 SHARD_GLOB = "shard-*.parquet"
-FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 30.0
+COMPACT_ABOVE = 64  # shards; more are merged into one when a journal is opened
 
 RECORD_SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -101,6 +102,8 @@ class CallJournal:
         self._next_shard = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=0)
         for shard in shards:
             self._load(shard)
+        if len(shards) > COMPACT_ABOVE:
+            self._compact(shards)
 
     def _load(self, shard: Path) -> None:
         try:
@@ -110,6 +113,14 @@ class CallJournal:
                                    "delete it to redo only its calls") from None
         for row in table.to_pylist():
             self.records[row["key"]] = CallRecord(**row)
+
+    def _compact(self, shards: list[Path]) -> None:
+        """Merge all shards into one new shard, then delete the old ones (a kill in between only
+        leaves duplicate records, and the newest shard wins on the next load)."""
+        self._pending = list(self.records.values())
+        self.flush()
+        for shard in shards:
+            shard.unlink()
 
     def get(self, key: str) -> CallRecord | None:
         return self.records.get(key)

@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from dersim.cache.reader import Cache, open_cache
+from dersim.cache.reader import Cache, open_cache, read_manifest
 from dersim.cache.schema import (
     QUESTIONS,
     QUESTIONS_SCHEMA,
@@ -136,10 +136,13 @@ def verify_cache(directory: str | Path) -> list[str]:
     """All problems found in the cache at `directory` (empty when it is sound)."""
     directory = Path(directory)
     try:
+        problems = _check_files(directory, read_manifest(directory))
+        if problems:
+            return problems
         cache = open_cache(directory)
     except CacheFormatError as exc:
         return [str(exc)]
-    problems = _check_files(directory, cache.manifest) + _check_schemas(cache)
+    problems = _check_schemas(cache)
     if problems:
         return problems
     return _check_states(cache) + _check_transitions(cache)
