@@ -18,7 +18,7 @@ from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
 from dersim.builder.journal import CallJournal
 from dersim.builder.sources import load_questions
-from dersim.cache.schema import QUESTIONS, STATES, TRANSITIONS
+from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
 from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
 from dersim.recipe import Recipe
 
@@ -101,7 +101,7 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
     embedded = time.perf_counter()
 
     tables = {QUESTIONS: questions_table(graphs), STATES: states_table(graphs, scores, embeddings),
-              TRANSITIONS: transitions_table(graphs)}
+              TRANSITIONS: transitions_table(graphs, [(e.usd_per_mtok_in, e.usd_per_mtok_out) for e in recipe.experts])}
     n_train = sum(q.split == "train" for q in questions)
     write_cache(out, tables, {
         "dersim_version": __version__,
@@ -111,6 +111,7 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
         "experts": [asdict(e) for e in recipe.experts],
         "prompt": asdict(recipe.prompt),
         "depth": depth,
+        "dedup": DEDUP_BY_ANSWER,
         "metrics": metric_manifest(recipe.metrics),
         "metric_columns": list(scores),
         "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},

@@ -25,6 +25,10 @@ TRANSITIONS = "transitions.parquet"
 TABLE_FILES = (QUESTIONS, STATES, TRANSITIONS)
 
 SPLITS = ("train", "test")
+# manifest "dedup": built caches merge answers by normalised text; imported ones keep one state
+# per (question, model) answer, because the imported scores belong to the model, not the text.
+DEDUP_BY_ANSWER = "normalised_answer"
+DEDUP_NONE = "none"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
@@ -45,6 +49,7 @@ TRANSITIONS_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int32()),
     ("completion_tokens", pa.int32()),
     ("latency_s", pa.float32()),
+    ("cost_usd", pa.float32()),  # from the expert's token prices, or as imported
     ("status", pa.string()),
     ("error", pa.string()),
 ])

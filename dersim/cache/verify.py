@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from dersim.cache.reader import Cache, open_cache, read_manifest
 from dersim.cache.schema import (
+    DEDUP_BY_ANSWER,
     QUESTIONS,
     QUESTIONS_SCHEMA,
     STATES,
@@ -84,11 +85,12 @@ def _check_states(cache: Cache) -> list[str]:
     norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64).reshape(s.height, -1), axis=1)
     if s.height and np.abs(norms - 1).max() > NORM_TOLERANCE:
         problems.append(f"{where}: {int((np.abs(norms - 1) > NORM_TOLERANCE).sum())} embeddings are not unit-norm")
-    # The same normalisation as dersim.builder.expand.normalise_answer, vectorised.
-    keys = s.filter(pl.col("depth") > 0).select(
-        "question_id", pl.col("answer").str.replace_all(r"\s+", " ").str.strip_chars())
-    if keys.is_duplicated().any():
-        problems.append(f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's answer")
+    if cache.manifest.get("dedup") == DEDUP_BY_ANSWER:
+        # The same normalisation as dersim.builder.expand.normalise_answer, vectorised.
+        keys = s.filter(pl.col("depth") > 0).select(
+            "question_id", pl.col("answer").str.replace_all(r"\s+", " ").str.strip_chars())
+        if keys.is_duplicated().any():
+            problems.append(f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's answer")
     return problems
 
 

@@ -68,11 +68,13 @@ def states_table(graphs: list[QuestionGraph], scores: dict[str, np.ndarray], emb
     return pa.table(columns, schema=states_schema(list(scores), dim))
 
 
-def transitions_table(graphs: list[QuestionGraph]) -> pa.Table:
-    """One row per call made on the way: (state, expert) -> next state, tokens, latency, status."""
+def transitions_table(graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]]) -> pa.Table:
+    """One row per call made on the way: (state, expert) -> next state, tokens, latency, US dollars
+    (from each expert's (input, output) price per million tokens), status."""
     offsets = state_offsets(graphs)
     rows = [
         (offset + s, e, None if t < 0 else offset + t, r.prompt_tokens, r.completion_tokens, r.latency_s,
+         (r.prompt_tokens * usd_per_mtok[e][0] + r.completion_tokens * usd_per_mtok[e][1]) / 1e6,
          r.status, r.error)
         for g, offset in zip(graphs, offsets.tolist(), strict=True) for s, e, t, r in g.edges
     ]
