@@ -106,15 +106,20 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
     out.print(f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
               f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")
     metrics = summary["metrics"]
-    table = Table("expert", "params (B)", "calls", "s/call", *[f"{m} @1" for m in metrics])
+    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @1" for m in metrics])
     table.columns[0].no_wrap = True
     for e in summary["experts"]:
-        table.add_row(e["name"], f"{e['params_b']:g}", str(e["calls"]), _fmt(e["mean_latency_s"], 3),
-                      *[_fmt(e["depth1"][m]) for m in metrics])
+        params = "?" if e["params_b"] is None else f"{e['params_b']:g}"
+        table.add_row(e["name"], params, str(e["calls"]), _fmt(e["mean_latency_s"], 3),
+                      _fmt(e["mean_cost_usd"], 6), *[_fmt(e["depth1"][m]) for m in metrics])
     for label, key in (("oracle: best expert/q", "oracle_single_call"),
                        ("oracle: best state/q", "oracle_any_state")):
-        table.add_row(label, "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
+        table.add_row(label, "", "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
     out.print(table)
+    for metric, best in summary["best_fixed_route"].items():
+        if best:
+            out.print(f"best fixed route by {metric}: {' -> '.join(best['route'])}  "
+                      f"score {best['score']:.4f}  cost {best['params_b']:g} B params")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -7,15 +7,17 @@ from typing import Any
 import polars as pl
 
 from dersim.cache.reader import Cache
+from dersim.cache.routes import best_fixed_routes
 from dersim.cache.schema import STATUS_OK
 
 
 def cache_summary(cache: Cache) -> dict[str, Any]:
-    """Sizes, per-expert depth-1 quality and cost, and two oracles, as JSON-able data.
+    """Sizes, per-expert depth-1 quality and cost, two oracles and the best fixed route per metric.
 
     `oracle_single_call`: per question the best expert's first answer, averaged (the paper's
     "oracle best single expert per question"); `oracle_any_state`: the best state any route of at
-    most D calls reaches.
+    most D calls reaches; `best_fixed_route`: the one expert sequence (of length <= D) with the best
+    mean final score over all questions, with its parameter cost.
     """
     s, t, q = cache.states, cache.transitions, cache.questions
     metrics = cache.metric_columns
@@ -30,6 +32,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         failed=(pl.col("status") != STATUS_OK).sum(),
         mean_latency_s=pl.col("latency_s").mean(),
         mean_completion_tokens=pl.col("completion_tokens").mean(),
+        mean_cost_usd=pl.col("cost_usd").mean(),
     ).sort("expert_id").to_dicts())
     by_id = {row["expert_id"]: row for row in calls}
     experts = []
@@ -41,6 +44,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
             "calls": usage.get("calls", 0), "failed": usage.get("failed", 0),
             "mean_latency_s": usage.get("mean_latency_s"),
             "mean_completion_tokens": usage.get("mean_completion_tokens"),
+            "mean_cost_usd": usage.get("mean_cost_usd"),
             "depth1": {m: depth1.get(m) for m in metrics},
         })
     oracle_single = (first.group_by("state_id").agg([pl.col(m).max() for m in metrics])
@@ -61,5 +65,6 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "metrics": metrics,
         "oracle_single_call": oracle_single[0] if oracle_single else {},
         "oracle_any_state": oracle_any[0] if oracle_any else {},
+        "best_fixed_route": {m: next(iter(best_fixed_routes(cache, m)), None) for m in metrics},
         "embedding": cache.manifest.get("embedding", {}),
     }

@@ -9,7 +9,15 @@ from typing import Any
 
 import polars as pl
 
-from dersim.cache.schema import FORMAT_VERSION, MANIFEST, QUESTIONS, STATES, TRANSITIONS
+from dersim.cache.schema import (
+    FORMAT_VERSION,
+    MANIFEST,
+    QUESTIONS,
+    QUESTIONS_SCHEMA,
+    STATES,
+    TRANSITIONS,
+    TRANSITIONS_SCHEMA,
+)
 from dersim.errors import CacheFormatError
 
 
@@ -66,9 +74,21 @@ def read_table(path: Path) -> pl.DataFrame:
         raise CacheFormatError(f"{path}: unreadable Parquet ({type(exc).__name__})") from None
 
 
+def _require_columns(frame: pl.DataFrame, columns: list[str], path: Path) -> pl.DataFrame:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CacheFormatError(f"{path}: missing column '{missing[0]}' (written by another dersim version? "
+                               "rebuild or re-import it)")
+    return frame
+
+
 def open_cache(directory: str | Path) -> Cache:
-    """Load a cache (manifest and tables); `dersim cache verify` checks it deeply."""
+    """Load a cache (manifest and tables, with their columns checked); `dersim cache verify` checks
+    it deeply."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    return Cache(directory, manifest, read_table(directory / QUESTIONS), read_table(directory / STATES),
-                 read_table(directory / TRANSITIONS))
+    state_columns = ["state_id", "question_id", "answer", "depth", *manifest["metric_columns"], "embedding"]
+    tables = [_require_columns(read_table(directory / name), columns, directory / name)
+              for name, columns in ((QUESTIONS, QUESTIONS_SCHEMA.names), (STATES, state_columns),
+                                    (TRANSITIONS, TRANSITIONS_SCHEMA.names))]
+    return Cache(directory, manifest, *tables)

@@ -1,0 +1,78 @@
+"""Fixed-route replay through a cache, checked against a plain walk over the transitions table."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from dersim.builder.build import build_cache
+from dersim.cache.info import cache_summary
+from dersim.cache.reader import open_cache
+from dersim.cache.routes import all_routes, best_fixed_routes, next_state_matrix, replay
+from dersim.errors import CacheFormatError
+from dersim.recipe import load_recipe
+
+from conftest import synthetic_recipe_text
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("routes")
+    (root / "r.toml").write_text(synthetic_recipe_text(depth=3), encoding="utf-8")
+    build_cache(load_recipe(root / "r.toml"), root / "c", show_progress=False)
+    return open_cache(root / "c")
+
+
+def walk(cache, root: int, route: tuple[int, ...]) -> int:
+    """The slow reference: look each call up in the transitions rows."""
+    edges = {(s, e): t for s, e, t in cache.transitions.select("state_id", "expert_id", "next_state_id").iter_rows()}
+    state = root
+    for expert in route:
+        state = edges.get((state, expert))
+        if state is None:
+            return -1
+    return state
+
+
+def test_replay_matches_a_plain_walk(cache) -> None:
+    roots = cache.questions["root_state_id"].to_numpy()
+    next_state = next_state_matrix(cache)
+    for route in [(0,), (2, 1), (1, 1, 0), (2, 2, 2)]:
+        fast = replay(route, roots, next_state)
+        assert fast.tolist() == [walk(cache, int(r), route) for r in roots]
+
+
+def test_routes_beyond_the_built_depth_end_where_nothing_was_built(cache) -> None:
+    roots = cache.questions["root_state_id"].to_numpy()
+    next_state = next_state_matrix(cache)
+    route = (2, 1, 2, 0)
+    assert replay(route, roots, next_state).tolist() == [walk(cache, int(r), route) for r in roots]
+    four_calls = [replay(r, roots, next_state) for r in all_routes(3, 4) if len(r) == 4]
+    assert any((final == -1).any() for final in four_calls), "depth-D states have no transitions"
+
+
+def test_best_fixed_route_beats_every_single_expert(cache) -> None:
+    assert len(all_routes(3, 3)) == 3 + 9 + 27
+    ranked = best_fixed_routes(cache, "accuracy")
+    assert len(ranked) == 39
+    assert ranked[0]["score"] == max(r["score"] for r in ranked)
+    singles = [r for r in ranked if len(r["route"]) == 1]
+    summary = cache_summary(cache)
+    for single in singles:
+        expert = next(e for e in summary["experts"] if e["name"] == single["route"][0])
+        assert single["score"] == pytest.approx(expert["depth1"]["accuracy"])
+    assert summary["best_fixed_route"]["accuracy"] == ranked[0]
+    costs = {e["name"]: e["params_b"] for e in summary["experts"]}
+    assert ranked[0]["params_b"] == pytest.approx(sum(costs[name] for name in ranked[0]["route"]))
+    assert summary["oracle_any_state"]["accuracy"] >= ranked[0]["score"]
+
+
+def test_old_caches_without_new_columns_get_a_one_line_error(cache, tmp_path: Path) -> None:
+    copy = tmp_path / "old"
+    shutil.copytree(cache.path, copy, ignore=shutil.ignore_patterns("journal"))
+    pl.read_parquet(copy / "transitions.parquet").drop("cost_usd").write_parquet(copy / "transitions.parquet")
+    with pytest.raises(CacheFormatError, match="missing column 'cost_usd'"):
+        open_cache(copy)
