@@ -13,7 +13,7 @@ from dersim.recipe import PAPER_KTP, load_recipe
 from conftest import REPO, synthetic_recipe_text
 
 
-@pytest.mark.parametrize("name", ["synthetic", "strategyqa"])
+@pytest.mark.parametrize("name", ["synthetic", "strategyqa", "math"])
 def test_shipped_recipes_load_and_point_at_real_data(name: str) -> None:
     recipe = load_recipe(REPO / "builders" / f"{name}.toml")
     assert recipe.dataset.path.exists()
