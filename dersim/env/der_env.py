@@ -1,0 +1,145 @@
+"""The DER environment as pure JAX functions over a cache (gymnax style; semantics in `dersim.env`).
+
+Everything is a pytree: `EnvParams` holds the cache tables as device arrays plus the reward
+coefficients as arrays, so one jitted `step` serves every policy of a grid under `vmap` (over
+envs and over params). No Python control flow depends on traced values; the episode auto-resets
+inside `step`. The observation is a function of (state id, t, last action), so trainers can keep
+trajectories as ids and gather embeddings only where needed (XLA drops unused observations).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dersim.env import TERMINATORS
+from dersim.env.tables import EnvTables
+
+ORACLE, LEARNED, NONE = (TERMINATORS.index(name) for name in ("oracle", "learned", "none"))
+
+
+@struct.dataclass
+class EnvParams:
+    """Cache tables (S states, N experts, Q questions) and reward settings; all leaves are arrays
+    except the static shape facts at the end."""
+
+    next_state: jax.Array  # int32 [S, N], -1 = not built
+    score: jax.Array  # float32 [S]
+    cost: jax.Array  # float32 [S, N]
+    embedding: jax.Array  # float32 [S, d]
+    roots: jax.Array  # int32 [Q]
+    alpha: jax.Array  # float32 []
+    beta: jax.Array  # float32 []
+    gamma: jax.Array  # float32 []
+    p0: jax.Array  # float32 []
+    t_max: jax.Array  # int32 []
+    terminator: jax.Array  # int32 [], index into dersim.env.TERMINATORS
+    max_depth: int = struct.field(pytree_node=False, default=1)  # D: sizes the step one-hot
+    last_action_obs: bool = struct.field(pytree_node=False, default=False)
+
+    @property
+    def n_experts(self) -> int:
+        return self.next_state.shape[-1]
+
+    @property
+    def n_actions(self) -> int:
+        """N experts + STOP."""
+        return self.n_experts + 1
+
+    @property
+    def obs_dim(self) -> int:
+        return self.embedding.shape[-1] + self.max_depth + 1 + (self.n_experts + 1 if self.last_action_obs else 0)
+
+
+@struct.dataclass
+class EnvState:
+    """One episode in progress."""
+
+    question: jax.Array  # int32: index into params.roots
+    state: jax.Array  # int32: current state id
+    t: jax.Array  # int32: calls made
+    prev_score: jax.Array  # float32: P of the current answer (0 at the root)
+    last_action: jax.Array  # int32: N before the first call
+    cost: jax.Array  # float32: summed call cost
+    ret: jax.Array  # float32: summed reward
+
+
+def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
+    """Device arrays from `EnvTables`; `overrides` replace reward settings (alpha, beta, gamma, p0,
+    t_max, terminator given by name or index)."""
+    spec = tables.spec
+    settings = {"alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma, "p0": spec.p0, "t_max": spec.t_max,
+                "terminator": spec.terminator} | overrides
+    terminator = settings["terminator"]
+    if isinstance(terminator, str):
+        terminator = TERMINATORS.index(terminator)
+    return EnvParams(
+        next_state=jnp.asarray(tables.next_state), score=jnp.asarray(tables.score), cost=jnp.asarray(tables.cost),
+        embedding=jnp.asarray(tables.embedding), roots=jnp.asarray(tables.roots),
+        alpha=jnp.float32(settings["alpha"]), beta=jnp.float32(settings["beta"]),
+        gamma=jnp.float32(settings["gamma"]), p0=jnp.float32(settings["p0"]),
+        t_max=jnp.int32(settings["t_max"]), terminator=jnp.int32(terminator),
+        max_depth=tables.max_depth, last_action_obs=spec.last_action_obs,
+    )
+
+
+def observation(params: EnvParams, state_id: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Array:
+    """[d + D + 1 (+ N + 1)]: embedding, one-hot step, optional one-hot last action."""
+    parts = [params.embedding[state_id], jax.nn.one_hot(t, params.max_depth + 1, dtype=params.embedding.dtype)]
+    if params.last_action_obs:
+        parts.append(jax.nn.one_hot(last_action, params.n_experts + 1, dtype=params.embedding.dtype))
+    return jnp.concatenate(parts, axis=-1)
+
+
+def observe(params: EnvParams, state: EnvState) -> jax.Array:
+    return observation(params, state.state, state.t, state.last_action)
+
+
+def reset_to(params: EnvParams, question: jax.Array) -> tuple[jax.Array, EnvState]:
+    """Start an episode on question index `question` of the split."""
+    question = jnp.asarray(question, jnp.int32)
+    state = EnvState(question=question, state=params.roots[question], t=jnp.int32(0), prev_score=jnp.float32(0),
+                     last_action=jnp.int32(params.n_experts), cost=jnp.float32(0), ret=jnp.float32(0))
+    return observe(params, state), state
+
+
+def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
+    """Start an episode on a uniformly drawn question."""
+    return reset_to(params, jax.random.randint(key, (), 0, params.roots.shape[0], dtype=jnp.int32))
+
+
+def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, jax.Array, jax.Array, dict]:
+    """One step without auto-reset: (next state, reward, done, outcome of the episode if done)."""
+    action = jnp.asarray(action, jnp.int32)
+    stop = action == params.n_experts
+    expert = jnp.minimum(action, params.n_experts - 1)
+    called = params.next_state[state.state, expert]
+    next_id = jnp.where(stop, state.state, called)
+    score = params.score[next_id]
+    call_cost = jnp.where(stop, 0.0, params.cost[state.state, expert])
+    improvement = jnp.where(state.t > 0, params.beta * (score - state.prev_score), 0.0)
+    t = state.t + jnp.where(stop, 0, 1)
+    reached = score >= params.p0
+    at_limit = t >= params.t_max
+    done = stop | at_limit | ((params.terminator == ORACLE) & reached)
+    bonus = jnp.where(done, jnp.where(reached, params.gamma, -params.gamma), 0.0)
+    reward = jnp.where(stop, 0.0, score + improvement - params.alpha * call_cost) + bonus
+    next_state = EnvState(question=state.question, state=next_id, t=t, prev_score=score, last_action=action,
+                          cost=state.cost + call_cost, ret=state.ret + reward)
+    outcome = {"final_score": score, "calls": t, "cost": next_state.cost, "return": next_state.ret,
+               "success": reached, "question": state.question}
+    return next_state, reward, done, outcome
+
+
+def step(key: jax.Array, state: EnvState, action: jax.Array,
+         params: EnvParams) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
+    """Step, and auto-reset to a fresh question when the episode ends (gymnax convention: the
+    returned observation and state then belong to the new episode; reward, done and info to the
+    finished one)."""
+    next_state, reward, done, outcome = transition(state, action, params)
+    _, fresh = reset(key, params)
+    merged = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, next_state)
+    return observe(params, merged), merged, reward, done, outcome
