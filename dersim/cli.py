@@ -37,6 +37,13 @@ def main() -> None:
     """
 
 
+def _register_training_commands() -> None:
+    from dersim.trainer.commands import eval_command, train_command
+
+    main.add_command(train_command)
+    main.add_command(eval_command)
+
+
 @main.command("build-cache")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Cache directory (default: cache/<recipe name>).")
@@ -163,3 +170,6 @@ def models_list_command() -> None:
     for name in catalog_names():
         path = model_dir() / name
         click.echo(f"{name}\t{'present' if path.exists() else 'not fetched'}\t{path}")
+
+
+_register_training_commands()
