@@ -51,11 +51,14 @@ def default_cache() -> Path:
                    "recalibrate it, see `dersim cache info`).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<cache name>).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--stop-after-chunks", type=click.IntRange(min=1),
+              help="Train at most this many chunks now; continue later with --resume.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tuple[str, ...], steps: int,
                   num_envs: int, rollout: int, epochs: int, minibatches: int, hidden: int, chunk_updates: int,
                   metric: str | None, cost_mode: str, terminator: str, t_max: int | None, alpha: float, beta: float,
-                  gamma: float, p0: float, out: Path | None, resume: bool, quiet: bool) -> None:
+                  gamma: float, p0: float, out: Path | None, resume: bool, stop_after_chunks: int | None,
+                  quiet: bool) -> None:
     """Train DER routing policies with PPO on a cache, then evaluate them on its test split."""
     from dersim.evaluation.outputs import print_table, write_outputs
     from dersim.evaluation.report import evaluate
@@ -74,7 +77,10 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
                        hidden=hidden, updates_per_chunk=chunk_updates)
     run_dir = out or Path("runs") / cache.name
     trainer = GridTrainer.from_grid(cache, run_dir, spec, config, parse_grid(grid), seeds, steps)
-    runner, curves = trainer.train(resume=resume, show_progress=not quiet)
+    runner, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
+    if not trainer.finished:
+        click.echo(f"stopped after chunk {curves['chunk'].max() + 1} of {trainer.n_chunks}; continue with --resume")
+        return
     policies, baselines = evaluate(trainer, runner, "test")
     write_outputs(run_dir, policies, baselines, curves, trainer.tables.metric, "test")
     if not quiet:

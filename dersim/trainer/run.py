@@ -68,9 +68,9 @@ class GridTrainer:
         spec = EnvSpec(**{**spec.__dict__, "metric": self.tables.metric,
                           "t_max": spec.t_max or self.tables.max_depth})
         self.cache, self.out, self.spec, self.config = cache, out, spec, config
-        self.policies = [{**p, "t_max": p.get("t_max") or spec.t_max} for p in policies]
-        if any(p["t_max"] > self.tables.max_depth or p["t_max"] < 1 for p in self.policies):
-            raise DersimError(f"--grid t_max values must be in 1..{self.tables.max_depth} (the cache's depth)")
+        self.policies = [{**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies]
+        if any(p["t_max"] < 1 for p in self.policies):
+            raise DersimError("--grid t_max values must be at least 1")
         self.steps = steps
         self.n_chunks = max(1, math.ceil(steps / config.steps_per_chunk))
         base = make_params(self.tables)
@@ -109,9 +109,10 @@ class GridTrainer:
         return {"cache": str(self.cache), "env": asdict(self.spec), "ppo": asdict(self.config),
                 "policies": self.policies, "steps_per_policy": self.steps, "n_chunks": self.n_chunks}
 
-    def train(self, resume: bool = False, show_progress: bool = True) -> tuple[Runner, pl.DataFrame]:
-        """Run all chunks (or the remaining ones), checkpointing after each; returns the final runner
-        and the learning curves (one row per policy per chunk)."""
+    def train(self, resume: bool = False, show_progress: bool = True,
+              stop_after: int | None = None) -> tuple[Runner, pl.DataFrame]:
+        """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
+        returns the runner and the learning curves (one row per policy per chunk)."""
         self.out.mkdir(parents=True, exist_ok=True)
         runner = self.init()
         curves: list[dict[str, Any]] = []
@@ -134,7 +135,8 @@ class GridTrainer:
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress) as progress:
             task = progress.add_task("train", total=self.n_chunks, completed=first_chunk, policies=n_policies,
                                      rate="", ret="")
-            for index in range(first_chunk, self.n_chunks):
+            last_chunk = self.n_chunks if stop_after is None else min(self.n_chunks, first_chunk + stop_after)
+            for index in range(first_chunk, last_chunk):
                 started = time.perf_counter()
                 runner, metrics = self._chunk(runner, env_params, hyper)
                 metrics = jax.tree.map(np.asarray, metrics)  # [P, updates]
@@ -144,7 +146,8 @@ class GridTrainer:
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
                 rate = n_policies * self.config.steps_per_chunk / seconds
                 progress.update(task, advance=1, rate=f"{rate / 1e3:,.0f}k env-steps/s",
-                                ret=f"{float(np.nanmean(metrics['return'][:, -1])):.3f}")
+                                ret=f"{float(np.mean(metrics['return'][:, -1])):.3f}")
+        self.finished = last_chunk == self.n_chunks
         return runner, pl.DataFrame(curves)
 
 
