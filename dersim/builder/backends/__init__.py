@@ -17,4 +17,8 @@ def make_backend(spec: ExpertSpec) -> Backend:
         from dersim.builder.backends.llama_cpp import make_llama_cpp_backend
 
         return make_llama_cpp_backend(spec)
+    if spec.backend == "openai":
+        from dersim.builder.backends.openai_http import OpenAIBackend
+
+        return OpenAIBackend(spec)
     raise BackendError(f"expert '{spec.name}': backend '{spec.backend}' is not available in this version")
