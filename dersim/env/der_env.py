@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dersim.env import TERMINATORS
-from dersim.env.tables import EnvTables
+from dersim.env.tables import EnvError, EnvTables
 
 ORACLE, LEARNED, NONE = (TERMINATORS.index(name) for name in ("oracle", "learned", "none"))
 
@@ -75,7 +75,12 @@ def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
                 "terminator": spec.terminator} | overrides
     terminator = settings["terminator"]
     if isinstance(terminator, str):
+        if terminator not in TERMINATORS:
+            raise EnvError(f"unknown terminator '{terminator}' (known: {', '.join(TERMINATORS)})")
         terminator = TERMINATORS.index(terminator)
+    if not 1 <= int(settings["t_max"]) <= tables.max_depth:
+        raise EnvError(f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; routes "
+                       "never step past the built depth")
     return EnvParams(
         next_state=jnp.asarray(tables.next_state), score=jnp.asarray(tables.score), cost=jnp.asarray(tables.cost),
         embedding=jnp.asarray(tables.embedding), roots=jnp.asarray(tables.roots),
@@ -112,8 +117,10 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
 
 
 def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, jax.Array, jax.Array, dict]:
-    """One step without auto-reset: (next state, reward, done, outcome of the episode if done)."""
-    action = jnp.asarray(action, jnp.int32)
+    """One step without auto-reset: (next state, reward, done, outcome of the episode if done).
+
+    Actions are clipped to 0..N (anything above N is STOP): a jitted step cannot raise."""
+    action = jnp.clip(jnp.asarray(action, jnp.int32), 0, params.n_experts)
     stop = action == params.n_experts
     expert = jnp.minimum(action, params.n_experts - 1)
     called = params.next_state[state.state, expert]
@@ -134,12 +141,19 @@ def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[E
     return next_state, reward, done, outcome
 
 
+def _question_from_key(key: jax.Array, n_questions: int) -> jax.Array:
+    """A uniform question index from a key's own (already pseudo-random) bits: a modulo instead of
+    another threefry draw, because this runs for every env at every step."""
+    bits = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return (bits[..., 0] % jnp.uint32(n_questions)).astype(jnp.int32)
+
+
 def step(key: jax.Array, state: EnvState, action: jax.Array,
          params: EnvParams) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
     """Step, and auto-reset to a fresh question when the episode ends (gymnax convention: the
     returned observation and state then belong to the new episode; reward, done and info to the
     finished one)."""
     next_state, reward, done, outcome = transition(state, action, params)
-    _, fresh = reset(key, params)
+    _, fresh = reset_to(params, _question_from_key(key, params.roots.shape[0]))
     merged = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, next_state)
     return observe(params, merged), merged, reward, done, outcome

@@ -1,6 +1,6 @@
 """PPO for DER routing policies, PureJaxRL style: one readable file, everything jitted.
 
-`make_train_chunk(config, network)` returns `train_chunk(runner, env_params, hyper)`, which runs
+`make_ppo(config, network, n_states).train_chunk(runner, env_params, hyper)` runs
 `config.updates_per_chunk` PPO updates (rollout with `lax.scan` over steps and `vmap` over envs,
 GAE, clipped policy and value losses, entropy bonus, global-norm clipping, Adam) for ONE policy.
 The trainer vmaps it over a policy axis (seeds x hyperparameter grid): per-policy values (learning
@@ -12,6 +12,7 @@ table when that is smaller than the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -131,8 +132,17 @@ def init_runner(key: jax.Array, config: PPOConfig, env_params: EnvParams, hyper:
     return Runner(params=params, opt_state=opt_state, env=env_state, key=key, updates=jnp.int32(0))
 
 
-def make_train_chunk(config: PPOConfig, network: ActorCritic, n_states: int):
-    """Build `train_chunk(runner, env_params, hyper) -> (runner, metrics per update)` for one policy."""
+class PPOFunctions(NamedTuple):
+    """`train_chunk(runner, env_params, hyper) -> (runner, metrics per update)`: rollouts in the JAX env
+    and updates, for one policy; `learn(...)`: the update alone, for trajectories collected elsewhere
+    (the step-by-step Gymnasium path)."""
+
+    train_chunk: Callable
+    learn: Callable
+
+
+def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunctions:
+    """PPO's functions for one policy (vmap them over a policy axis)."""
     optimizer = make_optimizer(config.max_grad_norm)
     table_in_rollout = n_states <= config.batch_size
     table_in_update = n_states <= config.minibatch_size
@@ -197,8 +207,10 @@ def make_train_chunk(config: PPOConfig, network: ActorCritic, n_states: int):
         opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
         return (params, opt_state, bad + (~finite).astype(jnp.int32)), loss
 
-    def update(runner: Runner, env_params: EnvParams, hyper: Hyper):
-        env_state, key, trajectory, last_value = rollout(runner, env_params)
+    def learn(params: dict, opt_state: optax.OptState, key: jax.Array, trajectory: Transition,
+              last_value: jax.Array, env_params: EnvParams, hyper: Hyper):
+        """PPO epochs over one batch of trajectories ([num_steps, num_envs]); returns the new
+        parameters and optimizer state and the update's metrics."""
         adv, targets = advantages(trajectory, last_value, hyper)
         flat = jax.tree.map(lambda x: x.reshape((config.batch_size, *x.shape[2:])), (trajectory, adv, targets))
 
@@ -209,9 +221,8 @@ def make_train_chunk(config: PPOConfig, network: ActorCritic, n_states: int):
             carry, losses = jax.lax.scan(lambda c, b: update_minibatch(c, b, env_params, hyper), carry, shuffled)
             return carry, losses
 
-        key, *epoch_keys = jax.random.split(key, config.update_epochs + 1)
         (params, opt_state, bad), losses = jax.lax.scan(
-            epoch, (runner.params, runner.opt_state, jnp.int32(0)), jnp.stack(epoch_keys))
+            epoch, (params, opt_state, jnp.int32(0)), jax.random.split(key, config.update_epochs))
         done = trajectory.done
         episodes = done.sum()
 
@@ -228,10 +239,16 @@ def make_train_chunk(config: PPOConfig, network: ActorCritic, n_states: int):
             "loss": losses.mean(),
             "skipped_updates": bad,
         }
-        runner = Runner(params=params, opt_state=opt_state, env=env_state, key=key, updates=runner.updates + 1)
-        return runner, metrics
+        return params, opt_state, metrics
+
+    def update(runner: Runner, env_params: EnvParams, hyper: Hyper):
+        env_state, key, trajectory, last_value = rollout(runner, env_params)
+        key, learn_key = jax.random.split(key)
+        params, opt_state, metrics = learn(runner.params, runner.opt_state, learn_key, trajectory, last_value,
+                                           env_params, hyper)
+        return Runner(params=params, opt_state=opt_state, env=env_state, key=key, updates=runner.updates + 1), metrics
 
     def train_chunk(runner: Runner, env_params: EnvParams, hyper: Hyper):
         return jax.lax.scan(lambda r, _: update(r, env_params, hyper), runner, None, config.updates_per_chunk)
 
-    return train_chunk
+    return PPOFunctions(train_chunk=train_chunk, learn=learn)

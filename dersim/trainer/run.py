@@ -26,7 +26,7 @@ from dersim.env.tables import EnvSpec, load_tables
 from dersim.errors import DersimError
 from dersim.trainer.checkpoint import load_checkpoint, save_checkpoint
 from dersim.trainer.grid import expand_policies, policy_axes, stack_env_params, stack_hyper
-from dersim.trainer.ppo import HYPER_DEFAULTS, PPOConfig, Runner, init_runner, make_network, make_train_chunk
+from dersim.trainer.ppo import HYPER_DEFAULTS, PPOConfig, Runner, init_runner, make_network, make_ppo
 
 RUN_FILE = "run.json"
 CURVES = "curves.parquet"
@@ -79,7 +79,7 @@ class GridTrainer:
         self.axes = policy_axes(self.env_params)
         self.network = make_network(config, base)
         self.sharding = self._policy_sharding(len(self.policies))
-        chunk = make_train_chunk(config, self.network, self.tables.next_state.shape[0])
+        chunk = make_ppo(config, self.network, self.tables.next_state.shape[0]).train_chunk
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, self.axes, 0)), donate_argnums=0)
         self._init = jax.jit(jax.vmap(lambda k, e, h: init_runner(k, config, e, h), in_axes=(0, self.axes, 0)))
 
