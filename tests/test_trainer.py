@@ -16,17 +16,19 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, STRATEGYQA
 from dersim.builder.build import build_cache
 from dersim.cli import main
 from dersim.env.reference import DERGymEnv
 from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
 from dersim.evaluation.greedy import greedy_episodes
+from dersim.evaluation.report import evaluate
 from dersim.recipe import load_recipe
 from dersim.trainer.grid import GridError, parse_grid
 from dersim.trainer.ppo import PPOConfig
 from dersim.trainer.run import GridTrainer
+
+from conftest import REPO, STRATEGYQA
 
 # One expert is always right and cheap enough: the best route is "call `oracle-like` once".
 KNOWN_BEST = f"""
@@ -203,5 +205,16 @@ def test_train_and_eval_commands(cache: Path, tmp_path: Path) -> None:
     names = {b["name"] for b in report["baselines"]}
     assert {"single: always-right", "round-robin x2", "random (policy's lengths)",
             "oracle: best expert per question"} <= names
-    refused = CliRunner().invoke(main, ["train", "--cache", str(cache)])
-    assert refused.exit_code == 2 and "--vectorized" in refused.output
+    refused = CliRunner().invoke(main, ["train", "--cache", str(cache), "--seeds", "2"])
+    assert refused.exit_code == 2 and "trains one policy" in refused.output
+
+
+def test_stepwise_gymnasium_path_runs_the_same_ppo(cache: Path, tmp_path: Path) -> None:
+    from dersim.trainer.stepwise import train_stepwise
+
+    run = trainer(cache, tmp_path / "slow", seeds=1, steps=8 * 640)
+    runner, curves, rate = train_stepwise(run, show_progress=False)
+    assert rate > 0 and curves["chunk"].max() == 7
+    assert curves["return"][-1] > curves["return"][0], "the policy improves on the reference env too"
+    policies, _ = evaluate(run, runner, "test")
+    assert policies.height == 1 and policies["calls"][0] >= 1

@@ -59,15 +59,17 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
                   metric: str | None, cost_mode: str, terminator: str, t_max: int | None, alpha: float, beta: float,
                   gamma: float, p0: float, out: Path | None, resume: bool, stop_after_chunks: int | None,
                   quiet: bool) -> None:
-    """Train DER routing policies with PPO on a cache, then evaluate them on its test split."""
+    """Train DER routing policies with PPO on a cache, then evaluate them on its test split.
+
+    With --vectorized, every policy of the grid trains at once in one jitted program against the
+    JAX env; without it, one policy (--seeds 1, no --grid) trains step by step against the
+    reference Gymnasium env: the same algorithm, for comparison and debugging.
+    """
     from dersim.evaluation.outputs import print_table, write_outputs
     from dersim.evaluation.report import evaluate
     from dersim.trainer.grid import parse_grid
     from dersim.trainer.run import GridTrainer
 
-    if not vectorized:
-        raise DersimError("only --vectorized training is available in this version (the step-by-step "
-                          "Gymnasium path is planned)")
     if (num_envs * rollout) % minibatches:
         raise DersimError(f"--num-envs x --rollout ({num_envs * rollout}) must be divisible by --minibatches")
     cache = cache_dir or default_cache()
@@ -77,8 +79,15 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
                        hidden=hidden, updates_per_chunk=chunk_updates)
     run_dir = out or Path("runs") / cache.name
     trainer = GridTrainer.from_grid(cache, run_dir, spec, config, parse_grid(grid), seeds, steps)
-    runner, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
-    if not trainer.finished:
+    if not vectorized:
+        from dersim.trainer.stepwise import train_stepwise
+
+        if resume or stop_after_chunks:
+            raise DersimError("--resume and --stop-after-chunks need --vectorized")
+        runner, curves, _ = train_stepwise(trainer, show_progress=not quiet)
+    else:
+        runner, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
+    if vectorized and not trainer.finished:
         click.echo(f"stopped after chunk {curves['chunk'].max() + 1} of {trainer.n_chunks}; continue with --resume")
         return
     policies, baselines = evaluate(trainer, runner, "test")
