@@ -56,15 +56,18 @@ def summary_markdown(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, s
 def print_table(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split: str, top: int = 5) -> None:
     """The best `top` policies (by train score) beside every baseline."""
     columns = score_columns(baselines, metric)
-    table = Table("router", *[f"{c} x100" for c in columns], "cost (B)", "calls", "expert share",
+    console = Console()
+    wide = console.width >= 120  # the per-expert share of calls only fits a wide terminal
+    table = Table("router", *[f"{c} x100" for c in columns], "cost (B)", "calls", *(["expert share"] if wide else []),
                   title=f"{split} split: {runs.height} policies (best {min(top, runs.height)} by train {metric}) "
                         "and baselines")
     table.columns[0].no_wrap = True
     for row in runs.sort(f"train_{metric}", descending=True).head(top).iter_rows(named=True):
-        share = " ".join(f"{k[:10]}:{v:.0%}" for k, v in row["expert_share"].items() if v)
+        share = " ".join(f"{k[:12]}:{v:.0%}" for k, v in row["expert_share"].items() if v)
         table.add_row(f"policy {row['policy']} ({row['terminator']}, T{row['t_max']})",
-                      *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}", f"{row['calls']:.2f}", share)
+                      *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}", f"{row['calls']:.2f}",
+                      *([share] if wide else []))
     for row in baselines.iter_rows(named=True):
         table.add_row(row["name"], *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}",
-                      f"{row['calls']:.2f}", "", style="dim" if row["kind"] == "oracle" else None)
-    Console().print(table)
+                      f"{row['calls']:.2f}", *([""] if wide else []), style="dim" if row["kind"] == "oracle" else None)
+    console.print(table)
