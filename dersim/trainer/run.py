@@ -109,6 +109,20 @@ class GridTrainer:
         return {"cache": str(self.cache), "env": asdict(self.spec), "ppo": asdict(self.config),
                 "policies": self.policies, "steps_per_policy": self.steps, "n_chunks": self.n_chunks}
 
+    def _resume(self, template: Runner) -> tuple[Runner, int, list[dict[str, Any]]]:
+        """The last checkpoint's runner, its chunk count and the curves up to it; the run must be the
+        same (settings compared through their JSON form)."""
+        path = self.out / RUN_FILE
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        if recorded != json.loads(json.dumps(self.run_record())):
+            raise DersimError(f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the run "
+                              "being resumed")
+        state = load_checkpoint(self.out, {"runner": template, "chunk": 0})
+        chunk = int(state["chunk"])
+        curves = pl.read_parquet(self.out / CURVES).filter(pl.col("chunk") < chunk).to_dicts() \
+            if (self.out / CURVES).exists() else []
+        return self._shard(state["runner"]), chunk, curves
+
     def train(self, resume: bool = False, show_progress: bool = True,
               stop_after: int | None = None) -> tuple[Runner, pl.DataFrame]:
         """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
@@ -118,15 +132,7 @@ class GridTrainer:
         curves: list[dict[str, Any]] = []
         first_chunk = 0
         if resume:
-            recorded = json.loads((self.out / RUN_FILE).read_text(encoding="utf-8")) \
-                if (self.out / RUN_FILE).exists() else None
-            if recorded is None or {k: v for k, v in recorded.items() if k != "n_chunks"} != \
-                    {k: v for k, v in json.loads(json.dumps(self.run_record())).items() if k != "n_chunks"}:
-                raise DersimError(f"{self.out / RUN_FILE}: --resume needs the same cache, grid, seeds, steps and "
-                                  "settings as the run being resumed")
-            state = load_checkpoint(self.out, {"runner": runner, "chunk": 0})
-            runner, first_chunk = self._shard(state["runner"]), int(state["chunk"])
-            curves = pl.read_parquet(self.out / CURVES).to_dicts() if (self.out / CURVES).exists() else []
+            runner, first_chunk, curves = self._resume(runner)
         (self.out / RUN_FILE).write_text(json.dumps(self.run_record(), indent=2), encoding="utf-8")
         env_params, hyper = self._shard(self.env_params, self.axes), self._shard(self.hyper)
         n_policies = len(self.policies)
@@ -142,8 +148,8 @@ class GridTrainer:
                 metrics = jax.tree.map(np.asarray, metrics)  # [P, updates]
                 seconds = time.perf_counter() - started
                 curves.extend(_curve_rows(metrics, index, (index + 1) * self.config.steps_per_chunk))
-                save_checkpoint(self.out, {"runner": runner, "chunk": index + 1})
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
+                save_checkpoint(self.out, {"runner": runner, "chunk": index + 1})
                 rate = n_policies * self.config.steps_per_chunk / seconds
                 progress.update(task, advance=1, rate=f"{rate / 1e3:,.0f}k env-steps/s",
                                 ret=f"{float(np.mean(metrics['return'][:, -1])):.3f}")
