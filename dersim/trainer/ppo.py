@@ -200,8 +200,7 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, env_params, hyper)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jax.tree.reduce(
-            lambda a, b: a & b, jax.tree.map(lambda g: jnp.isfinite(g).all(), grads))
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))  # any NaN/inf makes the norm so
         # NaN guard: a non-finite update is skipped (and counted), never applied.
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
         opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
