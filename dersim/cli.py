@@ -37,9 +37,12 @@ def main() -> None:
     """
 
 
-def _register_training_commands() -> None:
+def _register_commands() -> None:
+    """Commands defined next to the stage they drive (importers, trainer, evaluation)."""
+    from dersim.importers.cli import import_group
     from dersim.trainer.commands import eval_command, train_command
 
+    cache_group.add_command(import_group)
     main.add_command(train_command)
     main.add_command(eval_command)
 
@@ -172,4 +175,4 @@ def models_list_command() -> None:
         click.echo(f"{name}\t{'present' if path.exists() else 'not fetched'}\t{path}")
 
 
-_register_training_commands()
+_register_commands()
