@@ -43,15 +43,12 @@ from dersim.env import COST_MODES, TERMINATORS
 from dersim.env.der_env import EnvState, make_params, reset_to, step, transition
 from dersim.env.reference import DERGymEnv
 from dersim.env.tables import EnvError, EnvSpec, load_tables
+from dersim.importers.common import import_answer_set
+from dersim.importers.long import LongColumns, read_long
+from dersim.importers.routerbench import read_routerbench
 from dersim.recipe import EmbeddingSpec, load_recipe
 
 from conftest import REPO, synthetic_recipe_text
-
-try:  # the long-format importer is new; without it the depth-1 cache is a synthetic build
-    from dersim.importers.common import import_answer_set
-    from dersim.importers.long import LongColumns, read_long
-except ImportError:  # pragma: no cover - depends on the checkout
-    import_answer_set = None
 
 # Compiled once for the whole module; jit's cache keys on shapes and static fields only.
 TRANSITION = jax.jit(transition)
@@ -186,12 +183,18 @@ def write_long_jsonl(path: Path, *, n_questions: int = 12, seed: int = 5, params
     return models if params else {}
 
 
+def build_routerbench(directory: Path) -> Path:
+    """A real RouterBench import (winogrande, 24 questions, 11 models, routes of up to 2 calls)."""
+    data = REPO.parent / "shared" / "data" / "routerbench"
+    answers = read_routerbench([data / "winogrande_train.csv", data / "winogrande_test.csv"])
+    import_answer_set(answers, directory / "cache", embedding=EmbeddingSpec(model="hashing", dim=16), limit=24,
+                      max_calls=2)
+    return directory / "cache"
+
+
 def build_depth1(directory: Path) -> Path:
-    """A RouterBench-like depth-1 cache: imported from a long JSONL when the importer exists, else a
-    synthetic depth-1 build."""
+    """A depth-1 cache imported from a long-format JSONL with tokens, prices and model sizes."""
     directory.mkdir(parents=True, exist_ok=True)
-    if import_answer_set is None:
-        return build_synthetic(directory, priced_recipe_text(depth=1, train=8, test=4))
     params_b = write_long_jsonl(directory / "long.jsonl")
     columns = LongColumns(question_id="sample_id", question="prompt", model="model_name", answer="model_response",
                           score="performance", cost="cost", split="split", prompt_tokens="in_tok",
@@ -202,7 +205,7 @@ def build_depth1(directory: Path) -> Path:
 
 
 CACHE_NAMES = ["synthetic", "strategyqa" if (REAL_CACHE / "manifest.json").exists() else "synthetic_b", "random_dag",
-               "depth1"]
+               "depth1", "routerbench"]
 
 
 @dataclass
@@ -226,6 +229,8 @@ def cache(request, tmp_path_factory) -> CacheInfo:
         path = build_synthetic(tmp, priced_recipe_text(depth=2, train=6, test=3).replace("seed = 3", "seed = 11"))
     elif name == "strategyqa":
         path = REAL_CACHE
+    elif name == "routerbench":
+        path = build_routerbench(tmp)
     elif name == "random_dag":
         path = tmp / "cache"
         write_random_cache(path, n_questions=14, n_experts=3, depth=4, dim=8, seed=1)
