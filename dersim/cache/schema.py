@@ -54,9 +54,6 @@ TRANSITIONS_SCHEMA = pa.schema([
     ("error", pa.string()),
 ])
 
-# Every metric the builder can write, as states.parquet column names.
-METRIC_COLUMNS = ("bertscore_p", "bertscore_r", "bertscore_f1", "accuracy", "exact_match", "token_f1", "rouge_l")
-
 
 def states_schema(metric_columns: list[str], dim: int) -> pa.Schema:
     """`states.parquet`: fixed columns, then one float32 column per metric, then the embedding."""

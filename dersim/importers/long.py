@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from dersim.builder.sources.table import read_frame
+from dersim.builder.sources.table import read_csv_text, read_frame
 from dersim.cache.schema import SPLITS, file_sha256
 from dersim.errors import DatasetError
 from dersim.importers.common import (
@@ -81,13 +81,7 @@ def read_long_frame(path: Path) -> pl.DataFrame:
             return _jsonl_as_text(path)
     if path.suffix.lower() != ".csv":
         return read_frame(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: dataset file not found")
-    try:
-        return pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several error types for malformed files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: cannot read .csv file: {first_line}") from None
+    return read_csv_text(path)
 
 
 def _text(path: Path, frame: pl.DataFrame, column: str, strip: bool = True) -> pl.Series:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import polars as pl
 
+from dersim.builder.sources.table import read_csv_text
 from dersim.cache.schema import file_sha256
 from dersim.errors import DatasetError
 from dersim.importers.common import (
@@ -81,13 +82,7 @@ def read_wide_csv(path: Path) -> pl.DataFrame:
     """Every column as text (types are checked here, with row numbers), or a one-line error."""
     if path.suffix.lower() != ".csv":
         raise DatasetError(f"{path}: RouterBench files are .csv, got '{path.suffix}'")
-    if not path.exists():
-        raise DatasetError(f"{path}: dataset file not found")
-    try:
-        return pl.read_csv(path, infer_schema=False)
-    except Exception as exc:  # polars raises several error types for malformed files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: cannot read .csv file: {first_line}") from None
+    return read_csv_text(path)
 
 
 def discover_models(path: Path, frame: pl.DataFrame) -> list[str]:

@@ -16,6 +16,21 @@ from dersim.errors import DatasetError
 READERS = {".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_csv_text(path: Path) -> pl.DataFrame:
+    """A CSV file with every column as text (callers check types with row numbers), or a one-line error."""
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset file not found")
+    try:
+        return pl.read_csv(path, infer_schema=False)
+    except Exception as exc:  # polars raises several error types for malformed files
+        raise DatasetError(f"{path}: cannot read .csv file: {_first_line(exc)}") from None
+
+
 def read_frame(path: Path) -> pl.DataFrame:
     """Load a JSONL/CSV/Parquet file as strings-friendly polars frame, with a one-line error on failure."""
     reader = READERS.get(path.suffix.lower())
@@ -26,8 +41,7 @@ def read_frame(path: Path) -> pl.DataFrame:
     try:
         return reader(path)
     except Exception as exc:  # polars raises several error types for malformed files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DatasetError(f"{path}: cannot read {path.suffix} file: {first_line}") from None
+        raise DatasetError(f"{path}: cannot read {path.suffix} file: {_first_line(exc)}") from None
 
 
 def read_table(path: Path, columns: dict[str, str]) -> list[Question]:
