@@ -89,10 +89,10 @@ def import_group() -> None:
 @click.option("--test-fraction", type=click.FloatRange(0.0, 1.0),
               help="Instead, split all questions at random: this fraction goes to test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split.")
-@click.option("--strip-shared-prefix", is_flag=True,
+@click.option("--strip-shared-prefix/--keep-shared-prefix", default=True, show_default=True,
               help="Drop the few-shot examples every prompt of a task starts with from the question text (kept "
-                   "in the manifest). MiniLM reads 256 tokens: without this, arc-challenge and winogrande states "
-                   "all embed alike.")
+                   "in the manifest). MiniLM reads 256 tokens: with the prefix kept, every arc-challenge and "
+                   "winogrande state embeds to the same vector.")
 def routerbench_command(csv_files: tuple[Path, ...], out: Path, limit: int | None, embedding: str, dim: int,
                         drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool, split_from_name: bool,
                         test_fraction: float | None, seed: int, strip_shared_prefix: bool) -> None:
