@@ -103,7 +103,10 @@ def cache_group() -> None:
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def cache_info_command(directory: Path, as_json: bool) -> None:
-    """Sizes, per-expert quality at depth 1, oracle scores of the cache in DIRECTORY."""
+    """Sizes, per-expert quality and cost, oracle scores of the cache in DIRECTORY.
+
+    "@d" columns: the expert's mean score when it makes call d, over every question and every
+    route of d - 1 earlier calls (@1: its own first answers)."""
     from dersim.cache.info import cache_summary
     from dersim.cache.reader import open_cache
 
@@ -116,15 +119,18 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
     out.print(f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
               f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")
     metrics = summary["metrics"]
-    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @1" for m in metrics])
+    steps = range(1, summary["depth"] + 1)
+    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @{d}" for m in metrics for d in steps])
     table.columns[0].no_wrap = True
     for e in summary["experts"]:
         params = "?" if e["params_b"] is None else f"{e['params_b']:g}"
         table.add_row(e["name"], params, str(e["calls"]), _fmt(e["mean_latency_s"], 3),
-                      _fmt(e["mean_cost_usd"], 6), *[_fmt(e["depth1"][m]) for m in metrics])
+                      _fmt(e["mean_cost_usd"], 6), *[_fmt(value) for m in metrics for value in e["by_step"][m]])
     for label, key in (("oracle: best expert/q", "oracle_single_call"),
                        ("oracle: best state/q", "oracle_any_state")):
-        table.add_row(label, "", "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
+        # An oracle's score sits in each metric's last column (it may use up to D calls).
+        table.add_row(label, "", "", "", "", *[cell for m in metrics
+                                               for cell in [""] * (len(steps) - 1) + [_fmt(summary[key].get(m))]])
     out.print(table)
     for metric, best in summary["best_fixed_route"].items():
         if best:

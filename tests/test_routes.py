@@ -11,7 +11,7 @@ import pytest
 from dersim.builder.build import build_cache
 from dersim.cache.info import cache_summary
 from dersim.cache.reader import open_cache
-from dersim.cache.routes import all_routes, best_fixed_routes, next_state_matrix, replay
+from dersim.cache.routes import all_routes, best_fixed_routes, expert_scores_by_step, next_state_matrix, replay
 from dersim.errors import CacheFormatError
 from dersim.recipe import load_recipe
 
@@ -68,6 +68,22 @@ def test_best_fixed_route_beats_every_single_expert(cache) -> None:
     costs = {e["name"]: e["params_b"] for e in summary["experts"]}
     assert ranked[0]["params_b"] == pytest.approx(sum(costs[name] for name in ranked[0]["route"]))
     assert summary["oracle_any_state"]["accuracy"] >= ranked[0]["score"]
+
+
+def test_expert_scores_by_step_average_every_route_ending_with_the_expert(cache) -> None:
+    by_step = expert_scores_by_step(cache, "token_f1")
+    assert len(by_step) == 3 and all(len(steps) == 3 for steps in by_step)
+    roots = cache.questions["root_state_id"].to_list()
+    score = dict(cache.states.select("state_id", "token_f1").iter_rows())
+    for expert in range(3):
+        for step in range(1, 4):
+            routes = [r for r in all_routes(3, step) if len(r) == step and r[-1] == expert]
+            finals = [score[walk(cache, root, route)] for route in routes for root in roots]
+            assert by_step[expert][step - 1] == pytest.approx(sum(finals) / len(finals))
+    summary = cache_summary(cache)
+    assert [e["by_step"]["token_f1"] for e in summary["experts"]] == by_step
+    assert [e["by_step"]["token_f1"][0] for e in summary["experts"]] == pytest.approx(
+        [e["depth1"]["token_f1"] for e in summary["experts"]])
 
 
 def test_old_caches_without_new_columns_get_a_one_line_error(cache, tmp_path: Path) -> None:

@@ -7,12 +7,13 @@ from typing import Any
 import polars as pl
 
 from dersim.cache.reader import Cache
-from dersim.cache.routes import best_fixed_routes
+from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
 from dersim.cache.schema import STATUS_OK
 
 
 def cache_summary(cache: Cache) -> dict[str, Any]:
-    """Sizes, per-expert depth-1 quality and cost, two oracles and the best fixed route per metric.
+    """Sizes, per-expert quality (first answers, and by step: see `expert_scores_by_step`) and
+    cost, two oracles and the best fixed route per metric.
 
     `oracle_single_call`: per question the best expert's first answer, averaged (the paper's
     "oracle best single expert per question"); `oracle_any_state`: the best state any route of at
@@ -35,6 +36,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         mean_cost_usd=pl.col("cost_usd").mean(),
     ).sort("expert_id").to_dicts())
     by_id = {row["expert_id"]: row for row in calls}
+    by_step = {m: expert_scores_by_step(cache, m) for m in metrics}
     experts = []
     for index, spec in enumerate(cache.manifest["experts"]):
         depth1 = next((row for row in per_expert if row["expert_id"] == index), {})
@@ -46,6 +48,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
             "mean_completion_tokens": usage.get("mean_completion_tokens"),
             "mean_cost_usd": usage.get("mean_cost_usd"),
             "depth1": {m: depth1.get(m) for m in metrics},
+            "by_step": {m: by_step[m][index] for m in metrics},
         })
     oracle_single = (first.group_by("state_id").agg([pl.col(m).max() for m in metrics])
                      .select([pl.col(m).mean() for m in metrics]).to_dicts())

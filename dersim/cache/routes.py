@@ -62,3 +62,22 @@ def best_fixed_routes(cache: Cache, metric: str, split: str | None = None) -> li
             results.append({"route": [cache.expert_names[e] for e in route], "score": float(scores[final].mean()),
                             "params_b": float(params[list(route)].sum())})
     return sorted(results, key=lambda r: (-r["score"], r["params_b"], len(r["route"])))
+
+
+def expert_scores_by_step(cache: Cache, metric: str) -> list[list[float | None]]:
+    """[N][D]: each expert's mean `metric` when it makes call d (1..D), over every question and
+    every route of d - 1 earlier calls (so step 1 is its own first answer, and later steps show what
+    the Knowledge Transfer Prompt does with the other experts' answers). None where nothing replays."""
+    roots = cache.questions["root_state_id"].to_numpy()
+    scores = cache.states[metric].to_numpy()
+    next_state = next_state_matrix(cache)
+    n_experts = next_state.shape[1]
+    means: list[list[float | None]] = [[] for _ in range(n_experts)]
+    for step in range(1, cache.depth + 1):
+        prefixes = list(itertools.product(range(n_experts), repeat=step - 1))
+        starts = np.concatenate([replay(prefix, roots, next_state) for prefix in prefixes])
+        for expert in range(n_experts):
+            final = replay((expert,), starts, next_state)
+            final = final[final >= 0]
+            means[expert].append(float(scores[final].mean()) if len(final) else None)
+    return means
