@@ -105,8 +105,8 @@ def cache_group() -> None:
 def cache_info_command(directory: Path, as_json: bool) -> None:
     """Sizes, per-expert quality and cost, oracle scores of the cache in DIRECTORY.
 
-    "@d" columns: the expert's mean score when it makes call d, over every question and every
-    route of d - 1 earlier calls (@1: its own first answers)."""
+    Quality by call: each expert's mean score when it makes call d, over every question and
+    every route of d - 1 earlier calls (call 1: its own first answers)."""
     from dersim.cache.info import cache_summary
     from dersim.cache.reader import open_cache
 
@@ -119,19 +119,24 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
     out.print(f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
               f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")
     metrics = summary["metrics"]
-    steps = range(1, summary["depth"] + 1)
-    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @{d}" for m in metrics for d in steps])
+    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @1" for m in metrics])
     table.columns[0].no_wrap = True
     for e in summary["experts"]:
         params = "?" if e["params_b"] is None else f"{e['params_b']:g}"
         table.add_row(e["name"], params, str(e["calls"]), _fmt(e["mean_latency_s"], 3),
-                      _fmt(e["mean_cost_usd"], 6), *[_fmt(value) for m in metrics for value in e["by_step"][m]])
+                      _fmt(e["mean_cost_usd"], 6), *[_fmt(e["depth1"][m]) for m in metrics])
     for label, key in (("oracle: best expert/q", "oracle_single_call"),
                        ("oracle: best state/q", "oracle_any_state")):
-        # An oracle's score sits in each metric's last column (it may use up to D calls).
-        table.add_row(label, "", "", "", "", *[cell for m in metrics
-                                               for cell in [""] * (len(steps) - 1) + [_fmt(summary[key].get(m))]])
+        table.add_row(label, "", "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
     out.print(table)
+    if summary["depth"] > 1:
+        steps = Table("expert", "call", *metrics, title="mean score when the expert makes call d "
+                                                        "(over every route of d - 1 earlier calls)")
+        for e in summary["experts"]:
+            for d in range(summary["depth"]):
+                steps.add_row(e["name"] if d == 0 else "", str(d + 1), *[_fmt(e["by_step"][m][d]) for m in metrics],
+                              end_section=d == summary["depth"] - 1)
+        out.print(steps)
     for metric, best in summary["best_fixed_route"].items():
         if best:
             out.print(f"best fixed route by {metric}: {' -> '.join(best['route'])}  "
