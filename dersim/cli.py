@@ -106,8 +106,9 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
     """Sizes, per-expert quality and cost, oracle scores of the cache in DIRECTORY.
 
     Quality by call: each expert's mean score when it makes call d, over every question and
-    every route of d - 1 earlier calls (call 1: its own first answers)."""
-    from dersim.cache.info import cache_summary
+    every route of d - 1 earlier calls (call 1: its own first answers). Answer score quantiles
+    show where to put the env's good-enough threshold p0 for each metric."""
+    from dersim.cache.info import ANSWER_QUANTILES, cache_summary
     from dersim.cache.reader import open_cache
 
     summary = cache_summary(open_cache(directory))
@@ -128,6 +129,9 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
     for label, key in (("oracle: best expert/q", "oracle_single_call"),
                        ("oracle: best state/q", "oracle_any_state")):
         table.add_row(label, "", "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
+    for q in ANSWER_QUANTILES:
+        table.add_row(f"answers: {q:.0%} score <=", "", "", "", "",
+                      *[_fmt(summary["answer_score_quantiles"][m][f"{q:g}"]) for m in metrics], style="dim")
     out.print(table)
     if summary["depth"] > 1:
         steps = Table("expert", "call", *metrics, title="mean score when the expert makes call d "

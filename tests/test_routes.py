@@ -70,6 +70,15 @@ def test_best_fixed_route_beats_every_single_expert(cache) -> None:
     assert summary["oracle_any_state"]["accuracy"] >= ranked[0]["score"]
 
 
+def test_answer_score_quantiles_split_the_answers(cache) -> None:
+    quantiles = cache_summary(cache)["answer_score_quantiles"]["token_f1"]
+    answers = cache.states.filter(pl.col("depth") > 0)["token_f1"].to_numpy()
+    values = [quantiles[key] for key in ("0.25", "0.5", "0.75", "0.9")]
+    assert values == sorted(values)
+    for q, value in zip((0.25, 0.5, 0.75, 0.9), values, strict=True):
+        assert (answers <= value).mean() >= q and (answers >= value).mean() >= 1 - q - 1e-9
+
+
 def test_expert_scores_by_step_average_every_route_ending_with_the_expert(cache) -> None:
     by_step = expert_scores_by_step(cache, "token_f1")
     assert len(by_step) == 3 and all(len(steps) == 3 for steps in by_step)

@@ -10,6 +10,8 @@ from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
 from dersim.cache.schema import STATUS_OK
 
+ANSWER_QUANTILES = (0.25, 0.5, 0.75, 0.9)  # where to put p0: the share of answers it calls good enough
+
 
 def cache_summary(cache: Cache) -> dict[str, Any]:
     """Sizes, per-expert quality (first answers, and by step: see `expert_scores_by_step`) and
@@ -55,6 +57,8 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     oracle_any = (s.group_by("question_id").agg([pl.col(m).max() for m in metrics])
                   .select([pl.col(m).mean() for m in metrics]).to_dicts())
     depth_counts = s.group_by("depth").len().sort("depth")
+    answers = s.filter(pl.col("depth") > 0)
+    quantiles = {m: {f"{q:g}": answers[m].quantile(q) for q in ANSWER_QUANTILES} for m in metrics}
     return {
         "path": str(cache.path),
         "dataset": cache.manifest.get("dataset", {}).get("id"),
@@ -66,6 +70,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "transitions": t.height,
         "failed_calls": int(t.filter(pl.col("status") != STATUS_OK).height),
         "metrics": metrics,
+        "answer_score_quantiles": quantiles,
         "oracle_single_call": oracle_single[0] if oracle_single else {},
         "oracle_any_state": oracle_any[0] if oracle_any else {},
         "best_fixed_route": {m: next(iter(best_fixed_routes(cache, m)), None) for m in metrics},
