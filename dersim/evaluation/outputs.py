@@ -9,14 +9,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dersim.evaluation.plots import plot_curves, plot_pareto
+from dersim.evaluation.report import REPORTED_METRICS
 
 RUNS = "runs.parquet"
 SUMMARY = "summary.md"
 
 
 def score_columns(frame: pl.DataFrame, metric: str) -> list[str]:
-    """The env's metric, then the task metric if the cache has one."""
-    return list(dict.fromkeys(c for c in (metric, "accuracy", "exact_match") if c in frame.columns))[:2]
+    """The env's metric, then BERTScore F1 and the task metric where the cache has them."""
+    return list(dict.fromkeys(c for c in (metric, *REPORTED_METRICS) if c in frame.columns))
 
 
 def write_outputs(out: Path, policies: pl.DataFrame, baselines: pl.DataFrame, curves: pl.DataFrame, metric: str,

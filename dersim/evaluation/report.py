@@ -1,7 +1,7 @@
 """Evaluating a training run: greedy policies and baselines on held-out questions, tables and plots.
 
-Scores are reported x100 (the env's metric, e.g. BERTScore F1, and the task metric, e.g. yes/no
-accuracy, when the cache has it); cost is the mean billions of parameters activated per question.
+Scores are reported x100 (the env's metric, and BERTScore F1 and the task metric, e.g. yes/no
+accuracy, when the cache has them); cost is the mean billions of parameters activated per question.
 Baselines use the settings (T_max, p0, terminator) of the policy that scored best on the train
 split, which is also how "the best policy" is chosen: never on the evaluation split itself.
 """
@@ -23,7 +23,7 @@ from dersim.evaluation.greedy import greedy_episodes
 from dersim.trainer.ppo import Runner
 from dersim.trainer.run import GridTrainer
 
-TASK_METRICS = ("accuracy", "exact_match")
+REPORTED_METRICS = ("bertscore_f1", "accuracy", "exact_match")  # beside the training metric, when cached
 
 
 def split_roots(cache: Path, split: str) -> np.ndarray:
@@ -52,7 +52,7 @@ def evaluate(trainer: GridTrainer, runner: Runner, split: str = "test") -> tuple
     cache = trainer.cache
     manifest = read_manifest(cache)
     metric = trainer.tables.metric
-    columns = [metric, *[m for m in TASK_METRICS if m in manifest["metric_columns"] and m != metric]]
+    columns = [metric, *[m for m in REPORTED_METRICS if m in manifest["metric_columns"] and m != metric]]
     states = pq.read_table(cache / STATES, columns=columns)
     scores = {m: states[m].to_numpy() for m in columns}
     names = list(trainer.tables.expert_names)
