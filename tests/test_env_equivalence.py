@@ -246,8 +246,9 @@ def cache(request, tmp_path_factory) -> CacheInfo:
 
 
 @functools.lru_cache(maxsize=16)
-def tables_for(path: Path, split: str, metric: str, cost_mode: str, last_action_obs: bool):
-    return load_tables(path, EnvSpec(split=split, metric=metric, cost_mode=cost_mode, last_action_obs=last_action_obs))
+def tables_for(path: Path, split: str, metric: str, cost_mode: str, last_action_obs: bool, embedding_dim: int | None):
+    return load_tables(path, EnvSpec(split=split, metric=metric, cost_mode=cost_mode, last_action_obs=last_action_obs,
+                                     embedding_dim=embedding_dim))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +268,7 @@ class Config:
     gamma: float
     p0: float
     last_action_obs: bool
+    embedding_dim: int | None = None
 
     def spec(self) -> EnvSpec:
         return EnvSpec(**self.__dict__)
@@ -304,7 +306,8 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
     """Step the JAX env (`transition`, and `step` with its auto-reset) and the reference env with
     the same actions; reset both to the same question after each episode."""
     seen = seen or Seen()
-    tables = tables_for(path, config.split, config.metric, config.cost_mode, config.last_action_obs)
+    tables = tables_for(path, config.split, config.metric, config.cost_mode, config.last_action_obs,
+                        config.embedding_dim)
     params = make_params(tables, alpha=config.alpha, beta=config.beta, gamma=config.gamma, p0=config.p0,
                          t_max=config.t_max, terminator=config.terminator)
     env = DERGymEnv(path, config.spec())
@@ -366,7 +369,7 @@ def configs(draw, cache: CacheInfo) -> Config:
         cost_mode=draw(st.sampled_from(cache.cost_modes)), t_max=draw(st.integers(1, cache.depth)),
         terminator=draw(st.sampled_from(TERMINATORS)), alpha=draw(st.floats(0.0, 0.5)),
         beta=draw(st.floats(0.0, 10.0)), gamma=draw(st.floats(0.0, 5.0)), p0=p0,
-        last_action_obs=draw(st.booleans()),
+        last_action_obs=draw(st.booleans()), embedding_dim=draw(st.sampled_from([None, 3])),
     )
 
 
@@ -396,7 +399,8 @@ def test_long_rollouts_cover_every_branch(cache: CacheInfo) -> None:
     for i, (terminator, t_max) in enumerate((term, t) for term in TERMINATORS for t in range(1, cache.depth + 1)):
         config = Config(split=("train", "test", "all")[i % 3], metric=metric,
                         cost_mode=cache.cost_modes[i % len(cache.cost_modes)], t_max=t_max, terminator=terminator,
-                        alpha=0.05, beta=2.0, gamma=1.5, p0=p0, last_action_obs=bool(i % 2))
+                        alpha=0.05, beta=2.0, gamma=1.5, p0=p0, last_action_obs=bool(i % 2),
+                        embedding_dim=3 if i % 3 == 1 else None)
         run_both(cache.path, config, next_action=lambda n: int(rng.integers(n)),
                  next_question=lambda n: int(rng.integers(n)), n_steps=120, seen=seen)
     assert seen.success and seen.failure and seen.stops and seen.at_limit, seen

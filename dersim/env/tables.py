@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from dersim.cache.reader import read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS
 from dersim.env import COST_MODES, TERMINATORS
+from dersim.env.projection import principal_projection
 from dersim.errors import DersimError
 
 
@@ -38,6 +39,7 @@ class EnvSpec:
     gamma: float = 2.0
     p0: float = 0.73
     last_action_obs: bool = False
+    embedding_dim: int | None = None  # PCA the embeddings to this many dimensions (None: as cached)
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class EnvTables:
     next_state: np.ndarray  # int32 [S, N], -1 where no call was built
     score: np.ndarray  # float32 [S], the chosen metric
     cost: np.ndarray  # float32 [S, N], the chosen cost of each call
-    embedding: np.ndarray  # float32 [S, d]
+    embedding: np.ndarray  # float32 [S, d], or [S, k] under spec.embedding_dim
     depth: np.ndarray  # int32 [S], depth first reached
     roots: np.ndarray  # int32 [Q], root state of each question of the split
     question_ids: tuple[str, ...]
@@ -105,7 +107,8 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec()) -> EnvTables:
     manifest = read_manifest(directory)
     spec = resolve_spec(spec, manifest, directory)
     n_experts = len(manifest["experts"])
-    states = pq.read_table(directory / STATES, columns=["state_id", "depth", spec.metric, "embedding"])
+    states = pq.read_table(directory / STATES, columns=["state_id", "question_id", "depth", spec.metric,
+                                                        "embedding"])
     questions = pq.read_table(directory / QUESTIONS, columns=["question_id", "split", "root_state_id"])
     transitions = pq.read_table(directory / TRANSITIONS).filter(pc.equal(pc.field("status"), STATUS_OK))
     n_states = states.num_rows
@@ -131,6 +134,10 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec()) -> EnvTables:
     embedding_column = states["embedding"].combine_chunks()
     dim = embedding_column.type.list_size
     embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
+    if spec.embedding_dim is not None:
+        train_ids = questions["question_id"].filter(pc.equal(questions["split"], "train"))
+        fit_rows = pc.is_in(states["question_id"], value_set=train_ids.combine_chunks()).to_numpy(zero_copy_only=False)
+        embedding = principal_projection(embedding, fit_rows, spec.embedding_dim, directory)
     return EnvTables(
         next_state=next_state,
         score=states[spec.metric].to_numpy().astype(np.float32),

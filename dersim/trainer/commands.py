@@ -49,6 +49,9 @@ def default_cache() -> Path:
 @click.option("--p0", type=float, default=0.73, show_default=True,
               help="Good-enough threshold on the metric (the paper's 0.73 was set for another BERTScore model: "
                    "recalibrate it, see `dersim cache info`).")
+@click.option("--embedding-dim", type=click.IntRange(min=1), metavar="K",
+              help="Observe the top K principal components of the state embeddings (fitted on the train split) "
+                   "instead of all d: the first layer, most of PPO's arithmetic, shrinks by d / K.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<cache name>).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @click.option("--stop-after-chunks", type=click.IntRange(min=1),
@@ -57,8 +60,8 @@ def default_cache() -> Path:
 def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tuple[str, ...], steps: int,
                   num_envs: int, rollout: int, epochs: int, minibatches: int, hidden: int, chunk_updates: int,
                   metric: str | None, cost_mode: str, terminator: str, t_max: int | None, alpha: float, beta: float,
-                  gamma: float, p0: float, out: Path | None, resume: bool, stop_after_chunks: int | None,
-                  quiet: bool) -> None:
+                  gamma: float, p0: float, embedding_dim: int | None, out: Path | None, resume: bool,
+                  stop_after_chunks: int | None, quiet: bool) -> None:
     """Train DER routing policies with PPO on a cache, then evaluate them on its test split.
 
     With --vectorized, every policy of the grid trains at once in one jitted program against the
@@ -74,7 +77,7 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
         raise DersimError(f"--num-envs x --rollout ({num_envs * rollout}) must be divisible by --minibatches")
     cache = cache_dir or default_cache()
     spec = EnvSpec(split="train", metric=metric, cost_mode=cost_mode, t_max=t_max, terminator=terminator,
-                   alpha=alpha, beta=beta, gamma=gamma, p0=p0)
+                   alpha=alpha, beta=beta, gamma=gamma, p0=p0, embedding_dim=embedding_dim)
     config = PPOConfig(num_envs=num_envs, num_steps=rollout, update_epochs=epochs, num_minibatches=minibatches,
                        hidden=hidden, updates_per_chunk=chunk_updates)
     run_dir = out or Path("runs") / cache.name
