@@ -35,7 +35,7 @@ runs it, from `GridTrainer.from_grid` to the last checkpoint, compilation includ
 
     python benchmarks/train_throughput.py [--cache DIR] [--policies 1,16,256,1024] [--chunks 3]
         [--stepwise-chunks 2] [--sb3-steps 16384] [--sb3-seconds 30] [--sb3-threads 1,0] [--full]
-        [--metric NAME] [--p0 X]
+        [--metric NAME] [--p0 X] [--embedding-dim K] [--hidden H]
 """
 
 from __future__ import annotations
@@ -153,6 +153,7 @@ def time_sb3(cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds:
     `steps` env steps or `seconds`, whichever comes first, with `threads` torch threads."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     class Deadline(BaseCallback):
@@ -176,6 +177,7 @@ def time_sb3(cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds:
                     policy_kwargs={"net_arch": {"pi": [config.hidden] * 2, "vf": [config.hidden] * 2},
                                    "activation_fn": torch.nn.Tanh},
                     device="cpu", seed=0, verbose=0)
+        model.set_logger(Logger(folder=None, output_formats=[]))  # the default writes a folder in the temp dir
         model.learn(total_timesteps=config.batch_size)  # warm-up: one rollout and one update
         before = model.num_timesteps
         started = time.perf_counter()
@@ -216,6 +218,10 @@ def main() -> None:
                                                        "cache built here)")
     parser.add_argument("--p0", type=float, default=None,
                         help=f"threshold (default: {EnvSpec.p0}; 0.5 on the synthetic cache built here)")
+    parser.add_argument("--embedding-dim", type=int, default=None,
+                        help="observe the top K principal components of the embeddings (every row, SB3 included)")
+    parser.add_argument("--hidden", type=int, default=PPOConfig.hidden,
+                        help="MLP width of every row, SB3 included (default: the trainer's)")
     args = parser.parse_args()
     policy_counts = [int(p) for p in args.policies.split(",")]
     if min(args.chunks, args.stepwise_chunks, *policy_counts) < 1:
@@ -224,7 +230,7 @@ def main() -> None:
         import stable_baselines3  # noqa: F401
     except ImportError:
         parser.error("needs stable-baselines3: pip install -c constraints.txt -e '.[bench]'")
-    config = PPOConfig()
+    config = PPOConfig(hidden=args.hidden)
     default_threads = torch.get_num_threads()
     console = Console()
     if not console.is_terminal:
@@ -235,11 +241,12 @@ def main() -> None:
         cache, built = (args.cache, False) if args.cache else default_cache(tmp)
         metric = args.metric or ("accuracy" if built else None)
         p0 = args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0)
-        spec = EnvSpec(metric=metric, p0=p0)
+        spec = EnvSpec(metric=metric, p0=p0, embedding_dim=args.embedding_dim)
         probe = GridTrainer.from_grid(cache, tmp / "probe", spec, config, {}, seeds=1, steps=1)
         tables = probe.tables
         console.print(f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
-                      f"{len(tables.roots)} train questions, embedding dim {tables.embedding.shape[1]}; metric "
+                      f"{len(tables.roots)} train questions, observed embedding dim "
+                      f"{tables.embedding.shape[1]}; metric "
                       f"{tables.metric}, p0 {p0}, terminator {probe.spec.terminator}, T_max {probe.spec.t_max}")
         console.print(f"PPO: {config.num_envs} envs x {config.num_steps} steps per update, {config.update_epochs} "
                       f"epochs x {config.num_minibatches} minibatches, hidden {config.hidden}, "
