@@ -190,7 +190,9 @@ def _bertscore(answers: list[str], references: list[str], spec: MetricSpec) -> d
         p, r, f = scorer.score([answers[i] for i in todo], [references[i] for i in todo],
                                batch_size=spec.batch_size)
         for name, values in zip(BERTSCORE_COLUMNS, (p, r, f), strict=True):
-            out[name][todo] = values.numpy()
+            # Clipped: an answer equal to a short reference scores 1.0000001 in float32, and a
+            # cosine can in principle be negative; caches hold every metric in [0, 1].
+            out[name][todo] = np.clip(values.numpy(), 0.0, 1.0)
     return out
 
 
@@ -257,7 +259,8 @@ def metric_manifest(spec: MetricSpec) -> dict[str, Any]:
         if name == "bertscore":
             scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
             entry = {
-                "description": "BERTScore of the answer against question.reference; 0 for an empty answer",
+                "description": "BERTScore of the answer against question.reference, clipped to [0, 1]; 0 for an "
+                               "empty answer",
                 "model": spec.bertscore_model,
                 "path": str(local_model_path(spec.bertscore_model)),
                 "num_layers": spec.bertscore_layer,
