@@ -14,6 +14,7 @@ from conftest import REPO
 BUNDLED = {
     # name: (train, test, minimum depth, maximum new tokens)
     "strategyqa": (200, 100, 3, 64),
+    "math": (150, 50, 2, 96),
 }
 MAX_BYTES = 30 * 2**20
 
