@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dersim.evaluation.plots import plot_curves, plot_pareto
 from dersim.evaluation.report import REPORTED_METRICS
+from dersim.trainer.grid import GRID_KEYS
 
 RUNS = "runs.parquet"
 SUMMARY = "summary.md"
@@ -54,6 +55,13 @@ def summary_markdown(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, s
     return "\n".join(lines)
 
 
+def policy_label(row: dict, varied: list[str]) -> str:
+    """'policy 3 (lr 0.001, beta 0, seed 1)': the settings that differ across the run's policies."""
+    settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in varied]
+    seed = row["seed"]
+    return f"policy {row['policy']} ({', '.join([*settings, f'seed {seed}'])})"
+
+
 def print_table(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split: str, top: int = 5) -> None:
     """The best `top` policies (by train score) beside every baseline."""
     columns = score_columns(baselines, metric)
@@ -63,9 +71,10 @@ def print_table(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split:
                   title=f"{split} split: {runs.height} policies (best {min(top, runs.height)} by train {metric}) "
                         "and baselines")
     table.columns[0].no_wrap = True
+    varied = [k for k in GRID_KEYS if k in runs.columns and runs[k].n_unique() > 1]
     for row in runs.sort(f"train_{metric}", descending=True).head(top).iter_rows(named=True):
         share = " ".join(f"{k[:12]}:{v:.0%}" for k, v in row["expert_share"].items() if v)
-        table.add_row(f"policy {row['policy']} ({row['terminator']}, T{row['t_max']})",
+        table.add_row(policy_label(row, varied),
                       *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}", f"{row['calls']:.2f}",
                       *([share] if wide else []))
     for row in baselines.iter_rows(named=True):
