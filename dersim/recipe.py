@@ -81,7 +81,6 @@ class MetricSpec:
     names: tuple[str, ...] = ("bertscore", "token_f1", "rouge_l")
     bertscore_model: str = "all-MiniLM-L6-v2"
     bertscore_layer: int = 6
-    batch_size: int = 64
 
 
 @dataclass(frozen=True)

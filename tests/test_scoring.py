@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,8 @@ from dersim.builder.scoring import (
 from dersim.builder.sources.question import Question
 from dersim.errors import BackendError, DatasetError
 from dersim.recipe import KNOWN_METRICS, MetricSpec
+
+from conftest import REPO
 
 HAMSTER = Question("q0", "Do hamsters provide food for any animals?",
                    "Yes. Hamsters are prey animals. Prey animals provide food for predators.",
@@ -256,3 +261,29 @@ def test_local_model_path(tmp_path: Path) -> None:
         local_model_path(str(packaged.parent))
     with pytest.raises(BackendError, match="give a local folder"):
         local_model_path("bert-base-uncased")
+
+
+SCORE_IN_SUBPROCESS = """
+import sys
+import polars as pl
+from dersim.builder.scoring import score_answers
+from dersim.builder.sources.question import Question
+from dersim.recipe import MetricSpec
+states = pl.read_parquet(sys.argv[1] + "/states.parquet").filter(pl.col("depth") > 0).head(400)
+questions = {row["question_id"]: Question(row["question_id"], row["question"], row["reference"], (), row["label"])
+             for row in pl.read_parquet(sys.argv[1] + "/questions.parquet").iter_rows(named=True)}
+scores = score_answers(states["answer"].to_list(), [questions[q] for q in states["question_id"]],
+                       MetricSpec(names=("bertscore",)))
+print(scores["bertscore_f1"].tobytes().hex())
+"""
+
+
+def test_bertscore_is_identical_across_processes() -> None:
+    """bert-score groups texts in `set` order, which depends on the process's string hash seed; the
+    scores must not (with padded batches about 5% of cache/strategyqa's scores moved by an ulp or more)."""
+    runs = []
+    for seed in ("1", "2"):
+        result = subprocess.run([sys.executable, "-c", SCORE_IN_SUBPROCESS, str(REPO / "cache" / "strategyqa")],
+                                capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        runs.append(result.stdout.strip())
+    assert runs[0] == runs[1] and len(runs[0]) == 400 * 8

@@ -179,16 +179,18 @@ def _bertscorer(model: str, layer: int) -> BERTScorer:
 def _bertscore(answers: list[str], references: list[str], spec: MetricSpec) -> dict[str, np.ndarray]:
     """Precision, recall and F1 columns; pairs with an empty side score 0 without running the model.
 
-    bert-score embeds the distinct texts of a call once, longest first, in batches of
-    `spec.batch_size`, so scoring all states of a question together embeds its reference once.
-    The model is in eval mode (no dropout), so equal inputs give equal scores.
+    bert-score embeds the distinct texts of a call once (so scoring all states of a question
+    together embeds its reference once), one text per forward pass. Batches would pad texts to
+    a common length, and a padded batch shifts scores (by up to 0.004 on cache/strategyqa)
+    depending on which texts share it; bert-score groups texts in `set` order, which changes
+    from process to process, so batched scores would make caches irreproducible. The model is in
+    eval mode (no dropout): equal inputs give equal scores.
     """
     out = {name: np.zeros(len(answers), dtype=np.float32) for name in BERTSCORE_COLUMNS}
     todo = [i for i, (a, r) in enumerate(zip(answers, references, strict=True)) if a.strip() and r.strip()]
     if todo:
         scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
-        p, r, f = scorer.score([answers[i] for i in todo], [references[i] for i in todo],
-                               batch_size=spec.batch_size)
+        p, r, f = scorer.score([answers[i] for i in todo], [references[i] for i in todo], batch_size=1)
         for name, values in zip(BERTSCORE_COLUMNS, (p, r, f), strict=True):
             # Clipped: an answer equal to a short reference scores 1.0000001 in float32, and a
             # cosine can in principle be negative; caches hold every metric in [0, 1].
