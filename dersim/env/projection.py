@@ -16,6 +16,13 @@ import numpy as np
 from dersim.errors import DersimError
 
 
+def project_states(embedding: np.ndarray, state_questions: np.ndarray, train_questions: np.ndarray, k: int,
+                   where: Path) -> np.ndarray:
+    """`embedding` [S, d] projected onto the top `k` principal components of the train split's
+    states (those whose question id, in `state_questions`, is one of `train_questions`)."""
+    return principal_projection(embedding, np.isin(state_questions, train_questions), k, where)
+
+
 def principal_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> np.ndarray:
     """Every row of `embedding` [S, d] projected onto the top `k` principal components of the rows
     selected by the boolean mask `fit_rows` (centred on their mean) -> float32 [S, k].

@@ -32,7 +32,7 @@ from gymnasium import spaces
 
 from dersim.cache.reader import open_cache
 from dersim.cache.schema import STATUS_OK
-from dersim.env.projection import principal_projection
+from dersim.env.projection import project_states
 from dersim.env.tables import EnvError, EnvSpec, resolve_spec
 
 
@@ -68,8 +68,8 @@ class DERGymEnv(gym.Env):
         self.embedding = np.stack(cache.states["embedding"].to_numpy()).astype(np.float32).reshape(self.n_states, -1)
         if spec.embedding_dim is not None:
             train_ids = cache.questions.filter(pl.col("split") == "train")["question_id"]
-            fit_rows = cache.states["question_id"].is_in(train_ids.implode()).to_numpy()
-            self.embedding = principal_projection(self.embedding, fit_rows, spec.embedding_dim, directory)
+            self.embedding = project_states(self.embedding, cache.states["question_id"].to_numpy(),
+                                            train_ids.to_numpy(), spec.embedding_dim, directory)
         self.depth = cache.states["depth"].to_list()
         self.answers = cache.states["answer"].to_list()
 

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from dersim.cache.reader import read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS
 from dersim.env import COST_MODES, TERMINATORS
-from dersim.env.projection import principal_projection
+from dersim.env.projection import project_states
 from dersim.errors import DersimError
 
 
@@ -136,8 +136,8 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec()) -> EnvTables:
     embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
     if spec.embedding_dim is not None:
         train_ids = questions["question_id"].filter(pc.equal(questions["split"], "train"))
-        fit_rows = pc.is_in(states["question_id"], value_set=train_ids.combine_chunks()).to_numpy(zero_copy_only=False)
-        embedding = principal_projection(embedding, fit_rows, spec.embedding_dim, directory)
+        embedding = project_states(embedding, states["question_id"].to_numpy(), train_ids.to_numpy(),
+                                   spec.embedding_dim, directory)
     return EnvTables(
         next_state=next_state,
         score=states[spec.metric].to_numpy().astype(np.float32),
