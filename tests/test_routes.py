@@ -80,7 +80,7 @@ def test_answer_score_quantiles_split_the_answers(cache) -> None:
 
 
 def test_expert_scores_by_step_average_every_route_ending_with_the_expert(cache) -> None:
-    by_step = expert_scores_by_step(cache, "token_f1")
+    by_step = expert_scores_by_step(cache, ["token_f1"])["token_f1"]
     assert len(by_step) == 3 and all(len(steps) == 3 for steps in by_step)
     roots = cache.questions["root_state_id"].to_list()
     score = dict(cache.states.select("state_id", "token_f1").iter_rows())

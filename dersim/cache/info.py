@@ -38,7 +38,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         mean_cost_usd=pl.col("cost_usd").mean(),
     ).sort("expert_id").to_dicts())
     by_id = {row["expert_id"]: row for row in calls}
-    by_step = {m: expert_scores_by_step(cache, m) for m in metrics}
+    by_step = expert_scores_by_step(cache, metrics)
     experts = []
     for index, spec in enumerate(cache.manifest["experts"]):
         depth1 = next((row for row in per_expert if row["expert_id"] == index), {})

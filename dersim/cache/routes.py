@@ -64,20 +64,22 @@ def best_fixed_routes(cache: Cache, metric: str, split: str | None = None) -> li
     return sorted(results, key=lambda r: (-r["score"], r["params_b"], len(r["route"])))
 
 
-def expert_scores_by_step(cache: Cache, metric: str) -> list[list[float | None]]:
-    """[N][D]: each expert's mean `metric` when it makes call d (1..D), over every question and
-    every route of d - 1 earlier calls (so step 1 is its own first answer, and later steps show what
-    the Knowledge Transfer Prompt does with the other experts' answers). None where nothing replays."""
+def expert_scores_by_step(cache: Cache, metrics: list[str]) -> dict[str, list[list[float | None]]]:
+    """metric -> [N][D]: each expert's mean score when it makes call d (1..D), over every question
+    and every route of d - 1 earlier calls (so step 1 is its own first answer, and later steps show
+    what the Knowledge Transfer Prompt does with the other experts' answers). None where nothing
+    replays. The routes are replayed once for all metrics."""
     roots = cache.questions["root_state_id"].to_numpy()
-    scores = cache.states[metric].to_numpy()
+    scores = {m: cache.states[m].to_numpy() for m in metrics}
     next_state = next_state_matrix(cache)
     n_experts = next_state.shape[1]
-    means: list[list[float | None]] = [[] for _ in range(n_experts)]
+    means: dict[str, list[list[float | None]]] = {m: [[] for _ in range(n_experts)] for m in metrics}
     for step in range(1, cache.depth + 1):
         prefixes = list(itertools.product(range(n_experts), repeat=step - 1))
         starts = np.concatenate([replay(prefix, roots, next_state) for prefix in prefixes])
         for expert in range(n_experts):
             final = replay((expert,), starts, next_state)
             final = final[final >= 0]
-            means[expert].append(float(scores[final].mean()) if len(final) else None)
+            for metric in metrics:
+                means[metric][expert].append(float(scores[metric][final].mean()) if len(final) else None)
     return means
