@@ -63,9 +63,14 @@ def states_table(graphs: list[QuestionGraph], scores: dict[str, np.ndarray], emb
     }
     for name, values in scores.items():
         columns[name] = np.asarray(values, dtype=np.float32)
-    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
-    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+    columns["embedding"] = embedding_column(embeddings)
     return pa.table(columns, schema=states_schema(list(scores), dim))
+
+
+def embedding_column(embeddings: np.ndarray) -> pa.FixedSizeListArray:
+    """float32 [S, d] -> the states table's fixed-size-list embedding column."""
+    flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
 
 
 def transitions_table(graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]]) -> pa.Table:

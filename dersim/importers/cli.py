@@ -45,7 +45,7 @@ def _run(answers: Any, out: Path, limit: int | None, embedding: str, dim: int, d
     from dersim.importers.common import import_answer_set
     from dersim.recipe import EmbeddingSpec
 
-    report = import_answer_set(answers, out, embedding=EmbeddingSpec(model=embedding, dim=dim, batch_size=64),
+    report = import_answer_set(answers, out, embedding=EmbeddingSpec(model=embedding, dim=dim),
                                limit=limit, drop_incomplete=drop_incomplete, show_progress=not quiet,
                                max_calls=max_calls)
     if as_json:
@@ -61,7 +61,7 @@ def _print_report(report: ImportReport) -> None:
     table.add_row("dropped (some model lacks an answer)", str(report.dropped_incomplete))
     table.add_row("cells without an answer in the source",
                   ", ".join(f"{why}: {n}" for why, n in report.missing_cells.items()) or "none")
-    table.add_row("experts x depth", f"{report.experts} x 1")
+    table.add_row("experts x depth (longest route)", f"{report.experts} x {report.depth}")
     table.add_row("states / transitions", f"{report.states} / {report.transitions}")
     table.add_row("failed transitions", str(report.failed))
     for key, value in report.notes.items():

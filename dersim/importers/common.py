@@ -42,7 +42,7 @@ from dersim.cache.schema import (
     TRANSITIONS_SCHEMA,
     states_schema,
 )
-from dersim.cache.writer import write_cache
+from dersim.cache.writer import embedding_column, write_cache
 from dersim.errors import DatasetError
 from dersim.recipe import EmbeddingSpec
 
@@ -106,6 +106,7 @@ class ImportReport:
     dataset: str
     questions: dict[str, int]
     experts: int
+    depth: int  # the longest route the cache replays (max_calls)
     states: int
     transitions: int
     failed: int
@@ -125,6 +126,27 @@ def check_metric_name(name: str) -> str:
         raise DatasetError(f"--score-name '{name}': use lower-case letters, digits and '_' (not one of "
                            f"{', '.join(FIXED_STATE_COLUMNS)})")
     return name
+
+
+def parse_numbers(path: Path, frame: pl.DataFrame, column: str, what: str, valid: pl.Expr) -> pl.Series:
+    """A column (text or numbers) as float64, null where empty; a one-line error naming the file,
+    row and column at the first value that is not a number or fails `valid` (an expression over
+    `value`)."""
+    series = frame[column]
+    if series.dtype == pl.String:
+        raw = series.str.strip_chars()
+        values = raw.cast(pl.Float64, strict=False)
+        given = raw.is_not_null() & (raw != "")
+    elif series.dtype.is_numeric() or series.dtype == pl.Boolean:
+        raw, values, given = series.cast(pl.String), series.cast(pl.Float64), series.is_not_null()
+    else:
+        raise DatasetError(f"{path}: column '{column}' holds {series.dtype} values, expected numbers")
+    checked = pl.DataFrame({"raw": raw, "value": values, "given": given}).with_row_index("row", offset=1)
+    bad = checked.filter(pl.col("given") & (pl.col("value").is_null() | pl.col("value").is_nan()
+                                            | ~valid.fill_null(False)))
+    if bad.height:
+        raise DatasetError(f"{path}: row {bad['row'][0]}, column '{column}': {bad['raw'][0]!r} is not {what}")
+    return values.fill_nan(None)
 
 
 def random_split(question_ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
@@ -216,13 +238,11 @@ def build_tables(questions: pl.DataFrame, grid: pl.DataFrame, metric: str, embed
 
     texts = [state_text(q, a) for q, a in zip(states["question"].to_list(), states["answer"].to_list(), strict=True)]
     started = time.perf_counter()
-    embeddings = np.ascontiguousarray(_embed(embedder, texts, show_progress), dtype=np.float32)
+    embeddings = _embed(embedder, texts, show_progress)
     embed_seconds = time.perf_counter() - started
-    dim = int(embeddings.shape[1])
-    schema = states_schema([metric], dim)
+    schema = states_schema([metric], int(embeddings.shape[1]))
     fixed = _arrow(states, pa.schema([f for f in schema if f.name != "embedding"]))
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1)), dim)
-    states_arrow = pa.Table.from_arrays([*fixed.columns, vectors], schema=schema)
+    states_arrow = pa.Table.from_arrays([*fixed.columns, embedding_column(embeddings)], schema=schema)
 
     transitions = grid.with_columns(
         pl.col("prompt_tokens").fill_null(0), pl.col("completion_tokens").fill_null(0),
@@ -319,7 +339,7 @@ def import_answer_set(answers: AnswerSet, out: Path, *, embedding: EmbeddingSpec
     finished = time.perf_counter()
     return ImportReport(
         out=str(out), dataset=str(answers.dataset["id"]), questions=splits, experts=len(answers.experts),
-        states=tables[STATES].num_rows, transitions=tables[TRANSITIONS].num_rows, failed=failed,
+        depth=max_calls, states=tables[STATES].num_rows, transitions=tables[TRANSITIONS].num_rows, failed=failed,
         source_questions=answers.questions.height, dropped_incomplete=dropped, missing_cells=missing,
         notes=answers.notes,
         seconds={"read": answers.read_seconds, "prepare": prepared - started, "embed": embed_seconds,

@@ -26,6 +26,7 @@ from dersim.importers.common import (
     AnswerSet,
     ImportedExpert,
     check_metric_name,
+    parse_numbers,
     random_split,
 )
 
@@ -94,26 +95,6 @@ def _text(path: Path, frame: pl.DataFrame, column: str, strip: bool = True) -> p
     raise DatasetError(f"{path}: column '{column}' holds {series.dtype} values, expected text")
 
 
-def _number(path: Path, frame: pl.DataFrame, column: str, what: str, valid: pl.Expr) -> pl.Series:
-    """A column as float64 (null where empty); one-line error at the first value that is not a
-    number or fails `valid` (an expression over `value`)."""
-    series = frame[column]
-    if series.dtype == pl.String:
-        raw = series.str.strip_chars()
-        values = raw.cast(pl.Float64, strict=False)
-        given = raw.is_not_null() & (raw != "")
-    elif series.dtype.is_numeric() or series.dtype == pl.Boolean:
-        raw, values, given = series.cast(pl.String), series.cast(pl.Float64), series.is_not_null()
-    else:
-        raise DatasetError(f"{path}: column '{column}' holds {series.dtype} values, expected numbers")
-    checked = pl.DataFrame({"raw": raw, "value": values, "given": given}).with_row_index("row", offset=1)
-    bad = checked.filter(pl.col("given") & (pl.col("value").is_null() | pl.col("value").is_nan()
-                                            | ~valid.fill_null(False)))
-    if bad.height:
-        raise DatasetError(f"{path}: row {bad['row'][0]}, column '{column}': {bad['raw'][0]!r} is not {what}")
-    return values.fill_nan(None) if values.dtype == pl.Float64 else values
-
-
 def _first_duplicate(path: Path, frame: pl.DataFrame, keys: list[str], columns: LongColumns) -> None:
     dup = frame.filter(pl.struct(keys).is_duplicated()).sort("row")
     if dup.height:
@@ -159,11 +140,11 @@ def read_long(path: Path, columns: LongColumns, *, score_name: str = "accuracy",
         if empty.height:
             raise DatasetError(f"{path}: row {empty['row'][0]}, column '{named[role]}': empty {role.replace('_', ' ')}")
     data = data.with_columns(
-        score=_number(path, frame, columns.score, "a score in [0, 1]", pl.col("value").is_between(0.0, 1.0)),
-        cost_usd=(_number(path, frame, columns.cost, "a cost in US dollars (a number >= 0)",
+        score=parse_numbers(path, frame, columns.score, "a score in [0, 1]", pl.col("value").is_between(0.0, 1.0)),
+        cost_usd=(parse_numbers(path, frame, columns.cost, "a cost in US dollars (a number >= 0)",
                           pl.col("value").is_finite() & (pl.col("value") >= 0))
                   if columns.cost else pl.lit(None, dtype=pl.Float64)),
-        **{role: (_number(path, frame, getattr(columns, role), "a token count (an integer >= 0)",
+        **{role: (parse_numbers(path, frame, getattr(columns, role), "a token count (an integer >= 0)",
                           (pl.col("value") >= 0) & (pl.col("value") == pl.col("value").floor())).cast(pl.Int64)
                   if getattr(columns, role) else pl.lit(None, dtype=pl.Int64))
            for role in ("prompt_tokens", "completion_tokens")},

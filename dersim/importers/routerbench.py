@@ -37,6 +37,7 @@ from dersim.importers.common import (
     QUESTION_COLUMNS,
     AnswerSet,
     ImportedExpert,
+    parse_numbers,
     random_split,
 )
 
@@ -101,19 +102,6 @@ def discover_models(path: Path, frame: pl.DataFrame) -> list[str]:
     return models
 
 
-def _numbers(path: Path, frame: pl.DataFrame, column: str, what: str, valid: pl.Expr) -> pl.Series:
-    """`column` as float64 (null where empty); a one-line error at the first value failing `valid`."""
-    raw = frame[column].str.strip_chars()
-    values = raw.cast(pl.Float64, strict=False)
-    checked = pl.DataFrame({"raw": raw, "value": values}).with_row_index("row", offset=1)
-    bad = checked.filter(pl.col("raw").is_not_null() & (pl.col("raw") != "")
-                         & (pl.col("value").is_null() | pl.col("value").is_nan() | ~valid.fill_null(False)))
-    if bad.height:
-        row, raw_value = bad["row"][0], bad["raw"][0]
-        raise DatasetError(f"{path}: row {row}, column '{column}': {raw_value!r} is not {what}")
-    return values
-
-
 def _file_split(path: Path, test_fraction: float | None) -> tuple[str, str | None]:
     """(task name, split) from `<task>_train.csv` / `<task>_test.csv`."""
     match = SPLIT_IN_NAME.match(path.stem)
@@ -153,8 +141,8 @@ def _read_file(path: Path, index: int, test_fraction: float | None) -> tuple[lis
 
     cells = []
     for model in models:
-        score = _numbers(path, frame, model, "a score of 0 or 1", pl.col("value").is_in([0.0, 1.0]))
-        cost = _numbers(path, frame, model + COST_SUFFIX, "a cost in US dollars (a number >= 0)",
+        score = parse_numbers(path, frame, model, "a score of 0 or 1", pl.col("value").is_in([0.0, 1.0]))
+        cost = parse_numbers(path, frame, model + COST_SUFFIX, "a cost in US dollars (a number >= 0)",
                         pl.col("value").is_finite() & (pl.col("value") >= 0))
         parsed = [parse_listed_text(cell) for cell in frame[model + RESPONSE_SUFFIX].to_list()]
         cells.append(pl.DataFrame({
