@@ -70,7 +70,8 @@ def print_table(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split:
     table = Table("router", *[f"{c} x100" for c in columns], "cost (B)", "calls", *(["expert share"] if wide else []),
                   title=f"{split} split: {runs.height} policies (best {min(top, runs.height)} by train {metric}) "
                         "and baselines")
-    table.columns[0].no_wrap = True
+    for column, name in zip(table.columns[1:], columns, strict=False):
+        column.min_width = len(name)  # metric names stay readable; long router names wrap instead
     varied = [k for k in GRID_KEYS if k in runs.columns and runs[k].n_unique() > 1]
     for row in runs.sort(f"train_{metric}", descending=True).head(top).iter_rows(named=True):
         share = " ".join(f"{k[:12]}:{v:.0%}" for k, v in row["expert_share"].items() if v)
