@@ -102,16 +102,20 @@ def cache_group() -> None:
 @cache_group.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-def cache_info_command(directory: Path, as_json: bool) -> None:
+@click.option("--no-verify", is_flag=True,
+              help="Skip the sha256 check of the tables against the manifest (for speed on trusted caches; "
+                   "ids and scores are still checked).")
+def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
     """Sizes, per-expert quality and cost, oracle scores of the cache in DIRECTORY.
 
     Quality by call: each expert's mean score when it makes call d, over every question and
     every route of d - 1 earlier calls (call 1: its own first answers). Answer score quantiles
-    show where to put the env's good-enough threshold p0 for each metric."""
+    show where to put the env's good-enough threshold p0 for each metric. A damaged cache is refused
+    with one line naming the file; "?" marks a value the cache does not know."""
     from dersim.cache.info import ANSWER_QUANTILES, cache_summary
     from dersim.cache.reader import open_cache
 
-    summary = cache_summary(open_cache(directory))
+    summary = cache_summary(open_cache(directory, verify_hashes=not no_verify))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -148,7 +152,7 @@ def cache_info_command(directory: Path, as_json: bool) -> None:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return "?" if value is None else f"{value:.{digits}f}"
 
 
 @cache_group.command("verify")

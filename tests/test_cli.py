@@ -60,4 +60,6 @@ def test_verify_exits_1_on_a_damaged_cache(write_recipe, tmp_path: Path) -> None
     result = invoke("cache", "verify", str(out))
     assert result.exit_code == 1 and "sha256 differs" in result.output
     info = invoke("cache", "info", str(out))
+    assert info.exit_code == 2 and "sha256 differs" in info.output
+    info = invoke("cache", "info", str(out), "--no-verify")
     assert info.exit_code == 2 and "unreadable Parquet" in info.output

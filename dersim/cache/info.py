@@ -8,9 +8,34 @@ import polars as pl
 
 from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
-from dersim.cache.schema import STATUS_OK
+from dersim.cache.schema import STATUS_OK, is_imported
 
 ANSWER_QUANTILES = (0.25, 0.5, 0.75, 0.9)  # where to put p0: the share of answers it calls good enough
+
+
+def _calls(cache: Cache) -> pl.DataFrame:
+    """The expert calls behind the cache: every transition of a built cache; for an imported one
+    the transitions from root states, one per (question, model) cell (the onward transitions of
+    a multi-call import replay the same answers)."""
+    if not is_imported(cache.manifest):
+        return cache.transitions
+    roots = cache.states.filter(pl.col("depth") == 0).select("state_id")
+    return cache.transitions.join(roots, on="state_id", how="semi")
+
+
+def _known_usage(manifest: dict[str, Any], expert: dict[str, Any]) -> dict[str, bool]:
+    """Which per-call figures the cache really knows (else they are stored as 0): an import says
+    "not in the source" for what its source lacked; a built cache knows latency and tokens, and
+    US dollars when the expert has token prices."""
+    if is_imported(manifest):
+        settings = manifest.get("import", {})
+        given = {key: not str(settings.get(key, "")).startswith("not in the source")
+                 for key in ("latency_s", "tokens", "cost_usd")}
+    else:
+        given = {"latency_s": True, "tokens": True,
+                 "cost_usd": bool(expert.get("usd_per_mtok_in") or expert.get("usd_per_mtok_out"))}
+    return {"mean_latency_s": given["latency_s"], "mean_completion_tokens": given["tokens"],
+            "mean_cost_usd": given["cost_usd"]}
 
 
 def cache_summary(cache: Cache) -> dict[str, Any]:
@@ -20,7 +45,8 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     `oracle_single_call`: per question the best expert's first answer, averaged (the paper's
     "oracle best single expert per question"); `oracle_any_state`: the best state any route of at
     most D calls reaches; `best_fixed_route`: the one expert sequence (of length <= D) with the best
-    mean final score over all questions, with its parameter cost.
+    mean final score over all questions, with its parameter cost. `calls` counts the answers each
+    expert really gave (see `_calls`); a per-call mean the cache does not know is None.
     """
     s, t, q = cache.states, cache.transitions, cache.questions
     metrics = cache.metric_columns
@@ -30,7 +56,8 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
               .join(s.select(["state_id", *metrics]), left_on="next_state_id", right_on="state_id"))
     per_expert = (first.group_by("expert_id").agg([pl.col(m).mean() for m in metrics])
                   .sort("expert_id").to_dicts())
-    calls = (t.group_by("expert_id").agg(
+    made = _calls(cache)
+    calls = (made.group_by("expert_id").agg(
         calls=pl.len(),
         failed=(pl.col("status") != STATUS_OK).sum(),
         mean_latency_s=pl.col("latency_s").mean(),
@@ -43,12 +70,12 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     for index, spec in enumerate(cache.manifest["experts"]):
         depth1 = next((row for row in per_expert if row["expert_id"] == index), {})
         usage = by_id.get(index, {})
+        known = _known_usage(cache.manifest, spec)
         experts.append({
             "name": names[index], "backend": spec.get("backend"), "params_b": spec.get("params_b"),
             "calls": usage.get("calls", 0), "failed": usage.get("failed", 0),
-            "mean_latency_s": usage.get("mean_latency_s"),
-            "mean_completion_tokens": usage.get("mean_completion_tokens"),
-            "mean_cost_usd": usage.get("mean_cost_usd"),
+            **{key: usage.get(key) if known[key] else None
+               for key in ("mean_latency_s", "mean_completion_tokens", "mean_cost_usd")},
             "depth1": {m: depth1.get(m) for m in metrics},
             "by_step": {m: by_step[m][index] for m in metrics},
         })
@@ -68,7 +95,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "states": s.height,
         "states_per_depth": {int(d): int(n) for d, n in depth_counts.iter_rows()},
         "transitions": t.height,
-        "failed_calls": int(t.filter(pl.col("status") != STATUS_OK).height),
+        "failed_calls": int(made.filter(pl.col("status") != STATUS_OK).height),
         "metrics": metrics,
         "answer_score_quantiles": quantiles,
         "oracle_single_call": oracle_single[0] if oracle_single else {},

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dersim.cache.schema import (
     FORMAT_VERSION,
@@ -17,6 +20,8 @@ from dersim.cache.schema import (
     STATES,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
+    WRITING_MARKER,
+    states_schema,
 )
 from dersim.errors import CacheFormatError
 
@@ -45,16 +50,22 @@ class Cache:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of the cache in `directory`; checks that it is JSON of a known format version."""
+    """The manifest of the cache in `directory`; checks that it is JSON of a known format version and
+    that no write of the tables is unfinished (see `writer.write_cache`)."""
     path = directory / MANIFEST
     if not directory.is_dir():
         raise CacheFormatError(f"{directory}: not a cache directory")
+    if (directory / WRITING_MARKER).exists():
+        raise CacheFormatError(f"{directory}: its tables are being written, or their last write was interrupted "
+                               "(killed?); if no build or import is running, rerun the one that wrote it")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CacheFormatError(f"{path}: missing (is {directory} a finished cache?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheFormatError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CacheFormatError(f"{path}: unreadable ({exc.strerror})") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise CacheFormatError(f"{path}: format_version {found!r} is not {FORMAT_VERSION}")
@@ -64,31 +75,52 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """One Parquet table of a cache, or a one-line error naming the file."""
+def describe_error(exc: Exception) -> str:
+    """The error's type and the first line of its message (e.g. 'ArrowInvalid: ...'), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def read_columns(path: Path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """`columns` of the Parquet file `path` (all when None) as an Arrow table, or a one-line
+    `CacheFormatError` naming the file: missing, unreadable (truncated, damaged), lacking a column,
+    or (when `schema` is given) holding one of `schema`'s columns with another type."""
     try:
-        return pl.read_parquet(path)
+        found = pq.read_schema(path)
     except FileNotFoundError:
         raise CacheFormatError(f"{path}: missing") from None
-    except Exception as exc:  # polars/arrow raise several error types for damaged files
-        raise CacheFormatError(f"{path}: unreadable Parquet ({type(exc).__name__})") from None
+    except Exception as exc:  # pyarrow raises several error types for damaged files
+        raise CacheFormatError(f"{path}: unreadable Parquet ({describe_error(exc)})") from None
+    for name in columns or ():
+        if name not in found.names:
+            raise CacheFormatError(f"{path}: missing column '{name}' (written by another dersim version? "
+                                   "rebuild or re-import it)")
+    for field in schema or ():
+        if field.name in found.names and not found.field(field.name).type.equals(field.type):
+            raise CacheFormatError(f"{path}: column '{field.name}' has type {found.field(field.name).type}, "
+                                   f"expected {field.type}")
+    try:
+        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+    except Exception as exc:  # a damaged page shows only when it is decoded
+        raise CacheFormatError(f"{path}: unreadable Parquet ({describe_error(exc)})") from None
 
 
-def _require_columns(frame: pl.DataFrame, columns: list[str], path: Path) -> pl.DataFrame:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise CacheFormatError(f"{path}: missing column '{missing[0]}' (written by another dersim version? "
-                               "rebuild or re-import it)")
-    return frame
+def open_cache(directory: str | Path, *, check: bool = True, verify_hashes: bool = True) -> Cache:
+    """Load a cache: manifest and tables, with their columns and types checked. With `check` (the
+    default) the table files are also checked as `dersim.cache.check.check_cache` does (hashes
+    unless `verify_hashes` is False, ids, scores); `dersim cache verify` checks it deeply."""
+    from dersim.cache.check import content_problems, hash_problems, raise_first  # check imports this module
 
-
-def open_cache(directory: str | Path) -> Cache:
-    """Load a cache (manifest and tables, with their columns checked); `dersim cache verify` checks
-    it deeply."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    state_columns = ["state_id", "question_id", "answer", "depth", *manifest["metric_columns"], "embedding"]
-    tables = [_require_columns(read_table(directory / name), columns, directory / name)
-              for name, columns in ((QUESTIONS, QUESTIONS_SCHEMA.names), (STATES, state_columns),
-                                    (TRANSITIONS, TRANSITIONS_SCHEMA.names))]
-    return Cache(directory, manifest, *tables)
+    if check and verify_hashes:
+        raise_first(hash_problems(directory, manifest))
+    metrics = list(manifest["metric_columns"])
+    schemas = {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, int(manifest.get("embedding", {})
+                                                                               .get("dim", 0) or 0)),
+               TRANSITIONS: TRANSITIONS_SCHEMA}
+    frames = {name: pl.from_arrow(read_columns(directory / name, schema.names, schema if check else None))
+              for name, schema in schemas.items()}
+    if check:
+        raise_first(content_problems(directory, manifest, frames, metrics))  # type: ignore[arg-type]
+    return Cache(directory, manifest, *(frames[name] for name in (QUESTIONS, STATES, TRANSITIONS)))  # type: ignore[arg-type]

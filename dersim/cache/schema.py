@@ -23,6 +23,8 @@ QUESTIONS = "questions.parquet"
 STATES = "states.parquet"
 TRANSITIONS = "transitions.parquet"
 TABLE_FILES = (QUESTIONS, STATES, TRANSITIONS)
+# Present while the tables are rewritten: a reader refuses a half-rewritten cache.
+WRITING_MARKER = ".writing"
 
 SPLITS = ("train", "test")
 # manifest "dedup": built caches merge answers by normalised text; imported ones keep one state
@@ -55,6 +57,11 @@ TRANSITIONS_SCHEMA = pa.schema([
 ])
 
 
+def is_imported(manifest: dict[str, Any]) -> bool:
+    """Whether the cache of `manifest` was imported (`dersim cache import`) rather than built."""
+    return "import" in manifest or manifest.get("dedup") == DEDUP_NONE
+
+
 def states_schema(metric_columns: list[str], dim: int) -> pa.Schema:
     """`states.parquet`: fixed columns, then one float32 column per metric, then the embedding."""
     return pa.schema([
@@ -80,17 +87,22 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    fsync_directory(final.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make renames and deletions in `directory` durable."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 6) -> None:
     """Write `table` to `path` with deterministic bytes (fixed settings, no timestamps), atomically."""
     tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp, compression="zstd", compression_level=6, write_statistics=True,
+    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level, write_statistics=True,
                    store_schema=True)
     _fsync_replace(tmp, path)
 

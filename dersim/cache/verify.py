@@ -13,6 +13,13 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from dersim.cache.check import (
+    hash_problems,
+    question_codes,
+    questions_problems,
+    states_problems,
+    transitions_problems,
+)
 from dersim.cache.reader import Cache, open_cache, read_manifest
 from dersim.cache.schema import (
     DEDUP_BY_ANSWER,
@@ -20,26 +27,14 @@ from dersim.cache.schema import (
     QUESTIONS_SCHEMA,
     STATES,
     STATUS_OK,
-    TABLE_FILES,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
-    file_sha256,
+    is_imported,
     states_schema,
 )
 from dersim.errors import CacheFormatError
 
 NORM_TOLERANCE = 1e-3
-
-
-def _check_files(directory: Path, manifest: dict) -> list[str]:
-    problems = []
-    for name in TABLE_FILES:
-        path = directory / name
-        if not path.exists():
-            problems.append(f"{path}: missing")
-        elif file_sha256(path) != manifest["files"].get(name):
-            problems.append(f"{path}: sha256 differs from the manifest (file changed after the build)")
-    return problems
 
 
 def _check_schemas(cache: Cache) -> list[str]:
@@ -59,28 +54,18 @@ def _check_schemas(cache: Cache) -> list[str]:
 
 
 def _check_states(cache: Cache) -> list[str]:
+    """Beyond `check.states_problems`: question ids, one root per question, unit-norm embeddings and
+    (for built caches) no two states of a question with the same normalised answer."""
     s, q = cache.states, cache.questions
     where = cache.path / STATES
     problems = []
-    if not np.array_equal(s["state_id"].to_numpy(), np.arange(s.height)):
-        problems.append(f"{where}: state_id is not 0..{s.height - 1} in order")
     if q["question_id"].n_unique() != q.height:
         problems.append(f"{cache.path / QUESTIONS}: duplicate question_id")
     unknown = s.filter(~pl.col("question_id").is_in(q["question_id"].implode()))
     if unknown.height:
         problems.append(f"{where}: {unknown.height} states belong to unknown questions")
-    roots = q.join(s, left_on="root_state_id", right_on="state_id", how="left", suffix="_state")
-    bad_roots = roots.filter((pl.col("question_id") != pl.col("question_id_state")).fill_null(True)
-                             | (pl.col("depth") != 0).fill_null(True) | (pl.col("answer") != "").fill_null(True))
-    if bad_roots.height:
-        problems.append(f"{cache.path / QUESTIONS}: {bad_roots.height} root_state_id values do not point at their "
-                        "question's empty depth-0 state")
     if s.filter(pl.col("depth") == 0).height != q.height:
         problems.append(f"{where}: expected exactly one depth-0 state per question")
-    for column in cache.metric_columns:
-        values = s[column].to_numpy()
-        if not np.all(np.isfinite(values)) or values.min(initial=0) < 0 or values.max(initial=0) > 1:
-            problems.append(f"{where}: column '{column}' has values outside [0, 1] or NaN")
     embeddings = s["embedding"].to_numpy() if s.height else np.zeros((0, 1))
     norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64).reshape(s.height, -1), axis=1)
     if s.height and np.abs(norms - 1).max() > NORM_TOLERANCE:
@@ -95,34 +80,23 @@ def _check_states(cache: Cache) -> list[str]:
 
 
 def _check_transitions(cache: Cache) -> list[str]:
+    """Beyond `check.transitions_problems` (run first): next_state_id set exactly for 'ok' calls,
+    depths, failed calls, completeness to depth D."""
     s, t = cache.states, cache.transitions
     where = cache.path / TRANSITIONS
     n_experts, depth = len(cache.expert_names), cache.depth
     problems = []
-    if t.filter((pl.col("state_id") < 0) | (pl.col("state_id") >= s.height)).height:
-        problems.append(f"{where}: state_id out of range")
-    if t.filter((pl.col("expert_id") < 0) | (pl.col("expert_id") >= n_experts)).height:
-        problems.append(f"{where}: expert_id out of range 0..{n_experts - 1}")
     ok = t.filter(pl.col("status") == STATUS_OK)
-    if ok.filter(pl.col("next_state_id").is_null()).height or t.filter(
-            (pl.col("status") != STATUS_OK) & pl.col("next_state_id").is_not_null()).height:
+    if t.filter((pl.col("status") != STATUS_OK) & pl.col("next_state_id").is_not_null()).height:
         problems.append(f"{where}: next_state_id must be set exactly for status 'ok'")
-    if ok.filter((pl.col("next_state_id") < 0) | (pl.col("next_state_id") >= s.height)).height:
-        problems.append(f"{where}: next_state_id out of range")
-    if t.select("state_id", "expert_id").is_duplicated().any():
-        problems.append(f"{where}: duplicate (state_id, expert_id) pairs")
-    if problems:
-        return problems
-    info = s.select("state_id", "question_id", "depth")
+    info = s.select("state_id", "depth")
     joined = (ok.join(info, on="state_id")
                 .join(info, left_on="next_state_id", right_on="state_id", suffix="_next"))
-    if joined.filter(pl.col("question_id") != pl.col("question_id_next")).height:
-        problems.append(f"{where}: transitions that cross questions")
     if joined.filter(pl.col("depth_next") > pl.col("depth") + 1).height:
         problems.append(f"{where}: a next state's depth exceeds its parent's depth + 1")
     failed = t.height - ok.height
     if failed:
-        problems.append(f"{where}: {failed} failed calls (rerun build-cache to retry them)")
+        problems.append(f"{where}: {failed} failed calls ({_failed_advice(cache.manifest)})")
     expandable = s.filter(pl.col("depth") < depth).select("state_id")
     counts = expandable.join(ok.group_by("state_id").len(), on="state_id", how="left").fill_null(0)
     incomplete = counts.filter(pl.col("len") != n_experts).height
@@ -134,17 +108,34 @@ def _check_transitions(cache: Cache) -> list[str]:
     return problems
 
 
+def _failed_advice(manifest: dict) -> str:
+    """What to do about failed calls: retry them (built caches) or drop the questions (imports,
+    where a failed call is a (question, model) pair without an answer in the source)."""
+    if is_imported(manifest):
+        return ("answers missing from the imported source; re-import without --no-drop-incomplete to drop "
+                "those questions")
+    return "rerun build-cache to retry them"
+
+
 def verify_cache(directory: str | Path) -> list[str]:
     """All problems found in the cache at `directory` (empty when it is sound)."""
     directory = Path(directory)
     try:
-        problems = _check_files(directory, read_manifest(directory))
+        manifest = read_manifest(directory)
+        problems = hash_problems(directory, manifest)
         if problems:
             return problems
-        cache = open_cache(directory)
+        cache = open_cache(directory, check=False)
     except CacheFormatError as exc:
         return [str(exc)]
     problems = _check_schemas(cache)
     if problems:
         return problems
-    return _check_states(cache) + _check_transitions(cache)
+    metrics = cache.metric_columns
+    problems = states_problems(directory / STATES, cache.states, metrics, cache.depth)
+    states = None if problems else cache.states  # the checks across tables need sound states
+    problems += questions_problems(directory / QUESTIONS, cache.questions, cache.states.height, states)
+    problems += _check_states(cache)
+    transitions = transitions_problems(directory / TRANSITIONS, cache.transitions, len(cache.expert_names),
+                                       cache.states.height, None if states is None else question_codes(states))
+    return problems + (transitions or _check_transitions(cache))

@@ -2,13 +2,15 @@
 
 Global state ids are assigned question by question in breadth-first order, so the same graphs
 always give the same ids and the same bytes. The manifest is written last and holds the content
-hashes of the three tables: a reader can tell a finished cache from a half-rewritten one.
+hashes of the three tables, and a marker file flags the rewrite while it runs: a reader can tell a
+finished cache from a half-rewritten one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ from dersim.cache.schema import (
     TABLE_FILES,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
+    WRITING_MARKER,
     file_sha256,
+    fsync_directory,
     states_schema,
     write_json_atomic,
     write_parquet_atomic,
@@ -88,10 +92,11 @@ def transitions_table(graphs: list[QuestionGraph], usd_per_mtok: list[tuple[floa
 
 
 def write_cache(out: Path, tables: dict[str, pa.Table], manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write the three tables, then the manifest with their hashes; keeps the first `created` time."""
+    """Write the three tables, then the manifest with their hashes; keeps the first `created` time.
+
+    A marker file is present from before the first table is replaced until the manifest is
+    written, so a kill in between leaves a cache every reader refuses (and the rerun repairs)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in TABLE_FILES:
-        write_parquet_atomic(tables[name], out / name)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     created = now
     old = out / MANIFEST
@@ -100,6 +105,10 @@ def write_cache(out: Path, tables: dict[str, pa.Table], manifest: dict[str, Any]
             created = json.loads(old.read_text(encoding="utf-8")).get("created", now)
         except (json.JSONDecodeError, UnicodeDecodeError):
             created = now
+    marker = out / WRITING_MARKER
+    write_json_atomic({"pid": os.getpid(), "started": now}, marker)
+    for name in TABLE_FILES:
+        write_parquet_atomic(tables[name], out / name)
     manifest = {
         **manifest,
         "format_version": FORMAT_VERSION,
@@ -113,4 +122,6 @@ def write_cache(out: Path, tables: dict[str, pa.Table], manifest: dict[str, Any]
         "updated": now,
     }
     write_json_atomic(manifest, out / MANIFEST)
+    marker.unlink()
+    fsync_directory(out)
     return manifest
