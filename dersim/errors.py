@@ -19,3 +19,8 @@ class BackendError(DersimError):
 
 class CacheFormatError(DersimError):
     """A cache directory that is missing, corrupted or inconsistent (names the file)."""
+
+
+class OutputError(DersimError):
+    """An output directory that cannot be written: not creatable, read-only, locked by another
+    writer, or holding a result that needs --overwrite (names the directory)."""

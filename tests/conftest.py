@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 STRATEGYQA = SHARED_DATA / "bigbench" / "strategyqa" / "task.json"
+EMBEDDING_STORE_ENV = "DERSIM_EMBEDDING_STORE"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedding_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One embedding store for the session (subprocesses inherit it), never the user's home."""
+    path = tmp_path_factory.mktemp("embedding-store")
+    before = os.environ.get(EMBEDDING_STORE_ENV)
+    os.environ[EMBEDDING_STORE_ENV] = str(path)
+    yield path
+    if before is None:
+        del os.environ[EMBEDDING_STORE_ENV]
+    else:
+        os.environ[EMBEDDING_STORE_ENV] = before
 
 
 def synthetic_recipe_text(*, train: int = 8, test: int = 4, depth: int = 2, latency_ms: float = 0.0,

@@ -1,8 +1,10 @@
 """`dersim build-cache`: recipe -> questions -> expansion -> scores and embeddings -> cache.
 
-The expensive part (expert calls) is journaled and resumable; scoring and embedding are cheap,
-batched passes redone on every run, which keeps the final files a pure function of the recipe and
-the journal: a resumed build ends byte-identical to an uninterrupted one.
+The expensive part (expert calls) is journaled and resumable; scoring is a batched pass redone on
+every run, and embeddings come from the shared embedding store where known (a text's embedding
+does not depend on the run that computed it). So the final files are a pure function of the
+recipe and the journal: a resumed build ends byte-identical to an uninterrupted one. One build
+at a time may write a directory (`dersim.locking`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dersim.builder.journal import CallJournal
 from dersim.builder.sources import load_questions
 from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
 from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
+from dersim.locking import directory_lock
 from dersim.recipe import Recipe
 
 JOURNAL_DIR = "journal"
@@ -76,8 +79,15 @@ def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
 
 def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int | None = None,
                 show_progress: bool = True) -> BuildReport:
-    """Build (or resume, or extend) the cache of `recipe` in `out`."""
+    """Build (or resume, or extend) the cache of `recipe` in `out`, holding its write lock (a
+    second writer fails at once; see `dersim.locking`)."""
+    with directory_lock(out, "build"):
+        return _build(recipe, out, limit, depth, show_progress)
+
+
+def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show_progress: bool) -> BuildReport:
     from dersim.builder.embedding import make_embedder, state_text
+    from dersim.builder.embedding_store import embed_texts, embedding_store
     from dersim.builder.scoring import metric_manifest, score_answers
 
     depth = depth or recipe.build.depth
@@ -97,7 +107,8 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
     answers = [a for g in graphs for a in g.answers]
     scores = score_answers(answers, state_questions, recipe.metrics)
     scored = time.perf_counter()
-    embeddings = embedder.embed([state_text(q.text, a) for q, a in zip(state_questions, answers, strict=True)])
+    embeddings = embed_texts(embedder, [state_text(q.text, a) for q, a in zip(state_questions, answers, strict=True)],
+                             show_progress=show_progress, store=embedding_store(embedder))
     embedded = time.perf_counter()
 
     tables = {QUESTIONS: questions_table(graphs), STATES: states_table(graphs, scores, embeddings),

@@ -14,31 +14,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
-
 from dersim.builder.backends.base import Backend, CallFailed, CallRejected, Completion
 from dersim.builder.journal import CallJournal, CallRecord, call_key, expert_fingerprint
+from dersim.builder.progress import progress
 from dersim.builder.prompts import render_request
 from dersim.builder.sources.question import Question
 from dersim.cache.schema import STATUS_FAILED, STATUS_OK
 from dersim.recipe import BuildSpec, ExpertSpec, PromptSpec
-
-
-class CallsPerSecondColumn(ProgressColumn):
-    """Shows the progress task's speed as calls/s."""
-
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:.2f} calls/s", style="progress.data.speed")
 
 
 class CallRunner:
@@ -114,21 +96,20 @@ class CallRunner:
         self.calls_reused += len(calls) - len(todo)
         if not todo:
             return results  # type: ignore[return-value]
-        with _progress(self.show_progress) as progress:
-            task = progress.add_task(f"depth {level + 1}", total=len(todo))
-            with ThreadPoolExecutor(max_workers=self.build.concurrency) as pool:
-                futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
-                try:
-                    for future in _as_completed_in_submission_order(futures):
-                        record = future.result()
-                        self.journal.add(record)
-                        results[futures[future]] = record
-                        self.calls_made += 1
-                        progress.advance(task)
-                finally:
-                    for future in futures:
-                        future.cancel()
-                    self.journal.flush()
+        with (progress(f"depth {level + 1}", len(todo), "calls", self.show_progress) as advance,
+              ThreadPoolExecutor(max_workers=self.build.concurrency) as pool):
+            futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
+            try:
+                for future in _as_completed_in_submission_order(futures):
+                    record = future.result()
+                    self.journal.add(record)
+                    results[futures[future]] = record
+                    self.calls_made += 1
+                    advance(1)
+            finally:
+                for future in futures:
+                    future.cancel()
+                self.journal.flush()
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -152,16 +133,3 @@ def _record(key: str, question: Question, expert: str, previous: str | None,
     return CallRecord(key, question.question_id, expert, previous, completion.text,
                       completion.prompt_tokens, completion.completion_tokens, completion.latency_s,
                       STATUS_OK, "", attempts)
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        CallsPerSecondColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )

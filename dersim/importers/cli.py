@@ -17,9 +17,11 @@ DEFAULT_TEST_FRACTION = 0.3
 
 
 def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--out, --limit, --embedding, --dim, --drop-incomplete, --quiet, --json (shared by every importer)."""
+    """--out, --overwrite, --limit, --embedding, --dim, --drop-incomplete, --max-calls, --quiet, --json
+    (shared by every importer)."""
     options = [
         click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache directory to write."),
+        click.option("--overwrite", is_flag=True, help="Replace the cache already in --out."),
         click.option("--limit", type=click.IntRange(min=1),
                      help="Cap the number of questions (after dropping incomplete ones; train:test ratio kept)."),
         click.option("--embedding", default="all-MiniLM-L6-v2", show_default=True,
@@ -40,14 +42,16 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _run(answers: Any, out: Path, limit: int | None, embedding: str, dim: int, drop_incomplete: bool,
-         max_calls: int, quiet: bool, as_json: bool) -> None:
-    from dersim.importers.common import import_answer_set
+def _run(read: Callable[[], Any], out: Path, overwrite: bool, limit: int | None, embedding: str, dim: int,
+         drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool) -> None:
+    """Check --out, read the source (`read()`), import it, print the report."""
+    from dersim.importers.common import check_target, import_answer_set
     from dersim.recipe import EmbeddingSpec
 
-    report = import_answer_set(answers, out, embedding=EmbeddingSpec(model=embedding, dim=dim),
+    check_target(out, overwrite)
+    report = import_answer_set(read(), out, embedding=EmbeddingSpec(model=embedding, dim=dim),
                                limit=limit, drop_incomplete=drop_incomplete, show_progress=not quiet,
-                               max_calls=max_calls)
+                               max_calls=max_calls, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -93,9 +97,10 @@ def import_group() -> None:
               help="Drop the few-shot examples every prompt of a task starts with from the question text (kept "
                    "in the manifest). MiniLM reads 256 tokens: with the prefix kept, every arc-challenge and "
                    "winogrande state embeds to the same vector.")
-def routerbench_command(csv_files: tuple[Path, ...], out: Path, limit: int | None, embedding: str, dim: int,
-                        drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool, split_from_name: bool,
-                        test_fraction: float | None, seed: int, strip_shared_prefix: bool) -> None:
+def routerbench_command(csv_files: tuple[Path, ...], out: Path, overwrite: bool, limit: int | None, embedding: str,
+                        dim: int, drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool,
+                        split_from_name: bool, test_fraction: float | None, seed: int,
+                        strip_shared_prefix: bool) -> None:
     """Import RouterBench wide CSV_FILES (e.g. arc_challenge_train.csv arc_challenge_test.csv) as one cache.
 
     Score column "accuracy" = each model's 0/1 label; cost_usd = '<model>|total_cost'.
@@ -104,9 +109,9 @@ def routerbench_command(csv_files: tuple[Path, ...], out: Path, limit: int | Non
 
     if split_from_name and test_fraction is not None:
         raise click.UsageError("--split-from-name and --test-fraction exclude each other")
-    answers = read_routerbench(list(csv_files), test_fraction=test_fraction, seed=seed,
-                               strip_shared_prefix=strip_shared_prefix)
-    _run(answers, out, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)
+    _run(lambda: read_routerbench(list(csv_files), test_fraction=test_fraction, seed=seed,
+                                  strip_shared_prefix=strip_shared_prefix),
+         out, overwrite, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)
 
 
 def _params(values: tuple[str, ...]) -> dict[str, float]:
@@ -142,10 +147,10 @@ def _params(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--score-name", default="accuracy", show_default=True, help="Metric column name for the score.")
 @click.option("--params-b", "params_b", multiple=True, metavar="MODEL=BILLIONS",
               help="Parameter count of a model (repeatable; unknown by default).")
-def long_command(file: Path, out: Path, limit: int | None, embedding: str, dim: int, drop_incomplete: bool,
-                 max_calls: int, quiet: bool, as_json: bool, question_id: str, question: str, model: str, answer: str,
-                 score: str,
-                 reference: str | None, label: str | None, cost: str | None, prompt_tokens: str | None,
+def long_command(file: Path, out: Path, overwrite: bool, limit: int | None, embedding: str, dim: int,
+                 drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool, question_id: str, question: str,
+                 model: str, answer: str, score: str, reference: str | None, label: str | None, cost: str | None,
+                 prompt_tokens: str | None,
                  completion_tokens: str | None, split: str | None, test_fraction: float | None, seed: int,
                  score_name: str, params_b: tuple[str, ...]) -> None:
     """Import FILE (JSONL, CSV or Parquet; one row per question x model) as a cache."""
@@ -156,7 +161,7 @@ def long_command(file: Path, out: Path, limit: int | None, embedding: str, dim: 
     columns = LongColumns(question_id=question_id, question=question, model=model, answer=answer, score=score,
                           reference=reference, label=label, cost=cost, prompt_tokens=prompt_tokens,
                           completion_tokens=completion_tokens, split=split)
-    answers = read_long(file, columns, score_name=score_name,
-                        test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
-                        seed=seed, params_b=_params(params_b))
-    _run(answers, out, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)
+    _run(lambda: read_long(file, columns, score_name=score_name,
+                           test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
+                           seed=seed, params_b=_params(params_b)),
+         out, overwrite, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)

@@ -29,9 +29,11 @@ import pyarrow.compute as pc
 
 from dersim import __version__
 from dersim.builder.embedding import Embedder, make_embedder, state_text
+from dersim.builder.embedding_store import embed_texts, embedding_store
 from dersim.builder.sources import split_sizes
 from dersim.cache.schema import (
     DEDUP_NONE,
+    MANIFEST,
     QUESTIONS,
     QUESTIONS_SCHEMA,
     SPLITS,
@@ -43,7 +45,8 @@ from dersim.cache.schema import (
     states_schema,
 )
 from dersim.cache.writer import embedding_column, write_cache
-from dersim.errors import DatasetError
+from dersim.errors import DatasetError, OutputError
+from dersim.locking import directory_lock, prepare_directory
 from dersim.recipe import EmbeddingSpec
 
 BACKEND = "imported"
@@ -67,8 +70,8 @@ CELL_COLUMNS: dict[str, Any] = {
     "missing": pl.String,
 }
 FIXED_STATE_COLUMNS = ("state_id", "question_id", "answer", "depth", "embedding")
+BOOLEAN_WORDS = {"true": 1.0, "false": 0.0}
 METRIC_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
-EMBED_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -129,13 +132,15 @@ def check_metric_name(name: str) -> str:
 
 
 def parse_numbers(path: Path, frame: pl.DataFrame, column: str, what: str, valid: pl.Expr) -> pl.Series:
-    """A column (text or numbers) as float64, null where empty; a one-line error naming the file,
-    row and column at the first value that is not a number or fails `valid` (an expression over
-    `value`)."""
+    """A column (text, numbers or booleans) as float64, null where empty; a one-line error naming the
+    file, row and column at the first value that is not a number or fails `valid` (an expression
+    over `value`). Booleans are 1/0 whether typed (JSONL, Parquet) or written as true/false (CSV,
+    any case), so a file reads the same in every format."""
     series = frame[column]
     if series.dtype == pl.String:
         raw = series.str.strip_chars()
-        values = raw.cast(pl.Float64, strict=False)
+        words = raw.str.to_lowercase().replace_strict(BOOLEAN_WORDS, default=None, return_dtype=pl.Float64)
+        values = raw.cast(pl.Float64, strict=False).fill_null(words)
         given = raw.is_not_null() & (raw != "")
     elif series.dtype.is_numeric() or series.dtype == pl.Boolean:
         raw, values, given = series.cast(pl.String), series.cast(pl.Float64), series.is_not_null()
@@ -197,21 +202,6 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
                                                                                     strict=True)], schema=schema)
 
 
-def _embed(embedder: Embedder, texts: list[str], show_progress: bool) -> np.ndarray:
-    """Embed in chunks (with a progress bar on request); float32 [len(texts), dim]."""
-    if not show_progress or len(texts) <= EMBED_CHUNK:
-        return embedder.embed(texts)
-    from rich.progress import Progress
-
-    parts = []
-    with Progress(transient=True) as progress:
-        task = progress.add_task("embedding states", total=len(texts))
-        for start in range(0, len(texts), EMBED_CHUNK):
-            parts.append(embedder.embed(texts[start:start + EMBED_CHUNK]))
-            progress.advance(task, len(parts[-1]))
-    return np.concatenate(parts)
-
-
 def build_tables(questions: pl.DataFrame, grid: pl.DataFrame, metric: str, embedder: Embedder,
                  show_progress: bool = False, max_calls: int = 1) -> tuple[dict[str, pa.Table], float]:
     """questions.parquet, states.parquet and transitions.parquet of an imported cache, and the
@@ -238,7 +228,7 @@ def build_tables(questions: pl.DataFrame, grid: pl.DataFrame, metric: str, embed
 
     texts = [state_text(q, a) for q, a in zip(states["question"].to_list(), states["answer"].to_list(), strict=True)]
     started = time.perf_counter()
-    embeddings = _embed(embedder, texts, show_progress)
+    embeddings = embed_texts(embedder, texts, show_progress=show_progress, store=embedding_store(embedder))
     embed_seconds = time.perf_counter() - started
     schema = states_schema([metric], int(embeddings.shape[1]))
     fixed = _arrow(states, pa.schema([f for f in schema if f.name != "embedding"]))
@@ -286,11 +276,28 @@ def missing_counts(grid: pl.DataFrame) -> dict[str, int]:
     return {str(reason): int(n) for reason, n in counts.iter_rows()}
 
 
+def check_target(out: Path, overwrite: bool) -> None:
+    """Fail fast, before reading or embedding anything: `out` must be a writable directory (created
+    if needed) and hold no cache unless `overwrite`."""
+    prepare_directory(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise OutputError(f"{out}: already holds a cache; pass --overwrite to replace it")
+
+
 def import_answer_set(answers: AnswerSet, out: Path, *, embedding: EmbeddingSpec, limit: int | None = None,
-                      drop_incomplete: bool = True, show_progress: bool = False, max_calls: int = 1) -> ImportReport:
+                      drop_incomplete: bool = True, show_progress: bool = False, max_calls: int = 1,
+                      overwrite: bool = False) -> ImportReport:
     """Write `answers` as a cache in `out` whose routes may make up to `max_calls` independent calls;
     questions lacking some model's answer are dropped (default) or kept with failed transitions
-    (which `dersim cache verify` reports)."""
+    (which `dersim cache verify` reports). Holds the write lock of `out` (`dersim.locking`); a
+    cache already there is replaced only with `overwrite`."""
+    with directory_lock(out, "import"):
+        check_target(out, overwrite)
+        return _import(answers, out, embedding, limit, drop_incomplete, show_progress, max_calls)
+
+
+def _import(answers: AnswerSet, out: Path, embedding: EmbeddingSpec, limit: int | None, drop_incomplete: bool,
+            show_progress: bool, max_calls: int) -> ImportReport:
     started = time.perf_counter()
     _check_answer_set(answers)
     embedder = make_embedder(embedding)

@@ -83,7 +83,10 @@ def read_wide_csv(path: Path) -> pl.DataFrame:
     """Every column as text (types are checked here, with row numbers), or a one-line error."""
     if path.suffix.lower() != ".csv":
         raise DatasetError(f"{path}: RouterBench files are .csv, got '{path.suffix}'")
-    return read_csv_text(path)
+    frame = read_csv_text(path)
+    if frame.height == 0:
+        raise DatasetError(f"{path}: no rows (only a header, or empty)")
+    return frame
 
 
 def discover_models(path: Path, frame: pl.DataFrame) -> list[str]:
