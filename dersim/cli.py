@@ -39,8 +39,9 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Commands defined next to the stage they drive (importers, trainer, evaluation)."""
+    from dersim.evaluation.commands import eval_command
     from dersim.importers.cli import import_group
-    from dersim.trainer.commands import eval_command, train_command
+    from dersim.trainer.commands import train_command
 
     cache_group.add_command(import_group)
     main.add_command(train_command)
@@ -145,10 +146,12 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
                 steps.add_row(e["name"] if d == 0 else "", str(d + 1), *[_fmt(e["by_step"][m][d]) for m in metrics],
                               end_section=d == summary["depth"] - 1)
         out.print(steps)
+    sizes = {e["name"]: e["params_b"] for e in summary["experts"]}
     for metric, best in summary["best_fixed_route"].items():
         if best:
+            cost = "?" if any(sizes[name] is None for name in best["route"]) else f"{best['params_b']:g}"
             out.print(f"best fixed route by {metric}: {' -> '.join(best['route'])}  "
-                      f"score {best['score']:.4f}  cost {best['params_b']:g} B params")
+                      f"score {best['score']:.4f}  cost {cost} B params")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -39,10 +39,11 @@ from dersim.cache.schema import (
     states_schema,
 )
 from dersim.cache.writer import write_cache
-from dersim.env import COST_MODES, TERMINATORS
+from dersim.env import COST_MODES, REWARDS, TERMINATORS
 from dersim.env.der_env import EnvState, make_params, reset_to, step, transition
 from dersim.env.reference import DERGymEnv
 from dersim.env.tables import EnvError, EnvSpec, load_tables
+from dersim.errors import DersimError
 from dersim.importers.common import import_answer_set
 from dersim.importers.long import LongColumns, read_long
 from dersim.importers.routerbench import read_routerbench
@@ -240,15 +241,23 @@ def cache(request, tmp_path_factory) -> CacheInfo:
     states = pl.read_parquet(path / STATES)
     nonroot = states.filter(pl.col("depth") > 0)
     has_params = all(e.get("params_b") is not None for e in manifest["experts"])
+    calls = pl.read_parquet(path / TRANSITIONS)
+    recorded = {"params": has_params, "tokens": (calls["prompt_tokens"] + calls["completion_tokens"]).sum() > 0,
+                "latency": calls["latency_s"].sum() > 0, "latency_norm": calls["latency_s"].sum() > 0,
+                "usd": calls["cost_usd"].sum() > 0}
     return CacheInfo(name, path, int(manifest["depth"]), len(manifest["experts"]), list(manifest["metric_columns"]),
                      {m: nonroot[m].to_numpy().astype(np.float32) for m in manifest["metric_columns"]},
-                     COST_MODES if has_params else tuple(m for m in COST_MODES if m != "params"))
+                     tuple(m for m in COST_MODES if recorded[m]))
 
 
 @functools.lru_cache(maxsize=16)
-def tables_for(path: Path, split: str, metric: str, cost_mode: str, last_action_obs: bool, embedding_dim: int | None):
-    return load_tables(path, EnvSpec(split=split, metric=metric, cost_mode=cost_mode, last_action_obs=last_action_obs,
-                                     embedding_dim=embedding_dim))
+def tables_for(path: Path, split: str, metric: str, cost_mode: str, cost_scale: str | float, last_action_obs: bool,
+               embedding_dim: int | None, val_fraction: float, judge_p0: float | None):
+    """The JAX env's tables (the judge, fitted at `judge_p0`, only for judge configs)."""
+    spec = EnvSpec(split=split, metric=metric, cost_mode=cost_mode, cost_scale=cost_scale,
+                   last_action_obs=last_action_obs, embedding_dim=embedding_dim, val_fraction=val_fraction,
+                   p0=0.5 if judge_p0 is None else judge_p0)
+    return load_tables(path, spec, with_judge=judge_p0 is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +278,11 @@ class Config:
     p0: float
     last_action_obs: bool
     embedding_dim: int | None = None
+    reward: str = "paper"
+    cost_scale: str | float = "auto"
+    judge_error: float = 0.0
+    judge_threshold: float = 0.5
+    val_fraction: float = 0.2
 
     def spec(self) -> EnvSpec:
         return EnvSpec(**self.__dict__)
@@ -284,6 +298,8 @@ class Seen:
     failure: int = 0
     stops: int = 0
     early: int = 0  # oracle episodes that ended before T_max
+    judged: int = 0  # judge episodes that ended before T_max
+    flipped: int = 0  # noisy-oracle episodes that ended before T_max below p0 (a flipped decision)
     at_limit: int = 0
 
 
@@ -306,10 +322,12 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
     """Step the JAX env (`transition`, and `step` with its auto-reset) and the reference env with
     the same actions; reset both to the same question after each episode."""
     seen = seen or Seen()
-    tables = tables_for(path, config.split, config.metric, config.cost_mode, config.last_action_obs,
-                        config.embedding_dim)
+    tables = tables_for(path, config.split, config.metric, config.cost_mode, config.cost_scale,
+                        config.last_action_obs, config.embedding_dim, config.val_fraction,
+                        config.p0 if config.terminator == "judge" else None)
     params = make_params(tables, alpha=config.alpha, beta=config.beta, gamma=config.gamma, p0=config.p0,
-                         t_max=config.t_max, terminator=config.terminator)
+                         t_max=config.t_max, terminator=config.terminator, reward=config.reward,
+                         judge_error=config.judge_error, judge_threshold=config.judge_threshold)
     env = DERGymEnv(path, config.spec())
     assert env.roots == tables.roots.tolist() and tuple(env.question_ids) == tables.question_ids
     assert env.observation_space.shape == (params.obs_dim,)
@@ -353,7 +371,10 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
         seen.success += info["success"]
         seen.failure += not info["success"]
         seen.stops += action == env.n_experts
-        seen.early += config.terminator == "oracle" and info["calls"] < config.t_max
+        ended_early = info["calls"] < config.t_max and action != env.n_experts
+        seen.early += config.terminator == "oracle" and ended_early
+        seen.judged += config.terminator == "judge" and ended_early
+        seen.flipped += config.terminator == "oracle" and ended_early and not info["success"]
         seen.at_limit += info["calls"] == config.t_max and action != env.n_experts
         state = start(next_question(n_questions))
 
@@ -364,12 +385,16 @@ def configs(draw, cache: CacheInfo) -> Config:
     scores = cache.nonroot_scores[metric]
     p0 = draw(st.one_of(st.floats(0.1, 0.9).map(lambda q: float(np.quantile(scores, q))),
                         st.sampled_from(sorted(set(scores.tolist())))))  # exactly a score: P == p0
+    val_fraction = draw(st.sampled_from([0.0, 0.2, 0.5]))
     return Config(
-        split=draw(st.sampled_from(["train", "test"])), metric=metric,
+        split=draw(st.sampled_from(["train", "test", "val"] if val_fraction else ["train", "test"])), metric=metric,
         cost_mode=draw(st.sampled_from(cache.cost_modes)), t_max=draw(st.integers(1, cache.depth)),
         terminator=draw(st.sampled_from(TERMINATORS)), alpha=draw(st.floats(0.0, 0.5)),
         beta=draw(st.floats(0.0, 10.0)), gamma=draw(st.floats(0.0, 5.0)), p0=p0,
         last_action_obs=draw(st.booleans()), embedding_dim=draw(st.sampled_from([None, 3])),
+        reward=draw(st.sampled_from(REWARDS)), cost_scale=draw(st.sampled_from(["auto", 1.0, 0.37])),
+        judge_error=draw(st.sampled_from([0.0, 0.3, 1.0])), judge_threshold=draw(st.floats(0.05, 0.95)),
+        val_fraction=val_fraction,
     )
 
 
@@ -390,30 +415,29 @@ def test_same_actions_same_rewards_states_and_outcomes(cache: CacheInfo, data) -
 
 
 def test_long_rollouts_cover_every_branch(cache: CacheInfo) -> None:
-    """Seeded random rollouts through every terminator and T_max: both outcomes, STOP, oracle early
-    stops and T_max ends all happen, and both envs agree throughout."""
+    """Seeded random rollouts through every terminator, reward and T_max: both outcomes, STOP, oracle
+    early stops (true and flipped), judge stops and T_max ends all happen, and both envs agree."""
     rng = np.random.default_rng(0)
     seen = Seen()
     metric = "token_f1" if "token_f1" in cache.metrics else cache.metrics[0]
     p0 = float(np.quantile(cache.nonroot_scores[metric], 0.6))
-    for i, (terminator, t_max) in enumerate((term, t) for term in TERMINATORS for t in range(1, cache.depth + 1)):
-        config = Config(split=("train", "test", "all")[i % 3], metric=metric,
+    combos = [(term, reward, t) for term in TERMINATORS for reward in REWARDS for t in range(1, cache.depth + 1)]
+    for i, (terminator, reward, t_max) in enumerate(combos):
+        config = Config(split=("train", "test", "all", "val")[i % 4], metric=metric,
                         cost_mode=cache.cost_modes[i % len(cache.cost_modes)], t_max=t_max, terminator=terminator,
                         alpha=0.05, beta=2.0, gamma=1.5, p0=p0, last_action_obs=bool(i % 2),
-                        embedding_dim=3 if i % 3 == 1 else None)
+                        embedding_dim=3 if i % 3 == 1 else None, reward=reward,
+                        cost_scale=("auto", 1.0)[i % 2], judge_error=(0.0, 0.25)[(i // 2) % 2], judge_threshold=0.3)
         run_both(cache.path, config, next_action=lambda n: int(rng.integers(n)),
-                 next_question=lambda n: int(rng.integers(n)), n_steps=120, seen=seen)
+                 next_question=lambda n: int(rng.integers(n)), n_steps=60, seen=seen)
     assert seen.success and seen.failure and seen.stops and seen.at_limit, seen
-    assert seen.early or cache.depth == 1, seen  # at depth 1 every episode is one call
+    if cache.depth > 1:  # at depth 1 every episode is one call
+        assert seen.early and seen.judged and seen.flipped, seen
 
 
 # ---------------------------------------------------------------------------------------------
 # Compilation and batching
 # ---------------------------------------------------------------------------------------------
-
-
-def synthetic_tables(cache_dir: Path, **spec) -> object:
-    return load_tables(cache_dir, EnvSpec(metric="token_f1", **spec))
 
 
 @pytest.fixture(scope="module")
@@ -422,7 +446,7 @@ def small_cache(tmp_path_factory) -> Path:
 
 
 def test_step_compiles_once_for_all_values(small_cache: Path) -> None:
-    tables = synthetic_tables(small_cache, terminator="learned")
+    tables = load_tables(small_cache, EnvSpec(metric="token_f1", p0=0.4), with_judge=True)
     traces = []
 
     @chex.assert_max_traces(n=1)
@@ -435,21 +459,24 @@ def test_step_compiles_once_for_all_values(small_cache: Path) -> None:
     n_actions = tables.next_state.shape[1] + 1
     _, state = reset_to(make_params(tables), 0)
     for i in range(60):
+        terminator = TERMINATORS[i % len(TERMINATORS)]
         params = make_params(tables, alpha=float(rng.random()), beta=float(rng.random() * 5),
-                             gamma=float(rng.random() * 3), p0=float(rng.random()),
-                             t_max=int(rng.integers(1, tables.max_depth + 1)),
-                             terminator=TERMINATORS[i % len(TERMINATORS)])
+                             gamma=float(rng.random() * 3), p0=0.4 if terminator == "judge" else float(rng.random()),
+                             t_max=int(rng.integers(1, tables.max_depth + 1)), terminator=terminator,
+                             reward=REWARDS[i % 2], judge_error=float(rng.random()),
+                             judge_threshold=float(rng.random()))
         _, state, reward, done, _ = jitted(jax.random.key(i), state, np.int32(rng.integers(n_actions)), params)
     jax.block_until_ready(reward)
     assert len(traces) == 1
 
 
 def test_vmap_over_envs_and_params_matches_unbatched_calls(small_cache: Path) -> None:
-    tables = synthetic_tables(small_cache, last_action_obs=True)
+    tables = load_tables(small_cache, EnvSpec(metric="token_f1", last_action_obs=True, p0=0.45), with_judge=True)
     settings_grid = [dict(alpha=0.001, p0=0.3, t_max=1, terminator="oracle"),
-                     dict(alpha=0.2, p0=0.6, t_max=3, terminator="learned"),
+                     dict(alpha=0.2, p0=0.6, t_max=3, terminator="learned", reward="paper"),
                      dict(alpha=0.05, p0=0.45, t_max=2, terminator="none"),
-                     dict(alpha=0.5, p0=0.9, t_max=3, terminator="oracle")]
+                     dict(alpha=0.5, p0=0.9, t_max=3, terminator="oracle", judge_error=0.4),
+                     dict(alpha=0.1, p0=0.45, t_max=3, terminator="judge", judge_threshold=0.3, reward="final")]
     plist = [make_params(tables, **s) for s in settings_grid]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs) if jnp.ndim(xs[0]) == 0 else xs[0], *plist)
     axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) == 0 else None, plist[0])
@@ -514,9 +541,16 @@ ERROR_CASES = [
     ("good", EnvSpec(cost_mode="watts"), r"cost mode 'watts'"),
     ("good", EnvSpec(terminator="never"), r"terminator 'never'"),
     ("good", EnvSpec(split="validation"), r"split 'validation'"),
+    ("good", EnvSpec(reward="bonus"), r"reward 'bonus'"),
+    ("good", EnvSpec(p0=2.0), r"--p0 2.0: expected a finite number within \[0, 1\]"),
+    ("good", EnvSpec(alpha=float("nan")), r"--alpha nan: expected a finite number"),
+    ("good", EnvSpec(judge_error=1.5), r"--judge-error 1.5"),
+    ("good", EnvSpec(split="val", val_fraction=0.0), r"no 'val' questions \(--val-fraction is 0\)"),
+    ("good", EnvSpec(cost_scale=-1.0), r"--cost-scale -1.0"),
     ("no_test", EnvSpec(split="test"), r"no 'test' questions"),
     ("failed", EnvSpec(), r"states reachable within T_max = 2 lack some expert's transition"),
-    ("no_params", EnvSpec(cost_mode="params"), r"params_b.*cost mode"),
+    ("no_params", EnvSpec(cost_mode="params"), r"params_b.*cost-mode"),
+    ("no_params", EnvSpec(cost_mode="latency"), r"every 'latency' cost on the train split is zero"),
 ]
 
 
@@ -525,7 +559,7 @@ def test_env_errors_are_one_line_and_name_the_option(error_caches, cache_name: s
                                                      pattern: str) -> None:
     messages = []
     for make in (load_tables, DERGymEnv):
-        with pytest.raises(EnvError, match=pattern) as caught:
+        with pytest.raises(DersimError, match=pattern) as caught:
             make(error_caches[cache_name], spec)
         messages.append(str(caught.value))
         assert "\n" not in messages[-1]
@@ -541,8 +575,8 @@ def test_reference_env_follows_the_gymnasium_api(small_cache: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # infinite Box bounds, no render_fps: as designed
         check_env(DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="learned", p0=0.4)))
-        check_env(DERGymEnv(small_cache, EnvSpec(metric="token_f1", last_action_obs=True)))
-    oracle = DERGymEnv(small_cache, EnvSpec(metric="token_f1"))
+        check_env(DERGymEnv(small_cache, EnvSpec(metric="token_f1", last_action_obs=True, terminator="oracle")))
+    oracle = DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="oracle"))
     learned = DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="learned"), render_mode="ansi")
     assert (oracle.action_space.n, learned.action_space.n) == (3, 4)
     with pytest.raises(RuntimeError, match="reset"):
@@ -562,8 +596,9 @@ def test_reference_env_follows_the_gymnasium_api(small_cache: Path) -> None:
     with pytest.raises(ValueError, match="invalid action 4"):
         learned.step(4)
     obs, reward, terminated, truncated, info = learned.step(3)  # STOP
-    assert terminated and not truncated and info["calls"] == 1 and reward == pytest.approx(
-        learned.env_spec.gamma if info["success"] else -learned.env_spec.gamma)
+    bonus = learned.env_spec.gamma if info["success"] else -learned.env_spec.gamma
+    assert learned.env_spec.reward == "final", "under the final reward STOP pays the answer's score too"
+    assert terminated and not truncated and info["calls"] == 1 and reward == pytest.approx(bonus + info["final_score"])
     with pytest.raises(RuntimeError, match="ended"):
         learned.step(0)
 
@@ -602,7 +637,8 @@ def test_load_tables_reads_a_large_cache_exactly(tmp_path: Path) -> None:
     }
     for i, cost_mode in enumerate(COST_MODES):
         split = ("train", "test", "all")[i % 3]
-        tables = load_tables(tmp_path / "big", EnvSpec(metric="token_f1", cost_mode=cost_mode, t_max=2, split=split))
+        tables = load_tables(tmp_path / "big", EnvSpec(metric="token_f1", cost_mode=cost_mode, t_max=2, split=split,
+                                                        val_fraction=0.0))
         assert tables.next_state.shape == (n_states, n_experts) and tables.next_state.dtype == np.int32
         np.testing.assert_array_equal(tables.next_state, expected_next)
         expected_cost = np.zeros((n_states, n_experts), np.float32)

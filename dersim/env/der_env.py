@@ -13,12 +13,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
-from dersim.env import TERMINATORS
-from dersim.env.tables import EnvError, EnvTables
+from dersim.env import REWARDS, TERMINATORS
+from dersim.env.tables import EnvError, EnvTables, check_setting
 
-ORACLE, LEARNED, NONE = (TERMINATORS.index(name) for name in ("oracle", "learned", "none"))
+ORACLE, LEARNED, JUDGE = (TERMINATORS.index(name) for name in ("oracle", "learned", "judge"))
+PAPER, FINAL = (REWARDS.index(name) for name in ("paper", "final"))
+POLICY_SETTINGS = ("alpha", "beta", "gamma", "p0", "t_max", "terminator", "reward", "judge_error", "judge_threshold")
 
 
 @struct.dataclass
@@ -28,15 +31,21 @@ class EnvParams:
 
     next_state: jax.Array  # int32 [S, N], -1 = not built
     score: jax.Array  # float32 [S]
-    cost: jax.Array  # float32 [S, N]
+    cost: jax.Array  # float32 [S, N], raw unit
     embedding: jax.Array  # float32 [S, d]
+    judge_prob: jax.Array  # float32 [S]
+    noise: jax.Array  # float32 [S]
     roots: jax.Array  # int32 [Q]
+    cost_scale: jax.Array  # float32 [], shared by every policy (a property of the cache and cost mode)
     alpha: jax.Array  # float32 []
     beta: jax.Array  # float32 []
     gamma: jax.Array  # float32 []
     p0: jax.Array  # float32 []
     t_max: jax.Array  # int32 []
     terminator: jax.Array  # int32 [], index into dersim.env.TERMINATORS
+    reward: jax.Array  # int32 [], index into dersim.env.REWARDS
+    judge_error: jax.Array  # float32 []
+    judge_threshold: jax.Array  # float32 []
     max_depth: int = struct.field(pytree_node=False, default=1)  # D: sizes the step one-hot
     last_action_obs: bool = struct.field(pytree_node=False, default=False)
 
@@ -67,27 +76,47 @@ class EnvState:
     ret: jax.Array  # float32: summed reward
 
 
-def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
-    """Device arrays from `EnvTables`; `overrides` replace reward settings (alpha, beta, gamma, p0,
-    t_max, terminator given by name or index)."""
+def _index(name: str, value: str | int, known: tuple[str, ...]) -> int:
+    if isinstance(value, str):
+        if value not in known:
+            raise EnvError(f"unknown {name} '{value}' (known: {', '.join(known)})")
+        return known.index(value)
+    return int(value)
+
+
+def policy_settings(tables: EnvTables, **overrides: Any) -> dict[str, Any]:
+    """The spec's per-policy settings with `overrides`, checked (one-line errors naming the option)."""
     spec = tables.spec
-    settings = {"alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma, "p0": spec.p0, "t_max": spec.t_max,
-                "terminator": spec.terminator} | overrides
-    terminator = settings["terminator"]
-    if isinstance(terminator, str):
-        if terminator not in TERMINATORS:
-            raise EnvError(f"unknown terminator '{terminator}' (known: {', '.join(TERMINATORS)})")
-        terminator = TERMINATORS.index(terminator)
+    settings = {k: getattr(spec, k) for k in POLICY_SETTINGS} | overrides
     if not 1 <= int(settings["t_max"]) <= tables.max_depth:
         raise EnvError(f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; routes "
                        "never step past the built depth")
+    for name in ("alpha", "beta", "gamma"):
+        check_setting(name, float(settings[name]))
+    for name in ("p0", "judge_error", "judge_threshold"):
+        check_setting(name, float(settings[name]), 0.0, 1.0)
+    if _index("terminator", settings["terminator"], TERMINATORS) == JUDGE and (
+            tables.judge is None or np.float32(tables.judge.p0) != np.float32(settings["p0"])):
+        raise EnvError("the judge terminator needs the tables' judge, fitted at the same p0 (load the tables with "
+                       "with_judge=True and do not vary p0 across judge policies)")
+    return settings
+
+
+def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
+    """Device arrays from `EnvTables`; `overrides` replace per-policy settings (alpha, beta, gamma, p0,
+    t_max, terminator and reward given by name or index, judge_error, judge_threshold)."""
+    settings = policy_settings(tables, **overrides)
     return EnvParams(
         next_state=jnp.asarray(tables.next_state), score=jnp.asarray(tables.score), cost=jnp.asarray(tables.cost),
-        embedding=jnp.asarray(tables.embedding), roots=jnp.asarray(tables.roots),
+        embedding=jnp.asarray(tables.embedding), judge_prob=jnp.asarray(tables.judge_prob),
+        noise=jnp.asarray(tables.noise), roots=jnp.asarray(tables.roots), cost_scale=jnp.float32(tables.cost_scale),
         alpha=jnp.float32(settings["alpha"]), beta=jnp.float32(settings["beta"]),
         gamma=jnp.float32(settings["gamma"]), p0=jnp.float32(settings["p0"]),
-        t_max=jnp.int32(settings["t_max"]), terminator=jnp.int32(terminator),
-        max_depth=tables.max_depth, last_action_obs=spec.last_action_obs,
+        t_max=jnp.int32(settings["t_max"]),
+        terminator=jnp.int32(_index("terminator", settings["terminator"], TERMINATORS)),
+        reward=jnp.int32(_index("reward", settings["reward"], REWARDS)),
+        judge_error=jnp.float32(settings["judge_error"]), judge_threshold=jnp.float32(settings["judge_threshold"]),
+        max_depth=tables.max_depth, last_action_obs=tables.spec.last_action_obs,
     )
 
 
@@ -127,13 +156,17 @@ def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[E
     next_id = jnp.where(stop, state.state, called)
     score = params.score[next_id]
     call_cost = jnp.where(stop, 0.0, params.cost[state.state, expert])
-    improvement = jnp.where(state.t > 0, params.beta * (score - state.prev_score), 0.0)
     t = state.t + jnp.where(stop, 0, 1)
     reached = score >= params.p0
-    at_limit = t >= params.t_max
-    done = stop | at_limit | ((params.terminator == ORACLE) & reached)
-    bonus = jnp.where(done, jnp.where(reached, params.gamma, -params.gamma), 0.0)
-    reward = jnp.where(stop, 0.0, score + improvement - params.alpha * call_cost) + bonus
+    oracle_stop = reached ^ (params.noise[next_id] < params.judge_error)
+    judge_stop = params.judge_prob[next_id] >= params.judge_threshold
+    terminated = jnp.where(params.terminator == ORACLE, oracle_stop, (params.terminator == JUDGE) & judge_stop)
+    done = stop | (t >= params.t_max) | terminated
+    final = params.reward == FINAL
+    improvement = jnp.where(state.t > 0, params.beta * (score - state.prev_score), 0.0)
+    paid = jnp.where(final, 0.0, score + improvement) - params.alpha * call_cost / params.cost_scale
+    bonus = jnp.where(done, jnp.where(reached, params.gamma, -params.gamma) + jnp.where(final, score, 0.0), 0.0)
+    reward = jnp.where(stop, 0.0, paid) + bonus
     next_state = EnvState(question=state.question, state=next_id, t=t, prev_score=score, last_action=action,
                           cost=state.cost + call_cost, ret=state.ret + reward)
     outcome = {"final_score": score, "calls": t, "cost": next_state.cost, "return": next_state.ret,

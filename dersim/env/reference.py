@@ -27,13 +27,21 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import polars as pl
 from gymnasium import spaces
 
+from dersim.cache.costs import require_priced, resolve_cost_scale
 from dersim.cache.reader import open_cache
 from dersim.cache.schema import STATUS_OK
+from dersim.env.judge import oracle_noise
 from dersim.env.projection import project_states
-from dersim.env.tables import EnvError, EnvSpec, resolve_spec
+from dersim.env.tables import (
+    EnvError,
+    EnvSpec,
+    chosen_questions,
+    fit_state_judge,
+    question_assignment,
+    resolve_spec,
+)
 
 
 class DERGymEnv(gym.Env):
@@ -66,12 +74,31 @@ class DERGymEnv(gym.Env):
         self.n_states = len(state_ids)
         self.score = cache.states[spec.metric].to_numpy().astype(np.float32)
         self.embedding = np.stack(cache.states["embedding"].to_numpy()).astype(np.float32).reshape(self.n_states, -1)
-        if spec.embedding_dim is not None:
-            train_ids = cache.questions.filter(pl.col("split") == "train")["question_id"]
-            self.embedding = project_states(self.embedding, cache.states["question_id"].to_numpy(),
-                                            train_ids.to_numpy(), spec.embedding_dim, directory)
         self.depth = cache.states["depth"].to_list()
         self.answers = cache.states["answer"].to_list()
+
+        # Questions: this run's train / val / test assignment, and the chosen split in cache order
+        # (the JAX env's question index).
+        assigned = question_assignment(cache.questions["split"].to_numpy(), spec)
+        chosen = chosen_questions(assigned, spec.split, directory)
+        rows = list(cache.questions.iter_rows(named=True))
+        self.roots = [int(row["root_state_id"]) for row, keep in zip(rows, chosen, strict=True) if keep]
+        self.question_ids = [row["question_id"] for row, keep in zip(rows, chosen, strict=True) if keep]
+        self.question_texts = [row["question"] for row, keep in zip(rows, chosen, strict=True) if keep]
+        state_questions = cache.states["question_id"].to_numpy()
+        train_ids = [row["question_id"] for row, split in zip(rows, assigned, strict=True) if split == "train"]
+        cache_train_ids = {row["question_id"] for row in rows if row["split"] == "train"}
+
+        # The judge (an input table, fitted by the same function as the JAX env's) and the noise.
+        self.judge_prob = np.zeros(self.n_states, np.float32)
+        if spec.terminator == "judge":
+            train_states = np.isin(state_questions, train_ids)
+            judge = fit_state_judge(self.embedding, self.score, np.asarray(self.depth), train_states, spec)
+            self.judge_prob = judge.prob(self.embedding)
+        self.noise = oracle_noise(self.n_states, spec.split_seed)
+        if spec.embedding_dim is not None:
+            self.embedding = project_states(self.embedding, state_questions, np.asarray(train_ids),
+                                            spec.embedding_dim, directory)
 
         # Calls: (state, expert) -> (next state, cost of the call), built calls only.
         self.calls = self._read_calls(cache, spec)
@@ -80,18 +107,8 @@ class DERGymEnv(gym.Env):
         if missing:
             raise EnvError(f"{directory}: {len(missing)} states reachable within T_max = {spec.t_max} lack some "
                            "expert's transition (failed calls?); rerun build-cache")
-
-        # Questions of the split, in cache order (the JAX env's question index).
-        self.roots: list[int] = []
-        self.question_ids: list[str] = []
-        self.question_texts: list[str] = []
-        for row in cache.questions.iter_rows(named=True):
-            if spec.split == "all" or row["split"] == spec.split:
-                self.roots.append(int(row["root_state_id"]))
-                self.question_ids.append(row["question_id"])
-                self.question_texts.append(row["question"])
-        if not self.roots:
-            raise EnvError(f"{directory}: the cache has no '{spec.split}' questions")
+        self.cost_scale = resolve_cost_scale(spec.cost_scale, self._auto_scale(state_questions, cache_train_ids),
+                                             str(directory))
 
         self.p0 = np.float32(spec.p0)  # scores are float32: compare at their precision
         n_actions = self.n_experts + 1 if spec.terminator == "learned" else self.n_experts
@@ -131,6 +148,15 @@ class DERGymEnv(gym.Env):
                 cost = float(row["cost_usd"])
             calls[(int(row["state_id"]), expert)] = (int(row["next_state_id"]), cost)
         return calls
+
+    def _auto_scale(self, state_questions: np.ndarray, train_ids: set[str]) -> float:
+        """The mean cost per call of the dearest expert over calls from the cache's train questions."""
+        per_expert: dict[int, list[float]] = {}
+        for (state, expert), (_, cost) in self.calls.items():
+            if state_questions[state] in train_ids:
+                per_expert.setdefault(expert, []).append(cost)
+        return require_priced(max((float(np.mean(c)) for c in per_expert.values()), default=0.0),
+                              self.env_spec.cost_mode, str(self.cache_dir))
 
     # -----------------------------------------------------------------------------------------
     # Gymnasium API
@@ -192,35 +218,38 @@ class DERGymEnv(gym.Env):
             raise RuntimeError("step() after the episode ended: call reset() to start a new one (no auto-reset)")
         action = self._check_action(action)
         spec = self.env_spec
+        final = spec.reward == "final"
         if action == self.stop_action:
             # STOP: no call, no cost, t unchanged; the current answer is scored.
             score = self.score[self._state]
             reached = bool(score >= self.p0)
-            reward = spec.gamma if reached else -spec.gamma
+            reward = 0.0
             done = True
         else:
             next_state, cost = self.calls[(self._state, action)]
             score = self.score[next_state]
             reached = bool(score >= self.p0)
             t = self._t + 1
-            if self._t == 0:
-                reward = float(score) - spec.alpha * cost
+            price = spec.alpha * cost / self.cost_scale
+            if final:
+                reward = -price
+            elif self._t == 0:
+                reward = float(score) - price
             else:
-                reward = float(score) + spec.beta * (float(score) - self._prev_score) - spec.alpha * cost
+                reward = float(score) + spec.beta * (float(score) - self._prev_score) - price
             if spec.terminator == "oracle":
-                done = reached or t == spec.t_max
-                if reached:
-                    reward += spec.gamma
-                elif t == spec.t_max:
-                    reward -= spec.gamma
+                flipped = bool(self.noise[next_state] < np.float32(spec.judge_error))
+                done = (reached != flipped) or t == spec.t_max
+            elif spec.terminator == "judge":
+                done = bool(self.judge_prob[next_state] >= np.float32(spec.judge_threshold)) or t == spec.t_max
             else:  # "none" and "learned": the episode ends at T_max (or on STOP)
                 done = t == spec.t_max
-                if done:
-                    reward += spec.gamma if reached else -spec.gamma
             self._state = next_state
             self._t = t
             self._prev_score = float(score)
             self._cost += cost
+        if done:
+            reward += (spec.gamma if reached else -spec.gamma) + (float(score) if final else 0.0)
         self._last_action = action
         self._return += reward
         self._done = done

@@ -7,16 +7,20 @@ the JAX env from `EnvTables` directly, the Gymnasium reference from the same cac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
 from dersim.cache.reader import read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS
-from dersim.env import COST_MODES, TERMINATORS
+from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
+from dersim.env import REWARDS, TERMINATORS
+from dersim.env.judge import Judge, fit_judge, oracle_noise
 from dersim.env.projection import project_states
 from dersim.errors import DersimError
 
@@ -29,15 +33,21 @@ class EnvError(DersimError):
 class EnvSpec:
     """The user's environment choices; see `dersim.env` for the semantics."""
 
-    split: str = "train"
+    split: str = "train"  # train (the cache's train questions minus val), val, test or all
     metric: str | None = None  # default: bertscore_f1 if the cache has it, else its first metric
     cost_mode: str = "params"
+    cost_scale: str | float = AUTO  # divides C in the reward: auto = the dearest expert's mean train call
     t_max: int | None = None  # default: the cache's depth
-    terminator: str = "oracle"
-    alpha: float = 0.001
+    terminator: str = "learned"
+    reward: str = "final"
+    alpha: float = 0.05
     beta: float = 5.0
     gamma: float = 2.0
     p0: float = 0.73
+    judge_error: float = 0.0  # the oracle's decision is flipped on this share of states
+    judge_threshold: float = 0.5  # the judge stops when its probability reaches this
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    split_seed: int = 0
     last_action_obs: bool = False
     embedding_dim: int | None = None  # PCA the embeddings to this many dimensions (None: as cached)
 
@@ -48,15 +58,26 @@ class EnvTables:
 
     next_state: np.ndarray  # int32 [S, N], -1 where no call was built
     score: np.ndarray  # float32 [S], the chosen metric
-    cost: np.ndarray  # float32 [S, N], the chosen cost of each call
+    cost: np.ndarray  # float32 [S, N], the cost of each call in the cost mode's raw unit
     embedding: np.ndarray  # float32 [S, d], or [S, k] under spec.embedding_dim
     depth: np.ndarray  # int32 [S], depth first reached
+    judge_prob: np.ndarray  # float32 [S], the judge's P(good enough); zeros without a judge
+    noise: np.ndarray  # float32 [S], one uniform draw per state (the noisy oracle's flips)
     roots: np.ndarray  # int32 [Q], root state of each question of the split
     question_ids: tuple[str, ...]
     expert_names: tuple[str, ...]
     max_depth: int  # D, the cache's built depth
     metric: str
+    cost_scale: float  # resolved divisor of C in the reward
+    judge: Judge | None
     spec: EnvSpec
+
+
+def check_setting(name: str, value: float, low: float = -math.inf, high: float = math.inf) -> None:
+    """A reward or judge setting must be a finite number within [low, high] (one-line error)."""
+    if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        bounds = "" if (low, high) == (-math.inf, math.inf) else f" within [{low:g}, {high:g}]"
+        raise EnvError(f"--{name.replace('_', '-')} {value}: expected a finite number{bounds}")
 
 
 def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
@@ -74,35 +95,45 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
         raise EnvError(f"unknown cost mode '{spec.cost_mode}' (known: {', '.join(COST_MODES)})")
     if spec.terminator not in TERMINATORS:
         raise EnvError(f"unknown terminator '{spec.terminator}' (known: {', '.join(TERMINATORS)})")
-    if spec.split not in ("train", "test", "all"):
-        raise EnvError(f"unknown split '{spec.split}' (train, test or all)")
+    if spec.reward not in REWARDS:
+        raise EnvError(f"unknown reward '{spec.reward}' (known: {', '.join(REWARDS)})")
+    if spec.split not in SPLITS:
+        raise EnvError(f"unknown split '{spec.split}' (known: {', '.join(SPLITS)})")
     if spec.cost_mode == "params":
         unknown = [e["name"] for e in manifest["experts"] if e.get("params_b") is None]
         if unknown:
-            raise EnvError(f"{where}: expert '{unknown[0]}' has no params_b; choose another cost mode (e.g. usd)")
-    return EnvSpec(**{**spec.__dict__, "metric": metric, "t_max": t_max})
+            raise EnvError(f"{where}: expert '{unknown[0]}' has no params_b; choose another --cost-mode (e.g. usd)")
+    for name in ("alpha", "beta", "gamma"):
+        check_setting(name, getattr(spec, name))
+    check_setting("p0", spec.p0, 0.0, 1.0)
+    check_setting("judge_error", spec.judge_error, 0.0, 1.0)
+    check_setting("judge_threshold", spec.judge_threshold, 0.0, 1.0)
+    return replace(spec, metric=metric, t_max=t_max)
 
 
-def _call_costs(transitions, manifest: dict, mode: str, n_experts: int) -> np.ndarray:
-    """The per-call cost of each transition row under `mode`."""
-    experts = transitions["expert_id"].to_numpy().astype(np.int64)
-    if mode == "params":
-        return np.array([e["params_b"] for e in manifest["experts"]], dtype=np.float32)[experts]
-    if mode == "tokens":
-        tokens = transitions["prompt_tokens"].to_numpy() + transitions["completion_tokens"].to_numpy()
-        return (tokens / 1000).astype(np.float32)
-    if mode == "usd":
-        return transitions["cost_usd"].to_numpy().astype(np.float32)
-    latency = transitions["latency_s"].to_numpy().astype(np.float32)
-    if mode == "latency":
-        return latency
-    medians = np.array([np.median(latency[experts == e]) if (experts == e).any() else 1.0
-                        for e in range(n_experts)], dtype=np.float32)
-    return latency / np.where(medians > 0, medians, 1.0)[experts]
+def question_assignment(cache_splits: np.ndarray, spec: EnvSpec) -> np.ndarray:
+    """Per question: train, val or test for this spec (see `dersim.cache.splits`)."""
+    return assign_splits(cache_splits, spec.val_fraction, spec.split_seed)
 
 
-def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec()) -> EnvTables:
-    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max."""
+def chosen_questions(assigned: np.ndarray, split: str, where: Path) -> np.ndarray:
+    chosen = split_mask(assigned, split)
+    if not chosen.any():
+        hint = " (--val-fraction is 0)" if split == "val" else ""
+        raise EnvError(f"{where}: the cache has no '{split}' questions{hint}")
+    return chosen
+
+
+def fit_state_judge(embedding: np.ndarray, score: np.ndarray, depth: np.ndarray, train_states: np.ndarray,
+                    spec: EnvSpec) -> Judge:
+    """The judge for `spec` (its metric and p0), fitted on the train split's answer states."""
+    rows = train_states & (depth > 0)
+    return fit_judge(embedding[rows], score[rows], spec.p0, spec.metric)
+
+
+def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bool | None = None) -> EnvTables:
+    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge is
+    fitted when `with_judge` (default: when spec.terminator is 'judge')."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     spec = resolve_spec(spec, manifest, directory)
@@ -119,35 +150,55 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec()) -> EnvTables:
     cols = transitions["expert_id"].to_numpy().astype(np.int64)
     next_state = np.full((n_states, n_experts), -1, dtype=np.int32)
     next_state[rows, cols] = transitions["next_state_id"].to_numpy()
+    per_call = per_call_costs(spec.cost_mode, cols, [e.get("params_b") for e in manifest["experts"]],
+                              transitions["prompt_tokens"].to_numpy(), transitions["completion_tokens"].to_numpy(),
+                              transitions["latency_s"].to_numpy(), transitions["cost_usd"].to_numpy(),
+                              str(directory))
     cost = np.zeros((n_states, n_experts), dtype=np.float32)
-    cost[rows, cols] = _call_costs(transitions, manifest, spec.cost_mode, n_experts)
+    cost[rows, cols] = per_call
 
     depth = states["depth"].to_numpy().astype(np.int32)
     missing = (depth < spec.t_max)[:, None] & (next_state < 0)
     if missing.any():
         raise EnvError(f"{directory}: {int(missing.any(axis=1).sum())} states reachable within T_max = "
                        f"{spec.t_max} lack some expert's transition (failed calls?); rerun build-cache")
-    split = questions["split"].to_numpy(zero_copy_only=False)
-    chosen = np.ones(len(split), dtype=bool) if spec.split == "all" else split == spec.split
-    if not chosen.any():
-        raise EnvError(f"{directory}: the cache has no '{spec.split}' questions")
+    question_ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
+    cache_splits = np.asarray(questions["split"].to_numpy(zero_copy_only=False))
+    assigned = question_assignment(cache_splits, spec)
+    chosen = chosen_questions(assigned, spec.split, directory)
+    state_questions = np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
+    cache_train_states = np.isin(state_questions, question_ids[cache_splits == "train"])
+    # The auto scale is computed even when a number is given: it refuses a mode whose costs are all zero.
+    scale = resolve_cost_scale(spec.cost_scale, auto_cost_scale(per_call, cols, n_experts, cache_train_states[rows],
+                                                                spec.cost_mode, str(directory)), str(directory))
+    train_states = np.isin(state_questions, question_ids[assigned == "train"])
+
     embedding_column = states["embedding"].combine_chunks()
     dim = embedding_column.type.list_size
     embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
+    score = states[spec.metric].to_numpy().astype(np.float32)
+    judge = None
+    if with_judge if with_judge is not None else spec.terminator == "judge":
+        judge = fit_state_judge(embedding, score, depth, train_states, spec)
+    judge_prob = judge.prob(embedding) if judge else np.zeros(n_states, np.float32)
     if spec.embedding_dim is not None:
-        train_ids = questions["question_id"].filter(pc.equal(questions["split"], "train"))
-        embedding = project_states(embedding, states["question_id"].to_numpy(), train_ids.to_numpy(),
-                                   spec.embedding_dim, directory)
+        embedding = project_states(embedding, state_questions, question_ids[assigned == "train"], spec.embedding_dim,
+                                   directory)
     return EnvTables(
-        next_state=next_state,
-        score=states[spec.metric].to_numpy().astype(np.float32),
-        cost=cost,
-        embedding=embedding,
-        depth=depth,
+        next_state=next_state, score=score, cost=cost, embedding=embedding, depth=depth, judge_prob=judge_prob,
+        noise=oracle_noise(n_states, spec.split_seed),
         roots=questions["root_state_id"].to_numpy()[chosen].astype(np.int32),
-        question_ids=tuple(np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))[chosen].tolist()),
+        question_ids=tuple(question_ids[chosen].tolist()),
         expert_names=tuple(e["name"] for e in manifest["experts"]),
-        max_depth=int(manifest["depth"]),
-        metric=spec.metric,
-        spec=spec,
+        max_depth=int(manifest["depth"]), metric=spec.metric, cost_scale=scale, judge=judge,
+        spec=replace(spec, cost_scale=scale),
     )
+
+
+def split_roots(tables: EnvTables, directory: Path, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Root states and question ids of another split of the same cache, under the tables' spec."""
+    questions = pq.read_table(directory / QUESTIONS, columns=["question_id", "split", "root_state_id"])
+    assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), tables.spec)
+    chosen = chosen_questions(assigned, split, directory)
+    ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))[chosen]
+    return questions["root_state_id"].to_numpy()[chosen].astype(np.int32), tuple(ids.tolist())

@@ -1,84 +1,113 @@
-"""A run directory's human-facing outputs: runs.parquet, summary.md, curves.png, pareto.png."""
+"""A run's evaluation as results: runs.parquet, summary.md and the terminal table."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from dersim.evaluation.plots import plot_curves, plot_pareto
-from dersim.evaluation.report import REPORTED_METRICS
+from dersim.evaluation.report import Evaluation
 from dersim.trainer.grid import GRID_KEYS
 
 RUNS = "runs.parquet"
 SUMMARY = "summary.md"
+WIDE_PIPE = 200  # columns of a table written to a pipe or file (a terminal uses its own width)
 
 
-def score_columns(frame: pl.DataFrame, metric: str) -> list[str]:
-    """The env's metric, then BERTScore F1 and the task metric where the cache has them."""
-    return list(dict.fromkeys(c for c in (metric, *REPORTED_METRICS) if c in frame.columns))
+def format_cost(value: float) -> str:
+    """Four significant digits: B params (0.49), USD (0.0001234) and seconds read alike."""
+    return f"{value:.4g}"
 
 
-def write_outputs(out: Path, policies: pl.DataFrame, baselines: pl.DataFrame, curves: pl.DataFrame, metric: str,
-                  split: str) -> None:
-    """runs.parquet (a row per policy: settings, train/held-out scores, cost, calls, final return),
-    the learning-curve and Pareto plots and a markdown summary."""
-    last = curves.sort("chunk").group_by("policy").last().select("policy", pl.col("return").alias("train_return"))
-    runs = policies.join(last, on="policy").drop("name", "kind")
-    runs.write_parquet(out / RUNS)
-    best = runs.sort(f"train_{metric}", descending=True)["policy"].head(3).to_list()
-    plot_curves(curves, best, out / "curves.png")
-    plot_pareto(policies, baselines, metric, out / "pareto.png")
-    (out / SUMMARY).write_text(summary_markdown(runs, baselines, metric, split), encoding="utf-8")
+def policy_label(row: dict[str, Any], varied: list[str]) -> str:
+    """'policy 3 (alpha 0.1, seed 1)': the settings that differ across the run's policies."""
+    settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in varied]
+    settings.append(f"seed {row['seed']}")
+    return f"policy {row['policy']} ({', '.join(settings)})"
 
 
-def summary_markdown(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split: str) -> str:
-    columns = score_columns(baselines, metric)
-    best = runs.sort(f"train_{metric}", descending=True).row(0, named=True)
-    lines = [f"# dersim run: {runs.height} policies, evaluated on the {split} split", "",
-             f"Best policy by train {metric}: policy {best['policy']} "
-             f"(seed {best['seed']}, lr {best['lr']:g}, ent_coef {best['ent_coef']:g}, "
-             f"terminator {best['terminator']}, "
-             f"T_max {best['t_max']}, p0 {best['p0']:g}, alpha {best['alpha']:g}, beta {best['beta']:g}, "
-             f"gamma {best['gamma']:g}).", "",
-             "| router | " + " | ".join(f"{c} x100" for c in columns) + " | cost (B params) | calls |",
-             "|---|" + "---|" * (len(columns) + 2)]
-    rows = [("best policy", best)] + [(r["name"], r) for r in baselines.iter_rows(named=True)]
-    for name, row in rows:
-        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in columns)
-                     + f" | {row['cost_b']:.3f} | {row['calls']:.2f} |")
-    lines += ["", f"Mean over all {runs.height} policies: {metric} x100 = {runs[metric].mean():.2f}, "
-              f"cost = {runs['cost_b'].mean():.3f} B.", "", "![learning curves](curves.png)", "",
-              "![cost vs quality](pareto.png)", ""]
+def varied_settings(policies: pl.DataFrame) -> list[str]:
+    return [k for k in GRID_KEYS if k in policies.columns and policies[k].n_unique() > 1]
+
+
+def ranked_rows(evaluation: Evaluation, top: int) -> list[tuple[str, dict[str, Any]]]:
+    """(label, row) for the table: the best `top` deployable policies by the chosen-on split, the
+    deployable baselines, then the reference rows (the best oracle-stop policy, reference baselines)."""
+    policies, split = evaluation.policies, evaluation.chosen_on
+    varied = varied_settings(policies)
+    order = [f"{split}_{evaluation.metric}", f"{split}_cost", "policy"]
+    ranked = policies.sort(order, descending=[True, False, False])
+    rows = []
+    for i, row in enumerate(ranked.filter(~pl.col("uses_reference")).head(top).iter_rows(named=True)):
+        rows.append((("best policy: " if i == 0 else "") + policy_label(row, varied), row))
+    rows += [(row["name"], row) for row in evaluation.baselines.filter(~pl.col("uses_reference")).iter_rows(named=True)]
+    for row in ranked.filter(pl.col("uses_reference")).head(1).iter_rows(named=True):
+        rows.append((f"best oracle-stop policy: {policy_label(row, varied)}", row))
+    rows += [(row["name"], row) for row in evaluation.baselines.filter(pl.col("uses_reference")).iter_rows(named=True)]
+    return rows
+
+
+def title(evaluation: Evaluation, n_questions: int | None = None) -> str:
+    chosen = f"best by {evaluation.chosen_on} {evaluation.metric}"
+    if evaluation.best_policy is None:
+        chosen = "no deployable policy in this run"
+    return (f"{evaluation.split} split: {evaluation.policies.height} policies ({chosen}), baselines and reference "
+            f"rows; cost in {evaluation.cost_unit} per question")
+
+
+def print_table(evaluation: Evaluation, top: int = 5) -> None:
+    """The table on stdout; all columns are kept when piped (no 80-column truncation)."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=WIDE_PIPE)
+    metric, others = evaluation.metrics[0], evaluation.metrics[1:]
+    wide = console.width >= 140  # the per-expert share of calls only fits a wide terminal
+    table = Table("router", "uses ref.", f"{metric} x100", "95% CI", *[f"{m} x100" for m in others],
+                  f"cost ({evaluation.cost_unit})", "calls", *(["expert share"] if wide else []),
+                  title=title(evaluation))
+    for column in table.columns[1:]:
+        column.no_wrap = True  # numbers and metric names stay readable; long router names wrap instead
+    for label, row in ranked_rows(evaluation, top):
+        share = " ".join(f"{k[:12]}:{v:.0%}" for k, v in (row.get("expert_share") or {}).items() if v)
+        table.add_row(label, "yes" if row["uses_reference"] else "", f"{row[metric]:.2f}",
+                      f"[{row[f'{metric}_low']:.2f}, {row[f'{metric}_high']:.2f}]",
+                      *[f"{row[m]:.2f}" for m in others], format_cost(row["cost"]), f"{row['calls']:.2f}",
+                      *([share] if wide else []), style="dim" if row["uses_reference"] else None)
+    console.print(table)
+    if evaluation.judge:
+        console.print("judge terminator accuracy (stop decision = reference's P >= p0, on answer states): "
+                      + ", ".join(f"{k} {v:.1%}" for k, v in evaluation.judge.items()))
+    console.print("uses ref. = the row read the reference answer to decide (oracle stop or oracle pick): an upper "
+                  "bound, not deployable.", style="dim")
+
+
+def summary_markdown(evaluation: Evaluation, top: int = 5) -> str:
+    metrics = evaluation.metrics
+    lines = [f"# dersim run: {evaluation.policies.height} policies, evaluated on the {evaluation.split} split", "",
+             title(evaluation) + ".", "",
+             "| router | uses reference | " + " | ".join(f"{m} x100 [95% CI]" for m in metrics)
+             + f" | cost ({evaluation.cost_unit}/question) | calls |",
+             "|---|---|" + "---|" * (len(metrics) + 2)]
+    for label, row in ranked_rows(evaluation, top):
+        cells = [f"{row[m]:.2f} [{row[f'{m}_low']:.2f}, {row[f'{m}_high']:.2f}]" for m in metrics]
+        lines.append(f"| {label} | {'yes' if row['uses_reference'] else 'no'} | " + " | ".join(cells)
+                     + f" | {format_cost(row['cost'])} | {row['calls']:.2f} |")
+    if evaluation.judge:
+        accuracy = ", ".join(f"{k} {v:.1%}" for k, v in evaluation.judge.items())
+        lines += ["", f"Judge accuracy on answer states: {accuracy}."]
+    lines += ["", "Rows that use the reference (oracle stop, oracle pick) are upper bounds, not deployable.", "",
+              "![learning curves](curves.png)", "", f"![cost vs quality](pareto_{evaluation.split}.png)", ""]
     return "\n".join(lines)
 
 
-def policy_label(row: dict, varied: list[str]) -> str:
-    """'policy 3 (lr 0.001, beta 0, seed 1)': the settings that differ across the run's policies."""
-    settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in varied]
-    seed = row["seed"]
-    return f"policy {row['policy']} ({', '.join([*settings, f'seed {seed}'])})"
-
-
-def print_table(runs: pl.DataFrame, baselines: pl.DataFrame, metric: str, split: str, top: int = 5) -> None:
-    """The best `top` policies (by train score) beside every baseline."""
-    columns = score_columns(baselines, metric)
-    console = Console()
-    wide = console.width >= 120  # the per-expert share of calls only fits a wide terminal
-    table = Table("router", *[f"{c} x100" for c in columns], "cost (B)", "calls", *(["expert share"] if wide else []),
-                  title=f"{split} split: {runs.height} policies (best {min(top, runs.height)} by train {metric}) "
-                        "and baselines")
-    for column, name in zip(table.columns[1:], columns, strict=False):
-        column.min_width = len(name)  # metric names stay readable; long router names wrap instead
-    varied = [k for k in GRID_KEYS if k in runs.columns and runs[k].n_unique() > 1]
-    for row in runs.sort(f"train_{metric}", descending=True).head(top).iter_rows(named=True):
-        share = " ".join(f"{k[:12]}:{v:.0%}" for k, v in row["expert_share"].items() if v)
-        table.add_row(policy_label(row, varied),
-                      *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}", f"{row['calls']:.2f}",
-                      *([share] if wide else []))
-    for row in baselines.iter_rows(named=True):
-        table.add_row(row["name"], *[f"{row[c]:.2f}" for c in columns], f"{row['cost_b']:.3f}",
-                      f"{row['calls']:.2f}", *([""] if wide else []), style="dim" if row["kind"] == "oracle" else None)
-    console.print(table)
+def write_results(out: Path, evaluation: Evaluation, curves: pl.DataFrame) -> None:
+    """runs.parquet (a row per policy, in policy order: settings, train / val / held-out scores, cost,
+    calls, last training return) and summary.md."""
+    last = (curves.sort("chunk").group_by("policy", maintain_order=True).last()
+            .select("policy", pl.col("return").alias("train_episode_return")))
+    runs = evaluation.policies.join(last, on="policy").drop("name", "kind").sort("policy")
+    runs.write_parquet(out / RUNS)
+    (out / SUMMARY).write_text(summary_markdown(evaluation), encoding="utf-8")

@@ -1,4 +1,8 @@
-"""Pictures people would rather look at: learning curves and the cost-quality Pareto plot."""
+"""The cost-quality plot of an evaluated run.
+
+Labels never overlap: every baseline has its own marker in a legend beside the axes instead of
+an annotation. The cost axis names the run's unit and turns logarithmic when costs span decades.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +12,55 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from dersim.evaluation.report import Evaluation  # noqa: E402
 
-def plot_curves(curves: pl.DataFrame, best: list[int], path: Path, metric: str = "return") -> Path:
-    """Every policy's learning curve in grey, the best ones highlighted."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for (policy,), frame in curves.sort("env_steps").group_by("policy", maintain_order=True):
-        highlighted = policy in best
-        ax.plot(frame["env_steps"], frame[metric], color=None if highlighted else "0.8",
-                linewidth=2 if highlighted else 0.7, label=f"policy {policy}" if highlighted else None,
-                zorder=3 if highlighted else 1)
-    ax.set_xlabel("env steps per policy")
-    ax.set_ylabel(f"mean episode {metric}")
-    ax.set_title(f"learning curves of {curves['policy'].n_unique()} policies (best highlighted)")
-    if best:
-        ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+LOG_SPAN = 30.0  # a log cost axis when the largest positive cost is this many times the smallest
+MARKERS = "osD^v<>phP*Xd8"
 
 
-def plot_pareto(policies: pl.DataFrame, baselines: pl.DataFrame, metric: str, path: Path) -> Path:
-    """Cost (billions of parameters per question) against score, policies beside baselines."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter(policies["cost_b"], policies[metric], s=12, alpha=0.5, label="trained policies", color="tab:blue")
-    for row in baselines.iter_rows(named=True):
-        marker = "*" if row["kind"] == "oracle" else "o"
-        ax.scatter(row["cost_b"], row[metric], marker=marker, s=60, color="tab:red" if marker == "*" else "tab:gray")
-        ax.annotate(row["name"], (row["cost_b"], row[metric]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("mean cost per question (billions of parameters activated)")
-    ax.set_ylabel(f"mean final {metric} x 100")
-    ax.set_title("cost vs quality on held-out questions")
-    ax.legend(loc="lower right", fontsize=8)
+def use_log_axis(costs: np.ndarray) -> bool:
+    positive = np.asarray(costs, dtype=np.float64)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    return len(positive) > 1 and positive.max() / positive.min() >= LOG_SPAN
+
+
+def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
+    """Mean cost per question (the run's unit) against the mean score x100 on the evaluated split:
+    deployable policies, oracle-stop policies, each baseline and reference row with its 95% CI."""
+    metric = evaluation.metric
+    policies, baselines = evaluation.policies, evaluation.baselines
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    deployable = policies.filter(~pl.col("uses_reference"))
+    oracle_stop = policies.filter(pl.col("uses_reference"))
+    if deployable.height:
+        ax.scatter(deployable["cost"], deployable[metric], s=14, alpha=0.5, color="tab:blue",
+                   label="trained policies (deployable)")
+    if oracle_stop.height:
+        ax.scatter(oracle_stop["cost"], oracle_stop[metric], s=14, alpha=0.4, marker="x", color="tab:red",
+                   label="trained policies, oracle stop (uses reference)")
+    if evaluation.best_policy is not None:
+        best = policies.filter(pl.col("policy") == evaluation.best_policy).row(0, named=True)
+        ax.errorbar(best["cost"], best[metric], yerr=[[best[metric] - best[f"{metric}_low"]],
+                                                      [best[f"{metric}_high"] - best[metric]]],
+                    fmt="o", color="tab:blue", markersize=9, markeredgecolor="black", capsize=3,
+                    label=f"chosen policy {evaluation.best_policy} (best {evaluation.chosen_on} score)", zorder=5)
+    for i, row in enumerate(baselines.iter_rows(named=True)):
+        reference = row["uses_reference"]
+        ax.errorbar(row["cost"], row[metric], yerr=[[row[metric] - row[f"{metric}_low"]],
+                                                    [row[f"{metric}_high"] - row[metric]]],
+                    fmt="*" if reference else MARKERS[i % len(MARKERS)], markersize=10 if reference else 7,
+                    color="tab:red" if reference else f"C{(i % 8) + 2}", alpha=0.9, capsize=2, elinewidth=0.8,
+                    label=row["name"] + (" (uses reference)" if reference else ""), zorder=4)
+    costs = np.concatenate([policies["cost"].to_numpy(), baselines["cost"].to_numpy()])
+    if use_log_axis(costs):
+        ax.set_xscale("log")
+    ax.set_xlabel(f"mean cost per question ({evaluation.cost_unit}{', log scale' if use_log_axis(costs) else ''})")
+    ax.set_ylabel(f"mean final {metric} x 100 (95% CI)")
+    ax.set_title(f"cost vs quality on the {evaluation.split} split")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,90 +1,136 @@
-"""Evaluating a training run: greedy policies and baselines on held-out questions, tables and plots.
+"""Evaluating a training run: greedy policies and baselines on held-out questions.
 
-Scores are reported x100 (the env's metric, and BERTScore F1 and the task metric, e.g. yes/no
-accuracy, when the cache has them); cost is the mean billions of parameters activated per question.
-Baselines use the settings (T_max, p0, terminator) of the policy that scored best on the train
-split, which is also how "the best policy" is chosen: never on the evaluation split itself.
+Scores are reported x100 with a 95% bootstrap interval over questions (the env's metric, and
+BERTScore F1 and the task metric, e.g. yes/no accuracy, when the cache has them); cost is the mean
+cost per question in the run's own unit (`dersim.cache.costs`). Every row says whether it read the
+reference answer to decide (`uses_reference`: the oracle terminator, the oracle stop, the oracles).
+"The best policy" is the deployable policy (learned, judge or none terminator) with the best val
+score, never chosen on the evaluation split; baselines use its T_max and route lengths.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from dersim.cache.costs import COST_UNITS
 from dersim.cache.reader import read_manifest
-from dersim.cache.schema import QUESTIONS, STATES
-from dersim.evaluation.baselines import Outcome, RouteTables, baseline_outcomes
-from dersim.evaluation.greedy import greedy_episodes
-from dersim.trainer.ppo import Runner
-from dersim.trainer.run import GridTrainer
+from dersim.cache.schema import STATES
+from dersim.env import DEPLOYABLE_TERMINATORS
+from dersim.env.tables import split_roots
+from dersim.evaluation.baselines import RouteTables, baselines
+from dersim.evaluation.stats import mean_ci
+from dersim.trainer.run import GridTrainer, choose_policy
 
 REPORTED_METRICS = ("bertscore_f1", "accuracy", "exact_match")  # beside the training metric, when cached
 
 
-def split_roots(cache: Path, split: str) -> np.ndarray:
-    questions = pl.read_parquet(cache / QUESTIONS, columns=["split", "root_state_id"])
-    chosen = questions if split == "all" else questions.filter(pl.col("split") == split)
-    return chosen["root_state_id"].to_numpy().astype(np.int32)
+@dataclass(frozen=True)
+class Evaluation:
+    """A run evaluated on one split: a row per policy, a row per baseline, and what was chosen how."""
+
+    policies: pl.DataFrame
+    baselines: pl.DataFrame
+    metric: str
+    metrics: list[str]  # the score columns (x100), the env's metric first
+    split: str
+    cost_mode: str
+    best_policy: int | None  # the deployable policy with the best val score (None: the run has none)
+    chosen_on: str  # the split the best policy was chosen on
+    judge: dict[str, float] | None  # the judge terminator's accuracy per split, if the run has one
+
+    @property
+    def cost_unit(self) -> str:
+        return COST_UNITS[self.cost_mode]
 
 
-def _row(name: str, kind: str, final_state: np.ndarray, calls: np.ndarray, params_b: np.ndarray,
-         scores: dict[str, np.ndarray], actions: np.ndarray | None, expert_names: list[str]) -> dict[str, Any]:
-    row: dict[str, Any] = {"name": name, "kind": kind}
+def uses_reference(settings: dict[str, Any]) -> bool:
+    """A policy reads the reference when its episodes stop by the (possibly noisy) oracle."""
+    return settings["terminator"] not in DEPLOYABLE_TERMINATORS
+
+
+def score_row(name: str, kind: str, reference: bool, final_state: np.ndarray, calls: np.ndarray, cost: np.ndarray,
+              scores: dict[str, np.ndarray], actions: np.ndarray | None, expert_names: list[str]) -> dict[str, Any]:
+    """Means x100 with their 95% bootstrap intervals, mean cost and calls, route lengths, expert shares."""
+    row: dict[str, Any] = {"name": name, "kind": kind, "uses_reference": reference}
     for metric, values in scores.items():
-        row[metric] = float(values[final_state].mean() * 100)
-    row["cost_b"] = float(params_b.mean())
+        estimate = mean_ci(values[final_state] * 100)
+        row[metric], row[f"{metric}_low"], row[f"{metric}_high"] = estimate.mean, estimate.low, estimate.high
+    cost_estimate = mean_ci(cost)
+    row["cost"], row["cost_low"], row["cost_high"] = cost_estimate.mean, cost_estimate.low, cost_estimate.high
     row["calls"] = float(calls.mean())
-    row["route_lengths"] = {str(k): int(v) for k, v in sorted(Counter(calls.tolist()).items())}
+    counts = Counter(calls.tolist())
+    row["route_lengths"] = {str(k): int(counts.get(k, 0)) for k in range(int(calls.max(initial=0)) + 1)}
     if actions is not None:
         made = actions[(actions >= 0) & (actions < len(expert_names))]
-        counts = np.bincount(made, minlength=len(expert_names))
-        row["expert_share"] = {n: float(c / max(counts.sum(), 1)) for n, c in zip(expert_names, counts, strict=True)}
+        used = np.bincount(made, minlength=len(expert_names))
+        row["expert_share"] = {n: float(c / max(used.sum(), 1)) for n, c in zip(expert_names, used, strict=True)}
     return row
 
 
-def evaluate(trainer: GridTrainer, runner: Runner, split: str = "test") -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(one row per policy on `split` and on train, one row per baseline on `split`)."""
-    cache = trainer.cache
+def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluation:
+    """The policies' greedy episodes (parameters `params`, one per policy) on `split`, val and train,
+    beside the baselines on `split`."""
+    cache, tables = trainer.cache, trainer.tables
     manifest = read_manifest(cache)
-    metric = trainer.tables.metric
+    metric = tables.metric
     columns = [metric, *[m for m in REPORTED_METRICS if m in manifest["metric_columns"] and m != metric]]
     states = pq.read_table(cache / STATES, columns=columns)
     scores = {m: states[m].to_numpy() for m in columns}
-    names = list(trainer.tables.expert_names)
-    params_b = np.array([e.get("params_b") or 0.0 for e in manifest["experts"]], dtype=np.float64)
+    names = list(tables.expert_names)
+    has_val = trainer.val_roots is not None
 
     def policy_rows(roots: np.ndarray) -> list[dict[str, Any]]:
-        result = greedy_episodes(trainer.network, runner.params, trainer.env_params, trainer.axes, roots)
-        rows = []
-        for index, settings in enumerate(trainer.policies):
-            actions = result["actions"][index]
-            used = np.where((actions >= 0) & (actions < len(names)), params_b[np.clip(actions, 0, len(names) - 1)], 0)
-            rows.append({"policy": index, **settings, **_row(
-                f"policy {index}", "policy", result["final_state"][index], result["calls"][index], used.sum(axis=1),
-                scores, actions, names)})
-        return rows
+        result = trainer.greedy(params, trainer.env_params, roots)
+        return [{"policy": index, **settings, **score_row(
+            f"policy {index}", "policy", uses_reference(settings), result["final_state"][index],
+            result["calls"][index], result["env_cost"][index], scores, result["actions"][index], names),
+            "return": float(result["return"][index].mean())}
+            for index, settings in enumerate(trainer.policies)]
 
-    train_roots = split_roots(cache, "train")
-    train = pl.DataFrame(policy_rows(train_roots))
-    held_out = pl.DataFrame(policy_rows(split_roots(cache, split)))
-    policies = held_out.join(train.select("policy", *[pl.col(m).alias(f"train_{m}") for m in columns]), on="policy")
+    def summary(split_name: str) -> pl.DataFrame:
+        roots = split_roots(tables, cache, split_name)[0]
+        frame = pl.DataFrame(policy_rows(roots))
+        return frame.select("policy", *[pl.col(c).alias(f"{split_name}_{c}") for c in (*columns, "cost", "calls",
+                                                                                     "return")])
 
-    best = train.sort(metric, descending=True).row(0, named=True)
-    roots = split_roots(cache, split)
-    tables = RouteTables(trainer.tables.next_state, scores[metric], params_b.astype(np.float32))
-    best_calls = {k: v for k, v in held_out.filter(pl.col("policy") == best["policy"]).row(0, named=True)[
-        "route_lengths"].items() if v}
-    lengths = np.repeat([int(k) for k in best_calls], list(best_calls.values()))
-    outcomes: dict[str, Outcome] = baseline_outcomes(
-        tables, roots, train_roots, names, int(best["t_max"]), float(best["p0"]), best["terminator"] == "oracle",
-        lengths, seed=0)
-    baselines = pl.DataFrame([
-        _row(name, "oracle" if name.startswith("oracle") else "baseline", o.final_state, o.calls, o.params_b, scores,
-             None, names)
-        for name, o in outcomes.items()])
-    return policies, baselines
+    roots = split_roots(tables, cache, split)[0]
+    train_roots = split_roots(tables, cache, "train")[0]
+    policies = pl.DataFrame(policy_rows(roots)).join(summary("train"), on="policy")
+    if has_val:
+        policies = policies.join(summary("val"), on="policy")
+    policies = policies.sort("policy")
+    chosen_on = "val" if has_val else "train"
+    best = choose_policy(trainer.policies, policies[f"{chosen_on}_{metric}"].to_numpy(),
+                         policies[f"{chosen_on}_cost"].to_numpy())
+    reference = policies.row(best if best is not None else 0, named=True)
+    lengths = np.repeat([int(k) for k in reference["route_lengths"]], list(reference["route_lengths"].values()))
+    route_tables = RouteTables(tables.next_state, scores[metric], tables.cost)
+    rows = [score_row(b.name, "reference" if b.uses_reference else "baseline", b.uses_reference,
+                      b.outcome.final_state, b.outcome.calls, b.outcome.cost, scores, None, names)
+            for b in baselines(route_tables, roots, train_roots, names, int(reference["t_max"]),
+                               float(reference["p0"]), lengths)]
+    return Evaluation(policies=policies, baselines=pl.DataFrame(rows), metric=metric, metrics=columns, split=split,
+                      cost_mode=tables.spec.cost_mode, best_policy=best, chosen_on=chosen_on,
+                      judge=judge_accuracy(trainer, split))
+
+
+def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, float] | None:
+    """The judge's stop decisions against the reference's, on the answer states of val and `split`."""
+    tables = trainer.tables
+    if tables.judge is None:
+        return None
+    cache_embedding = pq.read_table(trainer.cache / STATES, columns=["question_id", "embedding"])
+    column = cache_embedding["embedding"].combine_chunks()
+    embedding = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    state_questions = np.asarray(cache_embedding["question_id"].to_numpy(zero_copy_only=False))
+    out = {}
+    for name in dict.fromkeys(("val", split) if trainer.val_roots is not None else (split,)):
+        rows = np.isin(state_questions, split_roots(tables, trainer.cache, name)[1]) & (tables.depth > 0)
+        out[name] = tables.judge.accuracy(embedding[rows], tables.score[rows], trainer.spec.judge_threshold)
+    return out

@@ -2,7 +2,8 @@
 
 `--grid name=v1,v2,...` (repeatable) varies a per-policy setting: learning ones (lr, ent_coef,
 clip_eps, vf_coef, discount, gae_lambda) and environment ones (alpha, beta, gamma, p0, t_max,
-terminator). All of them are array leaves, so one jitted program trains every combination.
+terminator, reward, judge_error, judge_threshold). All of them are array leaves, so one jitted
+program trains every combination.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from dersim.env import TERMINATORS
-from dersim.env.der_env import EnvParams
+from dersim.env import REWARDS, TERMINATORS
+from dersim.env.der_env import POLICY_SETTINGS, EnvParams
 from dersim.errors import DersimError
 from dersim.trainer.ppo import HYPER_DEFAULTS, Hyper
 
-ENV_KEYS = ("alpha", "beta", "gamma", "p0", "t_max", "terminator")
+ENV_KEYS = POLICY_SETTINGS
 GRID_KEYS = (*HYPER_DEFAULTS, *ENV_KEYS)
+CHOICES = {"terminator": TERMINATORS, "reward": REWARDS}
+# Allowed ranges of the numeric settings (inclusive unless noted), checked when the grid is parsed.
+RANGES = {"lr": (0.0, None), "ent_coef": (0.0, None), "clip_eps": (0.0, None), "vf_coef": (0.0, None),
+          "discount": (0.0, 1.0), "gae_lambda": (0.0, 1.0), "p0": (0.0, 1.0), "judge_error": (0.0, 1.0),
+          "judge_threshold": (0.0, 1.0)}
+POSITIVE = ("lr", "clip_eps")  # must be > 0, not just >= 0
 
 
 class GridError(DersimError):
@@ -40,18 +47,29 @@ def parse_grid(options: tuple[str, ...]) -> dict[str, list[Any]]:
             raise GridError(f"--grid '{option}': '{name}' is given twice")
         items = [v.strip() for v in values.split(",") if v.strip()]
         try:
-            if name == "terminator":
-                unknown = [v for v in items if v not in TERMINATORS]
+            if name in CHOICES:
+                unknown = [v for v in items if v not in CHOICES[name]]
                 if unknown:
-                    raise ValueError(f"unknown terminator '{unknown[0]}' (known: {', '.join(TERMINATORS)})")
+                    raise ValueError(f"unknown {name} '{unknown[0]}' (known: {', '.join(CHOICES[name])})")
                 grid[name] = items
             elif name == "t_max":
                 grid[name] = [int(v) for v in items]
             else:
-                grid[name] = [float(v) for v in items]
+                grid[name] = [check_value(name, float(v)) for v in items]
         except ValueError as exc:
             raise GridError(f"--grid '{option}': {exc}") from None
     return grid
+
+
+def check_value(name: str, value: float) -> float:
+    """A finite value within the setting's range (ValueError naming the problem otherwise)."""
+    low, high = RANGES.get(name, (None, None))
+    if not np.isfinite(value):
+        raise ValueError(f"{name} = {value} is not a finite number")
+    if (low is not None and value < low) or (high is not None and value > high) or (name in POSITIVE and value <= 0):
+        bound = "> 0" if name in POSITIVE else f"within [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ValueError(f"{name} = {value:g} must be {bound}")
+    return value
 
 
 def expand_policies(grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -69,16 +87,17 @@ def stack_hyper(policies: list[dict[str, Any]]) -> Hyper:
 
 
 def stack_env_params(base: EnvParams, policies: list[dict[str, Any]]) -> EnvParams:
-    """`base` with its reward leaves replaced by per-policy vectors (tables stay shared)."""
-    values = {k: np.asarray([p[k] for p in policies]) for k in ENV_KEYS}
-    values["terminator"] = np.asarray([TERMINATORS.index(t) for t in values["terminator"]])
-    return base.replace(
-        alpha=jnp.asarray(values["alpha"], jnp.float32), beta=jnp.asarray(values["beta"], jnp.float32),
-        gamma=jnp.asarray(values["gamma"], jnp.float32), p0=jnp.asarray(values["p0"], jnp.float32),
-        t_max=jnp.asarray(values["t_max"], jnp.int32), terminator=jnp.asarray(values["terminator"], jnp.int32))
+    """`base` with its per-policy leaves replaced by per-policy vectors (tables stay shared)."""
+    values = {}
+    for key in ENV_KEYS:
+        column = [p[key] for p in policies]
+        if key in CHOICES:
+            column = [CHOICES[key].index(v) for v in column]
+        values[key] = jnp.asarray(column, getattr(base, key).dtype)
+    return base.replace(**values)
 
 
 def policy_axes(params: EnvParams) -> EnvParams:
-    """vmap in_axes for stacked EnvParams: the cache tables are shared, reward leaves are per policy."""
-    shared = params.replace(next_state=None, score=None, cost=None, embedding=None, roots=None)
-    return shared.replace(alpha=0, beta=0, gamma=0, p0=0, t_max=0, terminator=0)
+    """vmap in_axes for stacked EnvParams: the cache tables are shared, per-policy settings are mapped."""
+    return params.replace(next_state=None, score=None, cost=None, embedding=None, judge_prob=None, noise=None,
+                          roots=None, cost_scale=None, **dict.fromkeys(ENV_KEYS, 0))

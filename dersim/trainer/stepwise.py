@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +17,8 @@ import numpy as np
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dersim.env.der_env import make_params
+from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.reference import DERGymEnv
-from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
 from dersim.trainer.checkpoint import save_checkpoint
 from dersim.trainer.ppo import Runner, Transition, init_runner, make_ppo, policy
@@ -27,17 +27,17 @@ from dersim.trainer.run import CURVES, RUN_FILE, GridTrainer, _curve_rows
 OUTCOME_KEYS = ("final_score", "calls", "cost", "return", "success")
 
 
-def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[Runner, pl.DataFrame, float]:
-    """Train the trainer's single policy on Gymnasium envs; returns the runner (with a policy axis of
-    1, so evaluation and checkpoints are shared with the vectorized path), curves and env-steps/s."""
+def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[dict, pl.DataFrame, float]:
+    """Train the trainer's single policy on Gymnasium envs; returns the checkpoint state (runner and
+    best-by-val record with a policy axis of 1, so evaluation and checkpoints are shared with the
+    vectorized path), curves and env-steps/s."""
     if len(trainer.policies) != 1:
         raise DersimError("the step-by-step path trains one policy: use --seeds 1 and no --grid "
                           "(or --vectorized for many)")
     settings, config = trainer.policies[0], trainer.config
-    spec = EnvSpec(**{**trainer.spec.__dict__, **{k: settings[k] for k in ("alpha", "beta", "gamma", "p0", "t_max",
-                                                                             "terminator")}})
-    env_params = make_params(trainer.tables, **{k: settings[k] for k in ("alpha", "beta", "gamma", "p0", "t_max",
-                                                                         "terminator")})
+    chosen = {k: settings[k] for k in POLICY_SETTINGS}
+    spec = replace(trainer.spec, **chosen)
+    env_params = make_params(trainer.tables, **chosen)
     hyper = jax.tree.map(lambda x: x[0], trainer.hyper)
     envs = [DERGymEnv(trainer.cache, spec) for _ in range(config.num_envs)]
     n_experts = env_params.n_experts
@@ -59,6 +59,7 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[Ru
     params, opt_state, key = runner.params, runner.opt_state, runner.key
     curves: list[dict] = []
     env_seconds, env_steps = 0.0, 0
+    best = trainer.initial_state()["best"]
     trainer.out.mkdir(parents=True, exist_ok=True)
     (trainer.out / RUN_FILE).write_text(json.dumps(trainer.run_record(), indent=2), encoding="utf-8")
     with Progress(TextColumn("[bold]step-by-step (Gymnasium)"), BarColumn(), MofNCompleteColumn(),
@@ -105,11 +106,15 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[Ru
                                                    hyper)
                 chunk_metrics.append(jax.tree.map(np.asarray, metrics))
             stacked_metrics = {k: np.stack([m[k] for m in chunk_metrics])[None] for k in chunk_metrics[0]}
-            curves.extend(_curve_rows(stacked_metrics, chunk, (chunk + 1) * config.steps_per_chunk))
+            batched_params = jax.tree.map(lambda x: jnp.asarray(x)[None], params)
+            val = trainer.validate(batched_params)
+            if val is not None and trainer.keep == "best":
+                best = trainer.keep_best(best, batched_params, val["val_return"], chunk)
+            curves.extend(_curve_rows(stacked_metrics, val, chunk, (chunk + 1) * config.steps_per_chunk))
             progress.update(task, advance=1, rate=f"{env_steps / max(env_seconds, 1e-9):,.0f} env-steps/s (env only)")
     runner = Runner(params=params, opt_state=opt_state, env=runner.env, key=key, updates=runner.updates)
-    batched = jax.tree.map(lambda x: jnp.asarray(x)[None], runner)
-    save_checkpoint(trainer.out, {"runner": batched, "chunk": trainer.n_chunks})
+    state = {"runner": jax.tree.map(lambda x: jnp.asarray(x)[None], runner), "chunk": trainer.n_chunks, "best": best}
+    save_checkpoint(trainer.out, state)
     frame = pl.DataFrame(curves)
     frame.write_parquet(trainer.out / CURVES)
-    return batched, frame, env_steps / max(env_seconds, 1e-9)
+    return state, frame, env_steps / max(env_seconds, 1e-9)
