@@ -55,8 +55,10 @@ def uses_reference(settings: dict[str, Any]) -> bool:
 
 
 def score_row(name: str, kind: str, reference: bool, final_state: np.ndarray, calls: np.ndarray, cost: np.ndarray,
-              scores: dict[str, np.ndarray], actions: np.ndarray | None, expert_names: list[str]) -> dict[str, Any]:
-    """Means x100 with their 95% bootstrap intervals, mean cost and calls, route lengths, expert shares."""
+              scores: dict[str, np.ndarray], actions: np.ndarray | None, expert_names: list[str],
+              max_calls: int) -> dict[str, Any]:
+    """Means x100 with their 95% bootstrap intervals, mean cost and calls, route lengths (questions per
+    number of calls, 0..max_calls: the same keys in every row), expert shares."""
     row: dict[str, Any] = {"name": name, "kind": kind, "uses_reference": reference}
     for metric, values in scores.items():
         estimate = mean_ci(values[final_state] * 100)
@@ -65,7 +67,7 @@ def score_row(name: str, kind: str, reference: bool, final_state: np.ndarray, ca
     row["cost"], row["cost_low"], row["cost_high"] = cost_estimate.mean, cost_estimate.low, cost_estimate.high
     row["calls"] = float(calls.mean())
     counts = Counter(calls.tolist())
-    row["route_lengths"] = {str(k): int(counts.get(k, 0)) for k in range(int(calls.max(initial=0)) + 1)}
+    row["route_lengths"] = {str(k): int(counts.get(k, 0)) for k in range(max_calls + 1)}
     if actions is not None:
         made = actions[(actions >= 0) & (actions < len(expert_names))]
         used = np.bincount(made, minlength=len(expert_names))
@@ -89,7 +91,8 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
         result = trainer.greedy(params, trainer.env_params, roots)
         return [{"policy": index, **settings, **score_row(
             f"policy {index}", "policy", uses_reference(settings), result["final_state"][index],
-            result["calls"][index], result["env_cost"][index], scores, result["actions"][index], names),
+            result["calls"][index], result["env_cost"][index], scores, result["actions"][index], names,
+            tables.max_depth),
             "return": float(result["return"][index].mean())}
             for index, settings in enumerate(trainer.policies)]
 
@@ -112,7 +115,7 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
     lengths = np.repeat([int(k) for k in reference["route_lengths"]], list(reference["route_lengths"].values()))
     route_tables = RouteTables(tables.next_state, scores[metric], tables.cost)
     rows = [score_row(b.name, "reference" if b.uses_reference else "baseline", b.uses_reference,
-                      b.outcome.final_state, b.outcome.calls, b.outcome.cost, scores, None, names)
+                      b.outcome.final_state, b.outcome.calls, b.outcome.cost, scores, None, names, tables.max_depth)
             for b in baselines(route_tables, roots, train_roots, names, int(reference["t_max"]),
                                float(reference["p0"]), lengths)]
     return Evaluation(policies=policies, baselines=pl.DataFrame(rows), metric=metric, metrics=columns, split=split,

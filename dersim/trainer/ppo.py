@@ -106,13 +106,14 @@ def make_network(config: PPOConfig, env_params: EnvParams) -> ActorCritic:
 def policy(network: ActorCritic, params: dict, env_params: EnvParams, state_id: jax.Array, t: jax.Array,
            last_action: jax.Array, table: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """Masked logits and values for a batch of (state id, t, last action); STOP is available only
-    to the `learned` terminator. `table` is the precomputed first layer over all states, or None."""
+    to the `learned` terminator, and only after the first call (a router must give an answer).
+    `table` is the precomputed first layer over all states, or None."""
     if table is None:
         first = network.apply(params, env_params.embedding[state_id], method=ActorCritic.table)
     else:
         first = table[state_id]
     logits, value = network.apply(params, first, t, last_action, method=ActorCritic.heads)
-    stop_allowed = env_params.terminator == LEARNED
+    stop_allowed = (env_params.terminator == LEARNED) & (t > 0)
     logits = logits.at[..., -1].set(jnp.where(stop_allowed, logits[..., -1], MASKED_LOGIT))
     return logits, value
 
