@@ -38,7 +38,8 @@ def prepare_directory(directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = _file_ancestor(directory)
-        raise OutputError(f"{directory}: {blocker or directory} is a file, not a directory") from None
+        where = "" if blocker in (None, directory) else f" ({blocker} is a file)"
+        raise OutputError(f"{directory}: {'not a directory' if where else 'a file, not a directory'}{where}") from None
     except OSError as exc:
         raise OutputError(f"{directory}: cannot create the directory ({exc.strerror})") from None
     try:

@@ -62,7 +62,7 @@ def test_missing_transition_is_incomplete(cache_copy: Path) -> None:
 def test_dangling_next_state_is_out_of_range(cache_copy: Path) -> None:
     rewrite(cache_copy, TRANSITIONS, lambda t: t.with_columns(
         pl.when(pl.int_range(pl.len()) == 0).then(10**6).otherwise(pl.col("next_state_id")).alias("next_state_id")))
-    assert any("1 next_state_id values outside 0.." in p and "(row 0)" in p for p in verify_cache(cache_copy))
+    assert any("1 next_state_id value outside 0.." in p and "(row 0)" in p for p in verify_cache(cache_copy))
 
 
 def test_duplicate_answers_and_bad_scores_are_found(cache_copy: Path) -> None:
@@ -76,7 +76,7 @@ def test_duplicate_answers_and_bad_scores_are_found(cache_copy: Path) -> None:
     rewrite(cache_copy, STATES, damage)
     problems = verify_cache(cache_copy)
     assert any("duplicate another state's answer" in p for p in problems)
-    assert any("1 out-of-range (not within [0, 1]) values in column 'token_f1'" in p for p in problems)
+    assert any("1 out-of-range (not within [0, 1]) value in column 'token_f1'" in p for p in problems)
 
 
 def test_unreadable_parts_give_one_line_problems(cache_copy: Path) -> None:

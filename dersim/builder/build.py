@@ -1,10 +1,10 @@
 """`dersim build-cache`: recipe -> questions -> expansion -> scores and embeddings -> cache.
 
 The expensive part (expert calls) is journaled and resumable; scoring is a batched pass redone on
-every run, and embeddings come from the shared embedding store where known (a text's embedding
-does not depend on the run that computed it). So the final files are a pure function of the
-recipe and the journal: a resumed build ends byte-identical to an uninterrupted one. One build
-at a time may write a directory (`dersim.locking`).
+every run, and embeddings come from the shared embedding store, which keeps the first row
+computed for each text. So the final files are a pure function of the recipe, the journal and the
+store: a resumed build ends byte-identical to an uninterrupted one. One build at a time may write
+a directory (`dersim.locking`).
 """
 
 from __future__ import annotations

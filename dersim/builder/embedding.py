@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 HASHING = "hashing"
-LENGTH_CHUNK = 4096  # texts tokenised at once to find their lengths
 
 
 def state_text(question: str, answer: str) -> str:
@@ -67,29 +66,19 @@ class SentenceTransformerEmbedder:
         self.path = local_model_path(spec.model)
         self.batch_size = spec.batch_size
         self.model = _sentence_transformer(str(self.path))
-        # sentence-transformers 6 renamed tokenize() to preprocess()
-        self._tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
         self.dim = int(self.model.get_embedding_dimension() or 0)
         if spec.dim != self.dim:
             raise BackendError(f"[embedding].dim = {spec.dim} but model '{spec.model}' gives {self.dim}-dim "
                                f"embeddings; set dim = {self.dim}")
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-norm embeddings; texts beyond the model's max_seq_length tokens are truncated.
-
-        Texts are batched by token count, so no batch is padded and a text gets the same bits
-        whatever else is embedded with it (padded batches of mixed lengths change the last bits,
-        and the embedding store mixes rows from many runs)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), LENGTH_CHUNK):
-            part = texts[start:start + LENGTH_CHUNK]
-            lengths = self._tokenize(part)["attention_mask"].sum(dim=1).numpy()
-            for length in np.unique(lengths):
-                same = np.flatnonzero(lengths == length)
-                out[start + same] = self.model.encode([part[i] for i in same], batch_size=self.batch_size,
-                                                      normalize_embeddings=True, convert_to_numpy=True,
-                                                      show_progress_bar=False)
-        return out
+        """Unit-norm embeddings; texts beyond the model's max_seq_length tokens are truncated. The
+        last bits of a row depend on the batch it was computed in (up to ~2e-7)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rows = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(rows, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
         """Model name and folder, width, truncation length and library version."""

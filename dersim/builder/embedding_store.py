@@ -156,8 +156,9 @@ def embed_texts(embedder: Embedder, texts: list[str], *, show_progress: bool = F
                 store: EmbeddingStore | None = None) -> np.ndarray:
     """float32 [len(texts), dim]: each distinct text's embedding from `store` when it holds it,
     else computed (CHUNK texts at a time, each chunk then added to the store) with a progress
-    line. With no `store`, everything is computed. The result does not depend on what the store
-    held, since an embedder gives a text the same bits whatever it is embedded with."""
+    line. With no `store`, everything is computed. A store keeps the first row computed for a
+    text, so every later build or import gets exactly those bits (MiniLM's last bits depend on
+    the batch a text is embedded in)."""
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}
     for index, key in enumerate(keys):

@@ -55,18 +55,20 @@ def progress(description: str, total: int, unit: str, enabled: bool = True,
             yield lambda n=1: bar.advance(task, n)
         return
     started = last = time.monotonic()
-    done = 0
+    done = shown = 0
 
     def line() -> None:
-        rate = done / max(time.monotonic() - started, 1e-9)
-        print(f"{description}: {done}/{total} {unit} ({rate:.1f}/s)", file=sys.stderr, flush=True)
+        nonlocal shown, last
+        shown, last = done, time.monotonic()
+        print(f"{description}: {done}/{total} {unit} ({done / max(last - started, 1e-9):.1f}/s)", file=sys.stderr,
+              flush=True)
 
     def advance(n: int = 1) -> None:
-        nonlocal done, last
+        nonlocal done
         done += n
         if time.monotonic() - last >= every_s:
-            last = time.monotonic()
             line()
 
     yield advance
-    line()  # not after an error: the error is the last line
+    if shown != done:  # the final count; not after an error, which is then the last line
+        line()

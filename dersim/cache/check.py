@@ -46,6 +46,11 @@ HASH_DIFFERS = "sha256 differs from the manifest (the file changed after the cac
 NO_VERIFY_HINT = "; rebuild or re-import the cache, or pass --no-verify to skip this check"
 
 
+def _values(count: int, what: str) -> str:
+    """'1 NaN value', '3 NaN values'."""
+    return f"{count} {what} value{'' if count == 1 else 's'}"
+
+
 def _rows(mask: np.ndarray) -> str:
     """'rows 12, 40, 77' (0-based, the first few) of the True entries of `mask`."""
     rows = np.flatnonzero(mask)
@@ -64,7 +69,7 @@ def _out_of_range(path: Path, column: str, values: np.ndarray, size: int, mask: 
         bad &= mask
     if not bad.any():
         return []
-    return [f"{path}: {int(bad.sum())} {column} values outside 0..{size - 1} or missing ({_rows(bad)})"]
+    return [f"{path}: {_values(int(bad.sum()), column)} outside 0..{size - 1} or missing ({_rows(bad)})"]
 
 
 def hash_problems(directory: Path, manifest: dict[str, Any], files: Iterable[str] = TABLE_FILES) -> list[str]:
@@ -89,7 +94,7 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
         problems.append(f"{path}: state_id is not 0..{len(ids) - 1} in order ({_rows(bad)})")
     problems += _out_of_range(path, "depth", _ids(states, "depth"), depth + 1)
     if states["question_id"].null_count():
-        problems.append(f"{path}: {states['question_id'].null_count()} missing question_id values "
+        problems.append(f"{path}: {_values(states['question_id'].null_count(), 'missing question_id')} "
                         f"({_rows(states['question_id'].is_null().to_numpy())})")
     for metric in metrics:
         column = states[metric]
@@ -98,7 +103,7 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
                            ("NaN", np.isnan(values) & ~column.is_null().to_numpy()),
                            ("out-of-range (not within [0, 1])", ~np.isnan(values) & ((values < 0) | (values > 1)))):
             if bad.any():
-                problems.append(f"{path}: {int(bad.sum())} {label} values in column '{metric}' ({_rows(bad)})")
+                problems.append(f"{path}: {_values(int(bad.sum()), label)} in column '{metric}' ({_rows(bad)})")
                 break
     return problems
 
@@ -118,7 +123,7 @@ def questions_problems(path: Path, questions: pl.DataFrame, n_states: int,
     own = states["question_id"].gather(roots) == questions["question_id"]
     bad = ~(own.fill_null(False).to_numpy() & (states["depth"].gather(roots) == 0).fill_null(False).to_numpy())
     if bad.any():
-        problems.append(f"{path}: {int(bad.sum())} root_state_id values do not point at their question's "
+        problems.append(f"{path}: {_values(int(bad.sum()), 'root_state_id')} not pointing at their question's "
                         f"depth-0 state ({_rows(bad)})")
     return problems
 
@@ -130,7 +135,7 @@ def transitions_problems(path: Path, transitions: pl.DataFrame, n_experts: int, 
     status = transitions["status"]
     unknown = (~status.is_in([STATUS_OK, STATUS_FAILED])).fill_null(True).to_numpy()
     if unknown.any():
-        return [f"{path}: {int(unknown.sum())} status values are not '{STATUS_OK}' or '{STATUS_FAILED}' "
+        return [f"{path}: {_values(int(unknown.sum()), 'status')} not '{STATUS_OK}' or '{STATUS_FAILED}' "
                 f"({_rows(unknown)})"]
     ok = (status == STATUS_OK).to_numpy()
     state, expert, nxt = (_ids(transitions, c) for c in ("state_id", "expert_id", "next_state_id"))

@@ -84,7 +84,7 @@ def describe_error(exc: Exception) -> str:
 def read_columns(path: Path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
     """`columns` of the Parquet file `path` (all when None) as an Arrow table, or a one-line
     `CacheFormatError` naming the file: missing, unreadable (truncated, damaged), lacking a column,
-    or (when `schema` is given) holding one of `schema`'s columns with another type."""
+    or (when `schema` is given) holding one of `schema`'s columns it reads with another type."""
     try:
         found = pq.read_schema(path)
     except FileNotFoundError:
@@ -96,7 +96,8 @@ def read_columns(path: Path, columns: Sequence[str] | None = None, schema: pa.Sc
             raise CacheFormatError(f"{path}: missing column '{name}' (written by another dersim version? "
                                    "rebuild or re-import it)")
     for field in schema or ():
-        if field.name in found.names and not found.field(field.name).type.equals(field.type):
+        if field.name in found.names and (columns is None or field.name in columns) \
+                and not found.field(field.name).type.equals(field.type):
             raise CacheFormatError(f"{path}: column '{field.name}' has type {found.field(field.name).type}, "
                                    f"expected {field.type}")
     try:
