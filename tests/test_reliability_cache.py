@@ -336,6 +336,9 @@ def test_verify_advice_for_missing_answers_depends_on_how_the_cache_was_made(wri
     assert cli("cache", "import", "long", source, "--out", out, "--no-drop-incomplete", *LONG_ARGS).exit_code == 0
     failed = next(p for p in verify_cache(out) if "failed calls" in p)
     assert "re-import" in failed and "build-cache" not in failed
+    experts = {e["name"]: e for e in json.loads(cli("cache", "info", out, "--json").stdout)["experts"]}
+    assert (experts["small"]["calls"], experts["large"]["calls"]) == (6, 5)  # the missing answer was no call
+    assert experts["large"]["failed"] == 1
     recipe = write_recipe(synthetic_recipe_text(train=3, test=1, fail_rate=0.5, retries=0))
     build_cache(load_recipe(recipe), tmp_path / "built", show_progress=False)
     assert "rerun build-cache" in next(p for p in verify_cache(tmp_path / "built") if "failed calls" in p)

@@ -14,9 +14,10 @@ ANSWER_QUANTILES = (0.25, 0.5, 0.75, 0.9)  # where to put p0: the share of answe
 
 
 def _calls(cache: Cache) -> pl.DataFrame:
-    """The expert calls behind the cache: every transition of a built cache; for an imported one
-    the transitions from root states, one per (question, model) cell (the onward transitions of
-    a multi-call import replay the same answers)."""
+    """The expert calls behind the cache: every transition of a built cache (failed calls too); for
+    an imported one the transitions from root states, one per (question, model) cell (the onward
+    transitions of a multi-call import replay the same answers), of which the answered ones are
+    the calls."""
     if not is_imported(cache.manifest):
         return cache.transitions
     roots = cache.states.filter(pl.col("depth") == 0).select("state_id")
@@ -57,8 +58,9 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     per_expert = (first.group_by("expert_id").agg([pl.col(m).mean() for m in metrics])
                   .sort("expert_id").to_dicts())
     made = _calls(cache)
+    answered = pl.col("status") == STATUS_OK
     calls = (made.group_by("expert_id").agg(
-        calls=pl.len(),
+        calls=answered.sum() if is_imported(cache.manifest) else pl.len(),  # a missing answer was no call
         failed=(pl.col("status") != STATUS_OK).sum(),
         mean_latency_s=pl.col("latency_s").mean(),
         mean_completion_tokens=pl.col("completion_tokens").mean(),
