@@ -41,11 +41,14 @@ def _register_commands() -> None:
     """Commands defined next to the stage they drive (importers, trainer, evaluation)."""
     from dersim.evaluation.commands import eval_command
     from dersim.importers.cli import import_group
+    from dersim.live.commands import route_command, serve_command
     from dersim.trainer.commands import train_command
 
     cache_group.add_command(import_group)
     main.add_command(train_command)
     main.add_command(eval_command)
+    main.add_command(route_command)
+    main.add_command(serve_command)
 
 
 @main.command("build-cache")

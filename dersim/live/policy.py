@@ -1,0 +1,134 @@
+"""A trained run's policies, ready to act on live states.
+
+`LiveRun` loads a run directory once (its kept parameters, the best deployable policy chosen on
+val, the judge, the embedding projection); `LiveRun.policy(i)` is one servable policy. A policy
+acts exactly as `dersim.trainer.ppo.policy` does in the env (the same network and masking: STOP
+only under the learned terminator), on an env whose embedding table is the live state's observed
+embedding. Policies that stop by the oracle terminator read the reference answer, which a live
+question does not have: they are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dersim.env import DEPLOYABLE_TERMINATORS
+from dersim.env.der_env import EnvParams
+from dersim.env.judge import JUDGE_FILE, Judge
+from dersim.errors import DersimError
+from dersim.live.observation import ObservedEmbedding
+from dersim.trainer.grid import policy_axes
+from dersim.trainer.ppo import policy as policy_logits
+from dersim.trainer.run import GridTrainer, choose_policy
+
+
+def per_policy(env_params: EnvParams, index: int) -> EnvParams:
+    """One policy's EnvParams out of the stacked ones (per-policy leaves indexed, tables shared)."""
+    return jax.tree.map(lambda axis, leaf: leaf if axis is None else leaf[index], policy_axes(env_params), env_params,
+                        is_leaf=lambda x: x is None)
+
+
+class LiveRun:
+    """A run directory loaded for live routing: every policy's kept parameters and what they observe."""
+
+    def __init__(self, run_dir: Path, cache: Path | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.trainer = GridTrainer.from_run(self.run_dir, cache)
+        self.name = self.run_dir.resolve().name
+        state = self.trainer.load()
+        self.params = self.trainer.kept_params(state)
+        self.best = self._best(state)
+        self.observed = ObservedEmbedding(self.trainer.cache, self.trainer.spec)
+        judged = any(p["terminator"] == "judge" for p in self.trainer.policies)
+        self.judge = Judge.load(self.run_dir / JUDGE_FILE) if judged else None
+        network = self.trainer.network
+        self.logits_fn = jax.jit(lambda params, env, rows, t, last: policy_logits(
+            network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last, None)[0][0])
+
+    def _best(self, state: dict[str, Any]) -> int | None:
+        """The best deployable policy on val (on train when the run has no val split)."""
+        chosen = self.trainer.best_on_val(state)
+        if chosen is not None:
+            return chosen["policy"]
+        result = self.trainer.greedy(self.params, self.trainer.env_params, self.trainer.tables.roots)
+        score = self.trainer.tables.score[result["final_state"]].mean(axis=1)
+        return choose_policy(self.trainer.policies, score, result["env_cost"].mean(axis=1))
+
+    @property
+    def servable(self) -> list[int]:
+        """Indices of the policies that can run live (not stopped by the oracle)."""
+        return [i for i, p in enumerate(self.trainer.policies) if p["terminator"] in DEPLOYABLE_TERMINATORS]
+
+    def model_names(self) -> dict[str, int]:
+        """OpenAI model names: der-<run>-<policy> for each servable policy, der-<run> for the best."""
+        names = {f"der-{self.name}-{i}": i for i in self.servable}
+        if self.best is not None:
+            names = {f"der-{self.name}": self.best, **names}
+        return names
+
+    def policy(self, index: int | None = None) -> LivePolicy:
+        """Policy `index` (default: the best deployable one); one-line errors for the oracle or a bad index."""
+        n = len(self.trainer.policies)
+        if index is None:
+            if self.best is None:
+                raise DersimError(f"{self.run_dir}: every policy stops by the oracle terminator, which reads the "
+                                  "reference answer; none can route live")
+            index = self.best
+        if not 0 <= index < n:
+            raise DersimError(f"--policy {index}: the run has policies 0..{n - 1}")
+        settings = self.trainer.policies[index]
+        if settings["terminator"] not in DEPLOYABLE_TERMINATORS:
+            raise DersimError(f"--policy {index} stops by the oracle terminator, which reads the reference answer; "
+                              "a live question has none (choose a learned, judge or none policy)")
+        return LivePolicy(self, index)
+
+
+class LivePolicy:
+    """One deployable policy of a `LiveRun`: its action for a live state, and its judge."""
+
+    def __init__(self, run: LiveRun, index: int) -> None:
+        self.run = run
+        self.index = index
+        self.settings = run.trainer.policies[index]
+        self.terminator: str = self.settings["terminator"]
+        self.t_max = int(self.settings["t_max"])
+        self.judge_threshold = float(self.settings["judge_threshold"])
+        self.n_experts = len(run.trainer.tables.expert_names)
+        self.max_depth = run.trainer.tables.max_depth
+        self._params = jax.tree.map(lambda x: x[index], run.params)
+        self._env = per_policy(run.trainer.env_params, index)
+
+    @property
+    def name(self) -> str:
+        return f"der-{self.run.name}-{self.index}"
+
+    def observed_step(self, t: int) -> int:
+        """The step the policy is shown after t calls: t itself within its T_max; beyond it (live
+        routes may go deeper) the last step it ever acted on in training, T_max - 1: an episode ends
+        at T_max, so the step slots from T_max on were never trained."""
+        return min(t, self.t_max - 1)
+
+    def logits(self, raw_embedding: np.ndarray, t: int, last_action: int) -> np.ndarray:
+        """Masked logits [N + 1] for the state whose raw embedding is `raw_embedding` [d]."""
+        rows = jnp.asarray(self.run.observed(raw_embedding[None, :]))
+        step, last = jnp.asarray([self.observed_step(t)], jnp.int32), jnp.asarray([last_action], jnp.int32)
+        return np.asarray(self.run.logits_fn(self._params, self._env, rows, step, last))
+
+    def act(self, raw_embedding: np.ndarray, t: int, last_action: int) -> int:
+        """The greedy action: an expert index, or N (STOP, learned terminator only)."""
+        return int(np.argmax(self.logits(raw_embedding, t, last_action)))
+
+    def judge_prob(self, raw_embedding: np.ndarray) -> float | None:
+        """The judge's P(good enough) for a new answer state (None unless the terminator is the judge)."""
+        if self.terminator != "judge" or self.run.judge is None:
+            return None
+        return float(self.run.judge.prob(raw_embedding[None, :])[0])
+
+    def judge_stops(self, prob: float | None) -> bool:
+        """The env's rule, in float32: stop when prob >= judge_threshold."""
+        return prob is not None and np.float32(prob) >= np.float32(self.judge_threshold)
