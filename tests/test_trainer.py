@@ -62,7 +62,8 @@ params_b = 3.0
 options = {{ skill = 1.0, refine = 1.0 }}
 """
 SMALL = PPOConfig(num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10)
-SPEC = EnvSpec(metric="accuracy", p0=0.5, terminator="oracle", reward="paper", alpha=0.001, cost_scale=1.0)
+# The paper's settings: oracle terminator, paper reward, raw costs, gamma = 2.
+SPEC = EnvSpec(metric="accuracy", p0=0.5, terminator="oracle", reward="paper", alpha=0.001, cost_scale=1.0, gamma=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_policies_reach_95_percent_of_the_oracle_return(cache: Path, tmp_path: P
     # where they happen to be right, which the per-question oracle knows and a policy must learn.
     # It measures learning on the questions trained on: no val split, the last parameters.
     spec = EnvSpec(metric="accuracy", p0=0.5, alpha=0.1, beta=0.0, terminator="oracle", reward="paper", cost_scale=1.0,
-                   val_fraction=0.0)
+                   gamma=2.0, val_fraction=0.0)
     run = trainer(cache, tmp_path / "run", seeds=2, steps=40 * 640, spec=spec, keep="last")
     state, _ = run.train(show_progress=False)
     env = DERGymEnv(cache, spec)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from dersim.cache.check import check_cache
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
-from dersim.cache.reader import read_manifest
+from dersim.cache.reader import read_columns, read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
 from dersim.env import REWARDS, TERMINATORS
@@ -42,7 +42,7 @@ class EnvSpec:
     reward: str = "final"
     alpha: float = 0.05
     beta: float = 5.0
-    gamma: float = 2.0
+    gamma: float = 0.0
     p0: float = 0.73
     judge_error: float = 0.0  # the oracle's decision is flipped on this share of states
     judge_threshold: float = 0.5  # the judge stops when its probability reaches this
@@ -131,17 +131,19 @@ def fit_state_judge(embedding: np.ndarray, score: np.ndarray, depth: np.ndarray,
     return fit_judge(embedding[rows], score[rows], spec.p0, spec.metric)
 
 
-def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bool | None = None) -> EnvTables:
+def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bool | None = None,
+                verify: bool = True) -> EnvTables:
     """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge is
-    fitted when `with_judge` (default: when spec.terminator is 'judge')."""
+    fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked first
+    (`dersim.cache.check`: hashes unless not `verify`, ids, finite scores of the metric), so a damaged
+    cache is refused with one line before any work."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    spec = resolve_spec(spec, manifest, directory)
+    spec = resolve_spec(spec, read_manifest(directory), directory)
+    manifest = check_cache(directory, verify_hashes=verify, metrics=[spec.metric])
     n_experts = len(manifest["experts"])
-    states = pq.read_table(directory / STATES, columns=["state_id", "question_id", "depth", spec.metric,
-                                                        "embedding"])
-    questions = pq.read_table(directory / QUESTIONS, columns=["question_id", "split", "root_state_id"])
-    transitions = pq.read_table(directory / TRANSITIONS).filter(pc.equal(pc.field("status"), STATUS_OK))
+    states = read_columns(directory / STATES, ["state_id", "question_id", "depth", spec.metric, "embedding"])
+    questions = read_columns(directory / QUESTIONS, ["question_id", "split", "root_state_id"])
+    transitions = read_columns(directory / TRANSITIONS).filter(pc.equal(pc.field("status"), STATUS_OK))
     n_states = states.num_rows
     if not np.array_equal(states["state_id"].to_numpy(), np.arange(n_states)):
         raise EnvError(f"{directory / STATES}: state_id is not 0..S-1 (run dersim cache verify)")
@@ -197,7 +199,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
 
 def split_roots(tables: EnvTables, directory: Path, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Root states and question ids of another split of the same cache, under the tables' spec."""
-    questions = pq.read_table(directory / QUESTIONS, columns=["question_id", "split", "root_state_id"])
+    questions = read_columns(directory / QUESTIONS, ["question_id", "split", "root_state_id"])
     assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), tables.spec)
     chosen = chosen_questions(assigned, split, directory)
     ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))[chosen]

@@ -17,7 +17,8 @@ from dersim.cache.costs import COST_UNITS
 @click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Deployable policies shown.")
 @click.option("--json", "as_json", is_flag=True, help="Every policy and baseline as JSON on stdout.")
-def eval_command(run_dir: Path, cache_dir: Path | None, split: str, top: int, as_json: bool) -> None:
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the cache's tables (trusted caches).")
+def eval_command(run_dir: Path, cache_dir: Path | None, split: str, top: int, as_json: bool, no_verify: bool) -> None:
     """Greedy policies of a run on held-out questions, beside baselines and reference rows.
 
     The best policy is the deployable one with the best val score; rows that read the reference
@@ -29,14 +30,15 @@ def eval_command(run_dir: Path, cache_dir: Path | None, split: str, top: int, as
     from dersim.evaluation.outputs import print_table, write_results
     from dersim.evaluation.plots import plot_pareto
     from dersim.evaluation.report import evaluate
+    from dersim.locking import directory_lock
     from dersim.trainer.run import CURVES, GridTrainer
 
-    trainer = GridTrainer.from_run(run_dir, cache_dir)
-    evaluation = evaluate(trainer, trainer.kept_params(trainer.load()), split)
-    own = cache_dir is None or cache_dir.resolve() == Path(json.loads((run_dir / "run.json").read_text())["cache"]
-                                                             ).resolve()
-    if own and split == "test":
-        write_results(run_dir, evaluation, pl.read_parquet(run_dir / CURVES))
+    trainer = GridTrainer.from_run(run_dir, cache_dir, verify=not no_verify)
+    own = cache_dir is None or cache_dir.resolve() == trainer.run_cache.resolve()
+    with directory_lock(run_dir, "eval"):  # fails fast, before the work, if the run directory is read-only
+        evaluation = evaluate(trainer, trainer.kept_params(trainer.load()), split)
+        if own and split == "test":
+            write_results(run_dir, evaluation, pl.read_parquet(run_dir / CURVES))
     if as_json:
         click.echo(json.dumps({
             "metric": evaluation.metric, "metrics": evaluation.metrics, "split": split,
@@ -47,4 +49,5 @@ def eval_command(run_dir: Path, cache_dir: Path | None, split: str, top: int, as
     else:
         print_table(evaluation, top)
     suffix = split if own else f"{split}_{(cache_dir or run_dir).name}"
-    plot_pareto(evaluation, run_dir / f"pareto_{suffix}.png")
+    with directory_lock(run_dir, "eval"):
+        plot_pareto(evaluation, run_dir / f"pareto_{suffix}.png")

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
+from dersim.cache.check import check_cache
 from dersim.cache.costs import COST_UNITS
-from dersim.cache.reader import read_manifest
+from dersim.cache.reader import read_columns, read_manifest
 from dersim.cache.schema import STATES
 from dersim.env import DEPLOYABLE_TERMINATORS
 from dersim.env.tables import split_roots
@@ -82,7 +82,8 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
     manifest = read_manifest(cache)
     metric = tables.metric
     columns = [metric, *[m for m in REPORTED_METRICS if m in manifest["metric_columns"] and m != metric]]
-    states = pq.read_table(cache / STATES, columns=columns)
+    check_cache(cache, (STATES,), verify_hashes=False, metrics=columns)  # the tables' load checked the hashes
+    states = read_columns(cache / STATES, columns)
     scores = {m: states[m].to_numpy() for m in columns}
     names = list(tables.expert_names)
     has_val = trainer.val_roots is not None
@@ -128,7 +129,7 @@ def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, float] | None:
     tables = trainer.tables
     if tables.judge is None:
         return None
-    cache_embedding = pq.read_table(trainer.cache / STATES, columns=["question_id", "embedding"])
+    cache_embedding = read_columns(trainer.cache / STATES, ["question_id", "embedding"])
     column = cache_embedding["embedding"].combine_chunks()
     embedding = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
     state_questions = np.asarray(cache_embedding["question_id"].to_numpy(zero_copy_only=False))

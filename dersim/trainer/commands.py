@@ -14,6 +14,7 @@ from dersim.cache.splits import DEFAULT_VAL_FRACTION
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
+from dersim.locking import LOCK_FILE, directory_lock
 from dersim.trainer.ppo import PPOConfig
 
 DEFAULT_CACHES = (Path("cache/strategyqa"), Path("cache/synthetic"))
@@ -71,8 +72,9 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.option("--t-max", type=click.IntRange(min=1), help="Calls per episode at most (default: the cache's depth).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Cost weight (on C / cost scale).")
 @click.option("--beta", type=float, default=5.0, show_default=True, help="Improvement weight (paper reward only).")
-@click.option("--gamma", type=float, default=2.0, show_default=True, help="Bonus (+) or penalty (-) at the end for "
-                                                                             "reaching p0 or not.")
+@click.option("--gamma", type=float, default=0.0, show_default=True,
+              help="Bonus (+) or penalty (-) at the end for reaching p0 or not (the paper uses 2; 0 leaves the pure "
+                   "score-cost trade-off).")
 @click.option("--p0", type=float, default=0.73, show_default=True,
               help="Good-enough threshold on the metric (the paper's 0.73 was set for another BERTScore model: "
                    "recalibrate it, see `dersim cache info`).")
@@ -91,6 +93,7 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
                    "instead of all d: the first layer, most of PPO's arithmetic, shrinks by d / K.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<cache name>).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the cache's tables (trusted caches).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @click.option("--stop-after-chunks", type=click.IntRange(min=1),
               help="Train at most this many chunks now; continue later with --resume.")
@@ -100,7 +103,8 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
                   metric: str | None, reward: str, terminator: str, cost_mode: str, cost_scale: str | float,
                   t_max: int | None, alpha: float, beta: float, gamma: float, p0: float, judge_error: float,
                   judge_threshold: float, val_fraction: float, split_seed: int, keep: str, embedding_dim: int | None,
-                  out: Path | None, resume: bool, overwrite: bool, stop_after_chunks: int | None, quiet: bool) -> None:
+                  out: Path | None, resume: bool, no_verify: bool, overwrite: bool, stop_after_chunks: int | None,
+                  quiet: bool) -> None:
     """Train DER routing policies with PPO on a cache's train questions, choosing on its val questions.
 
     With --vectorized, every policy of the grid trains at once in one jitted program against the
@@ -116,6 +120,8 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
         raise DersimError(f"--num-envs x --rollout ({num_envs * rollout}) must be divisible by --minibatches")
     if resume and overwrite:
         raise DersimError("--resume and --overwrite exclude each other")
+    if not vectorized and (resume or stop_after_chunks):
+        raise DersimError("--resume and --stop-after-chunks need --vectorized")
     cache = cache_dir or default_cache()
     spec = EnvSpec(split="train", metric=metric, cost_mode=cost_mode, cost_scale=cost_scale, t_max=t_max,
                    terminator=terminator, reward=reward, alpha=alpha, beta=beta, gamma=gamma, p0=p0,
@@ -124,32 +130,34 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
     config = PPOConfig(num_envs=num_envs, num_steps=rollout, update_epochs=epochs, num_minibatches=minibatches,
                        hidden=hidden, updates_per_chunk=chunk_updates)
     run_dir = out or Path("runs") / cache.name
-    existing = run_dir.exists() and any(run_dir.iterdir()) if run_dir.is_dir() else run_dir.exists()
-    if existing and not (resume or overwrite):
-        raise DersimError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to replace it")
-    trainer = GridTrainer.from_grid(cache, run_dir, spec, config, parse_grid(grid), seeds, steps, keep)
-    console = Console(stderr=True, quiet=quiet)
-    chunk_steps = config.steps_per_chunk
-    if steps % chunk_steps:
-        console.print(f"--steps {steps:,} rounds up to {trainer.n_chunks} chunk(s) of {chunk_steps:,}: "
-                      f"{trainer.n_chunks * chunk_steps:,} env steps per policy")
-    if overwrite and existing:
-        shutil.rmtree(run_dir)
-    if not vectorized:
-        from dersim.trainer.stepwise import train_stepwise
+    with directory_lock(run_dir, "train"):
+        existing = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+        if existing and not (resume or overwrite):
+            raise DersimError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to "
+                              "replace it")
+        trainer = GridTrainer.from_grid(cache, run_dir, spec, config, parse_grid(grid), seeds, steps, keep,
+                                        verify=not no_verify)
+        console = Console(stderr=True, quiet=quiet)
+        chunk_steps = config.steps_per_chunk
+        if steps % chunk_steps:
+            console.print(f"--steps {steps:,} rounds up to {trainer.n_chunks} chunk(s) of {chunk_steps:,}: "
+                          f"{trainer.n_chunks * chunk_steps:,} env steps per policy")
+        if overwrite:
+            for path in existing:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if not vectorized:
+            from dersim.trainer.stepwise import train_stepwise
 
-        if resume or stop_after_chunks:
-            raise DersimError("--resume and --stop-after-chunks need --vectorized")
-        state, curves, _ = train_stepwise(trainer, show_progress=not quiet)
-    else:
-        state, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
-    if vectorized and not trainer.finished:
-        console.print(f"stopped after chunk {state['chunk']} of {trainer.n_chunks}; continue with --resume")
-        return
-    best = trainer.best_on_val(state)
-    plot_curves(curves, [best["policy"]] if best else [], run_dir / "curves.png")
-    if best:
-        console.print(f"best on val: policy {best['policy']} (val {trainer.tables.metric} {best['val_score']:.4f}, "
-                      f"{best['val_calls']:.2f} calls, cost {best['val_cost']:.4g} per question)")
-    console.print(f"run written to {run_dir} (run.json, checkpoint.msgpack, curves.parquet, curves.png); "
-                  f"evaluate it on the test split with: dersim eval --run {run_dir}")
+            state, curves, _ = train_stepwise(trainer, show_progress=not quiet)
+        else:
+            state, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
+        if vectorized and not trainer.finished:
+            console.print(f"stopped after chunk {state['chunk']} of {trainer.n_chunks}; continue with --resume")
+            return
+        best = trainer.best_on_val(state)
+        plot_curves(curves, [best["policy"]] if best else [], run_dir / "curves.png")
+        if best:
+            console.print(f"best on val: policy {best['policy']} (val {trainer.tables.metric} {best['val_score']:.4f}, "
+                          f"{best['val_calls']:.2f} calls, cost {best['val_cost']:.4g} per question)")
+        console.print(f"run written to {run_dir} (run.json, checkpoint.msgpack, curves.parquet, curves.png); "
+                      f"evaluate it on the test split with: dersim eval --run {run_dir}")

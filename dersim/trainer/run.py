@@ -68,27 +68,31 @@ class GridTrainer:
 
     @classmethod
     def from_grid(cls, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, grid: dict[str, list[Any]],
-                  seeds: int, steps: int, keep: str = "best") -> GridTrainer:
+                  seeds: int, steps: int, keep: str = "best", verify: bool = True) -> GridTrainer:
         """Seeds x every grid combination; unset per-policy values come from `spec` and PPO defaults."""
-        return cls(cache, out, spec, config, expand_policies(grid, seeds, base_settings(spec)), steps, keep)
+        return cls(cache, out, spec, config, expand_policies(grid, seeds, base_settings(spec)), steps, keep, verify)
 
     @classmethod
-    def from_run(cls, run_dir: Path, cache: Path | None = None) -> GridTrainer:
+    def from_run(cls, run_dir: Path, cache: Path | None = None, verify: bool = True) -> GridTrainer:
         """The trainer of a finished or interrupted run, rebuilt from its run.json."""
         path = run_dir / RUN_FILE
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            return cls(cache or Path(record["cache"]), run_dir, EnvSpec(**record["env"]), PPOConfig(**record["ppo"]),
-                       record["policies"], record["steps_per_policy"], record.get("keep", "last"))
+            settings = (Path(record["cache"]), EnvSpec(**record["env"]), PPOConfig(**record["ppo"]),
+                        record["policies"], record["steps_per_policy"], record.get("keep", "last"))
         except FileNotFoundError:
             raise DersimError(f"{path}: not a training run directory") from None
         except json.JSONDecodeError as exc:
             raise DersimError(f"{path}: not valid JSON ({exc})") from None
         except (KeyError, TypeError) as exc:
             raise DersimError(f"{path}: not a run record of this dersim version ({exc})") from None
+        run_cache, spec, config, policies, steps, keep = settings
+        trainer = cls(cache or run_cache, run_dir, spec, config, policies, steps, keep, verify)
+        trainer.run_cache = run_cache
+        return trainer
 
     def __init__(self, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, policies: list[dict[str, Any]],
-                 steps: int, keep: str = "best") -> None:
+                 steps: int, keep: str = "best", verify: bool = True) -> None:
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
         if keep == "best" and spec.val_fraction <= 0:
@@ -100,9 +104,10 @@ class GridTrainer:
             raise DersimError("the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for judge "
                               "policies")
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
-        self.tables = load_tables(cache, depth_spec, with_judge=bool(judged))
+        self.tables = load_tables(cache, depth_spec, with_judge=bool(judged), verify=verify)
         spec = replace(spec, metric=self.tables.metric, t_max=spec.t_max or self.tables.max_depth)
         self.cache, self.out, self.spec, self.config, self.keep = cache, out, spec, config, keep
+        self.run_cache = cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)
         self.policies = [{**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies]
         if any(p["t_max"] < 1 for p in self.policies):
             raise DersimError("--grid t_max values must be at least 1")
