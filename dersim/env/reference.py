@@ -39,6 +39,7 @@ from dersim.env.tables import (
     EnvSpec,
     chosen_questions,
     fit_state_judge,
+    incomplete_message,
     question_assignment,
     resolve_spec,
 )
@@ -105,8 +106,7 @@ class DERGymEnv(gym.Env):
         missing = [s for s in range(self.n_states) if self.depth[s] < spec.t_max
                    and any((s, e) not in self.calls for e in range(self.n_experts))]
         if missing:
-            raise EnvError(f"{directory}: {len(missing)} states reachable within T_max = {spec.t_max} lack some "
-                           "expert's transition (failed calls?); rerun build-cache")
+            raise EnvError(incomplete_message(directory, cache.manifest, len(missing), spec.t_max))
         self.cost_scale = resolve_cost_scale(spec.cost_scale, self._auto_scale(state_questions, cache_train_ids),
                                              str(directory))
 

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from dersim.cache.check import check_cache
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
 from dersim.cache.reader import read_columns, read_manifest
-from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS
+from dersim.cache.schema import DEDUP_NONE, QUESTIONS, STATES, STATUS_OK, TRANSITIONS
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.judge import Judge, fit_judge, oracle_noise
@@ -111,6 +111,15 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
     return replace(spec, metric=metric, t_max=t_max)
 
 
+def incomplete_message(directory: Path, manifest: dict, n_states: int, t_max: int) -> str:
+    """Why some reachable state lacks a call, with the advice that fits how the cache was made."""
+    imported = manifest.get("dedup") == DEDUP_NONE
+    advice = ("re-import it without --no-drop-incomplete (questions where a model has no answer are then dropped)"
+              if imported else "rerun build-cache to retry the failed calls")
+    return (f"{directory}: {n_states} states reachable within T_max = {t_max} lack some expert's "
+            f"{'answer' if imported else 'transition (failed calls?)'}; {advice}")
+
+
 def question_assignment(cache_splits: np.ndarray, spec: EnvSpec) -> np.ndarray:
     """Per question: train, val or test for this spec (see `dersim.cache.splits`)."""
     return assign_splits(cache_splits, spec.val_fraction, spec.split_seed)
@@ -162,8 +171,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     depth = states["depth"].to_numpy().astype(np.int32)
     missing = (depth < spec.t_max)[:, None] & (next_state < 0)
     if missing.any():
-        raise EnvError(f"{directory}: {int(missing.any(axis=1).sum())} states reachable within T_max = "
-                       f"{spec.t_max} lack some expert's transition (failed calls?); rerun build-cache")
+        raise EnvError(incomplete_message(directory, manifest, int(missing.any(axis=1).sum()), spec.t_max))
     question_ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
     cache_splits = np.asarray(questions["split"].to_numpy(zero_copy_only=False))
     assigned = question_assignment(cache_splits, spec)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 from flax import serialization
 
 from dersim.errors import DersimError
@@ -25,11 +26,22 @@ def save_checkpoint(directory: Path, state: Any) -> Path:
 
 
 def load_checkpoint(directory: Path, template: Any) -> Any:
-    """Restore a checkpoint into the structure of `template` (shapes must match)."""
+    """Restore a checkpoint into the structure of `template` (shapes must match). A file that does
+    not decode (truncated, damaged) and one that decodes to another structure get different
+    one-line errors."""
     path = directory / CHECKPOINT
     try:
-        return serialization.from_bytes(template, path.read_bytes())
+        state = serialization.msgpack_restore(path.read_bytes())
     except FileNotFoundError:
-        raise DersimError(f"{path}: no checkpoint to resume from") from None
+        raise DersimError(f"{path}: no checkpoint (the run has not finished a chunk yet)") from None
+    except Exception as exc:  # msgpack raises several error types for cut or damaged bytes
+        raise DersimError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); train the run again "
+                          "with --overwrite") from None
+    try:
+        restored = serialization.from_state_dict(template, state)
     except (ValueError, KeyError, TypeError) as exc:
         raise DersimError(f"{path}: checkpoint does not match this run's settings ({exc})") from None
+    shapes = [getattr(x, "shape", ()) for x in jax.tree.leaves(template)]
+    if shapes != [getattr(x, "shape", ()) for x in jax.tree.leaves(restored)]:
+        raise DersimError(f"{path}: checkpoint does not match this run's settings (array shapes differ)")
+    return restored
