@@ -116,6 +116,7 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
     every route of d - 1 earlier calls (call 1: its own first answers). Answer score quantiles
     show where to put the env's good-enough threshold p0 for each metric. A damaged cache is refused
     with one line naming the file; "?" marks a value the cache does not know."""
+    from dersim.cache.costs import COST_UNITS
     from dersim.cache.info import ANSWER_QUANTILES, cache_summary
     from dersim.cache.reader import open_cache
 
@@ -150,6 +151,10 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
                               end_section=d == summary["depth"] - 1)
         out.print(steps)
     sizes = {e["name"]: e["params_b"] for e in summary["experts"]}
+    scales = ", ".join(f"{mode} {'?' if v is None else f'{v:.4g} {COST_UNITS[mode]}'}"
+                       for mode, v in summary["cost_scale"].items())
+    out.print(f"cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = 1 "
+              f"prices such a call at the whole score range): {scales}")
     for metric, best in summary["best_fixed_route"].items():
         if best:
             cost = "?" if any(sizes[name] is None for name in best["route"]) else f"{best['params_b']:g}"

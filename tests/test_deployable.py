@@ -140,6 +140,10 @@ def test_auto_cost_scale_is_the_dearest_experts_mean_train_call_and_makes_alpha_
     usd = calls.group_by("expert_id").agg(pl.col("cost_usd").mean())["cost_usd"].max()
     assert load_tables(small, EnvSpec(cost_mode="usd", metric="accuracy")).cost_scale == pytest.approx(usd, rel=1e-5)
     assert load_tables(small, EnvSpec(metric="accuracy")).cost_scale == pytest.approx(3.0)
+    info = CliRunner().invoke(main, ["cache", "info", str(small), "--json"])
+    assert info.exit_code == 0, info.output
+    printed = json.loads(info.stdout)["cost_scale"]
+    assert printed["params"] == pytest.approx(3.0) and printed["usd"] == pytest.approx(usd, rel=1e-5)
     rewards = []
     for cache, scale in ((small, "auto"), (large, "auto"), (large, 1.0)):
         params = make_params(load_tables(cache, EnvSpec(metric="accuracy", alpha=0.5, cost_scale=scale)))

@@ -6,6 +6,7 @@ from typing import Any
 
 import polars as pl
 
+from dersim.cache.costs import COST_MODES, CostError, auto_cost_scale, per_call_costs
 from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
 from dersim.cache.schema import STATUS_OK, is_imported
@@ -22,6 +23,27 @@ def _calls(cache: Cache) -> pl.DataFrame:
         return cache.transitions
     roots = cache.states.filter(pl.col("depth") == 0).select("state_id")
     return cache.transitions.join(roots, on="state_id", how="semi")
+
+
+def cost_scales(cache: Cache) -> dict[str, float | None]:
+    """Per cost mode, the `auto` cost scale of `dersim train` (the dearest expert's mean cost per call
+    over the train questions' calls, in the mode's unit); None where the cache records no such cost."""
+    ok = cache.transitions.filter(pl.col("status") == STATUS_OK)
+    train_ids = cache.questions.filter(pl.col("split") == "train")["question_id"].implode()
+    train_states = cache.states.select("state_id", pl.col("question_id").is_in(train_ids).alias("train"))
+    train_calls = ok.join(train_states, on="state_id", how="left")["train"].fill_null(False).to_numpy()
+    params = [e.get("params_b") for e in cache.manifest["experts"]]
+    scales: dict[str, float | None] = {}
+    for mode in COST_MODES:
+        try:
+            costs = per_call_costs(mode, ok["expert_id"].to_numpy(), params, ok["prompt_tokens"].to_numpy(),
+                                   ok["completion_tokens"].to_numpy(), ok["latency_s"].to_numpy(),
+                                   ok["cost_usd"].to_numpy(), str(cache.path))
+            scales[mode] = auto_cost_scale(costs, ok["expert_id"].to_numpy(), len(params), train_calls, mode,
+                                           str(cache.path))
+        except CostError:
+            scales[mode] = None
+    return scales
 
 
 def _known_usage(manifest: dict[str, Any], expert: dict[str, Any]) -> dict[str, bool]:
@@ -104,4 +126,5 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "oracle_any_state": oracle_any[0] if oracle_any else {},
         "best_fixed_route": {m: next(iter(best_fixed_routes(cache, m)), None) for m in metrics},
         "embedding": cache.manifest.get("embedding", {}),
+        "cost_scale": cost_scales(cache),
     }

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from dersim.cache.check import check_cache
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
 from dersim.cache.reader import read_columns, read_manifest
-from dersim.cache.schema import DEDUP_NONE, QUESTIONS, STATES, STATUS_OK, TRANSITIONS
+from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS, is_imported
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.judge import Judge, fit_judge, oracle_noise
@@ -113,7 +113,7 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
 
 def incomplete_message(directory: Path, manifest: dict, n_states: int, t_max: int) -> str:
     """Why some reachable state lacks a call, with the advice that fits how the cache was made."""
-    imported = manifest.get("dedup") == DEDUP_NONE
+    imported = is_imported(manifest)
     advice = ("re-import it without --no-drop-incomplete (questions where a model has no answer are then dropped)"
               if imported else "rerun build-cache to retry the failed calls")
     return (f"{directory}: {n_states} states reachable within T_max = {t_max} lack some expert's "
