@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dersim.errors import DersimError
+from dersim.terminal import table_console
 
 console = Console(stderr=True)
 
@@ -42,6 +43,7 @@ def _register_commands() -> None:
     from dersim.evaluation.commands import eval_command
     from dersim.importers.cli import import_group
     from dersim.live.commands import route_command, serve_command
+    from dersim.routers.commands import routers_command
     from dersim.trainer.commands import train_command
 
     cache_group.add_command(import_group)
@@ -49,6 +51,7 @@ def _register_commands() -> None:
     main.add_command(eval_command)
     main.add_command(route_command)
     main.add_command(serve_command)
+    main.add_command(routers_command)
 
 
 @main.command("build-cache")
@@ -124,7 +127,7 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    out = Console()
+    out = table_console()
     out.print(f"[bold]{summary['path']}[/bold]  dataset {summary['dataset']}  depth {summary['depth']}")
     out.print(f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
               f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")

@@ -1,0 +1,168 @@
+"""The one interface every router implements, and what it may see.
+
+A router is shaped like a scikit-learn estimator: hyperparameters in `__init__`, nothing learned
+before `fit(train)`, then `route(questions, willingness_to_pay)` gives every question a route.
+Sweeping the willingness to pay (a cost weight lambda, a threshold or a budget: `grid()` says
+which values) traces the router's cost-quality curve.
+
+What a router sees: the train questions' root embeddings with every expert's cached first-answer
+score and cost (`TrainData`), and, when routing, the questions' root embeddings plus a `World`
+that makes calls (cache lookups) and shows the answers' embeddings and the calls' costs, never a
+score. Only reference rows (the oracle, a cascade judged by the reference) are handed scores, and
+they say so with `uses_reference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+import numpy as np
+
+from dersim.errors import DersimError
+
+
+class RouterError(DersimError):
+    """A bad router name, option or setting (one line naming it)."""
+
+
+@dataclass(frozen=True)
+class World:
+    """The cache seen as live experts: `next_state[s, e]` is expert e's answer to state s (a call),
+    `embedding[s]` that answer's embedding, `cost[s, e]` the call's cost (raw unit)."""
+
+    next_state: np.ndarray  # int32 [S, N], -1 where not built
+    embedding: np.ndarray  # float32 [S, d]
+    cost: np.ndarray  # float32 [S, N]
+
+    @property
+    def n_experts(self) -> int:
+        return self.next_state.shape[1]
+
+
+@dataclass(frozen=True)
+class Questions:
+    """Questions to route: their root states and root embeddings, and the world to call experts in."""
+
+    roots: np.ndarray  # int [Q]
+    embedding: np.ndarray  # float32 [Q, d], the root states' embeddings
+    world: World
+
+    def __len__(self) -> int:
+        return len(self.roots)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What `fit` learns from: train questions, each expert's first answer's score and cost on them,
+    and every answer state of those questions (any depth) with its score, for judges."""
+
+    questions: Questions
+    score: np.ndarray  # float [Q, N], expert e's first answer to question q
+    cost: np.ndarray  # float [Q, N], that call's cost (raw unit)
+    cost_scale: float  # the dearest expert's mean first-call cost: lambda * cost / cost_scale is unitless
+    answer_states: np.ndarray  # int [K], answer states (depth > 0) reachable from these questions
+    answer_score: np.ndarray  # float [K]
+    metric: str
+    p0: float  # the good-enough threshold a judge learns
+
+    @property
+    def expert_cost(self) -> np.ndarray:
+        """float [N]: each expert's mean first-call cost on these questions (raw unit)."""
+        return self.cost.mean(axis=0)
+
+    @property
+    def expert_score(self) -> np.ndarray:
+        return self.score.mean(axis=0)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """A route per question: `calls[q]` are the experts called in order (-1 after the last call).
+
+    With `transfer` each later call sees the previous answer through the Knowledge Transfer Prompt
+    (a DER route); without it every call answers the question from scratch. The final answer is the
+    last call's, or call `keep[q]`'s (voting keeps the answer it picked)."""
+
+    calls: np.ndarray  # int64 [Q, L]
+    transfer: bool = False
+    keep: np.ndarray | None = None  # int64 [Q], index into calls[q]
+
+    @classmethod
+    def single(cls, experts: np.ndarray) -> Routes:
+        """One call per question."""
+        return cls(np.asarray(experts, dtype=np.int64)[:, None])
+
+
+class Router:
+    """Base class. Subclasses set `name`, implement `fit`, `grid` and `route`, and list the
+    hyperparameter values to choose among on the val split in `search`."""
+
+    name: ClassVar[str]
+    search: ClassVar[dict[str, tuple]] = {}
+    stochastic: bool = False  # results vary with `seed`: reported as mean +- std over seeds
+    uses_reference: bool = False  # the router reads the reference answer (scores) to decide
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def fit(self, train: TrainData) -> Self:
+        raise NotImplementedError
+
+    def grid(self) -> np.ndarray:
+        """The willingness-to-pay values the curve sweeps (known after `fit`)."""
+        raise NotImplementedError
+
+    def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
+        raise NotImplementedError
+
+    def sweep(self, questions: Questions) -> list[Routes]:
+        """Routes at every grid value (routers with costly inference override this to infer once)."""
+        return [self.route(questions, w) for w in self.grid()]
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.search}
+
+
+# Cost weights lambda swept by the trade-off routers (argmax of quality - lambda * cost / cost_scale):
+# 0 buys the best predicted quality, 1000 the cheapest expert.
+LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 37)])
+
+
+def tradeoff(quality: np.ndarray, cost: np.ndarray, cost_scale: float, weight: float) -> np.ndarray:
+    """int [Q]: per question the expert maximising quality - weight * cost / cost_scale
+    (`quality` [Q, N]; `cost` [N] or [Q, N]); ties go to the cheaper expert, then the lower id."""
+    value = quality - weight * np.broadcast_to(cost, quality.shape) / cost_scale
+    best = value.max(axis=1, keepdims=True)
+    tied = value >= best - 1e-12
+    cheapest = np.where(tied, np.broadcast_to(cost, quality.shape), np.inf)
+    return cheapest.argmin(axis=1)
+
+
+class QualityRouter(Router):
+    """A router that predicts each expert's quality per question and takes the best trade-off with
+    the expert's mean train cost: argmax_e quality[q, e] - lambda * cost_e / cost_scale."""
+
+    def fit(self, train: TrainData) -> Self:
+        self.expert_cost_ = train.expert_cost
+        self.cost_scale_ = train.cost_scale
+        self.learn(train)
+        return self
+
+    def learn(self, train: TrainData) -> None:
+        raise NotImplementedError
+
+    def quality(self, questions: Questions) -> np.ndarray:
+        """float [Q, N]: predicted quality (a score, or a win rate against the other experts)."""
+        raise NotImplementedError
+
+    def grid(self) -> np.ndarray:
+        return LAMBDAS
+
+    def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
+        return Routes.single(tradeoff(self.quality(questions), self.expert_cost_, self.cost_scale_,
+                                      willingness_to_pay))
+
+    def sweep(self, questions: Questions) -> list[Routes]:
+        quality = self.quality(questions)
+        return [Routes.single(tradeoff(quality, self.expert_cost_, self.cost_scale_, w)) for w in self.grid()]
