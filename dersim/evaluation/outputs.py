@@ -6,15 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from rich.console import Console
 from rich.table import Table
 
 from dersim.evaluation.report import Evaluation
+from dersim.terminal import table_console
 from dersim.trainer.grid import GRID_KEYS
 
 RUNS = "runs.parquet"
 SUMMARY = "summary.md"
-WIDE_PIPE = 200  # columns of a table written to a pipe or file (a terminal uses its own width)
 
 
 def format_cost(value: float) -> str:
@@ -60,9 +59,7 @@ def title(evaluation: Evaluation, n_questions: int | None = None) -> str:
 
 def print_table(evaluation: Evaluation, top: int = 5) -> None:
     """The table on stdout; all columns are kept when piped (no 80-column truncation)."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=WIDE_PIPE)
+    console = table_console()
     metric, others = evaluation.metrics[0], evaluation.metrics[1:]
     wide = console.width >= 140  # the per-expert share of calls only fits a wide terminal
     table = Table("router", "uses ref.", f"{metric} x100", "95% CI", *[f"{m} x100" for m in others],

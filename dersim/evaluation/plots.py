@@ -18,7 +18,9 @@ import polars as pl  # noqa: E402
 from dersim.evaluation.report import Evaluation  # noqa: E402
 
 LOG_SPAN = 30.0  # a log cost axis when the largest positive cost is this many times the smallest
-MARKERS = "osD^v<>phP*Xd8"
+MARKERS = "osD^v<>phd8"
+COLORS = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+REFERENCE_MARKERS = "*PXD"  # reference rows are red, each with its own marker
 
 
 def use_log_axis(costs: np.ndarray) -> bool:
@@ -36,24 +38,30 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
     deployable = policies.filter(~pl.col("uses_reference"))
     oracle_stop = policies.filter(pl.col("uses_reference"))
     if deployable.height:
-        ax.scatter(deployable["cost"], deployable[metric], s=14, alpha=0.5, color="tab:blue",
-                   label="trained policies (deployable)")
+        ax.scatter(deployable["cost"], deployable[metric], s=16, alpha=0.6, color="tab:blue",
+                   label="trained policies (deployable)", zorder=6)
     if oracle_stop.height:
-        ax.scatter(oracle_stop["cost"], oracle_stop[metric], s=14, alpha=0.4, marker="x", color="tab:red",
-                   label="trained policies, oracle stop (uses reference)")
+        ax.scatter(oracle_stop["cost"], oracle_stop[metric], s=16, alpha=0.5, marker="x", color="tab:red",
+                   label="trained policies, oracle stop (uses reference)", zorder=6)
     if evaluation.best_policy is not None:
         best = policies.filter(pl.col("policy") == evaluation.best_policy).row(0, named=True)
         ax.errorbar(best["cost"], best[metric], yerr=[[best[metric] - best[f"{metric}_low"]],
                                                       [best[f"{metric}_high"] - best[metric]]],
                     fmt="o", color="tab:blue", markersize=9, markeredgecolor="black", capsize=3,
                     label=f"chosen policy {evaluation.best_policy} (best {evaluation.chosen_on} score)", zorder=5)
-    for i, row in enumerate(baselines.iter_rows(named=True)):
+    shown = {True: 0, False: 0}
+    for row in baselines.iter_rows(named=True):
         reference = row["uses_reference"]
+        i = shown[reference]
+        shown[reference] += 1
+        if reference:
+            style = {"fmt": REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)], "color": "tab:red", "markersize": 9}
+        else:
+            style = {"fmt": MARKERS[i % len(MARKERS)], "color": COLORS[i % len(COLORS)], "markersize": 7}
         ax.errorbar(row["cost"], row[metric], yerr=[[row[metric] - row[f"{metric}_low"]],
                                                     [row[f"{metric}_high"] - row[metric]]],
-                    fmt="*" if reference else MARKERS[i % len(MARKERS)], markersize=10 if reference else 7,
-                    color="tab:red" if reference else f"C{(i % 8) + 2}", alpha=0.9, capsize=2, elinewidth=0.8,
-                    label=row["name"] + (" (uses reference)" if reference else ""), zorder=4)
+                    alpha=0.9, capsize=2, elinewidth=0.8, zorder=4,
+                    label=row["name"] + (" (uses reference)" if reference else ""), **style)
     costs = np.concatenate([policies["cost"].to_numpy(), baselines["cost"].to_numpy()])
     if use_log_axis(costs):
         ax.set_xscale("log")
