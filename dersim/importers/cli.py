@@ -165,3 +165,52 @@ def long_command(file: Path, out: Path, overwrite: bool, limit: int | None, embe
                            test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction,
                            seed=seed, params_b=_params(params_b)),
          out, overwrite, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)
+
+
+@import_group.command("wide")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_common_options
+@click.option("--preset", type=click.Choice(["routerbench", "routellm", "matrix"]),
+              help="Column patterns of a known format (options below override them): routerbench (sample_id, "
+                   "prompt, <model>, <model>|model_response, <model>|total_cost), routellm (prompt, <model>, "
+                   "<model>_response), matrix (prompt and a 0/1 column per model, e.g. EmbedLLM).")
+@click.option("--question", help="Column: question text (default: prompt).")
+@click.option("--question-id", "question_id", help="Column: question id (default: <file stem>-<row>).")
+@click.option("--score-pattern", help="Each model's score column, with {model} for its name (default: {model}).")
+@click.option("--answer-pattern", help="Each model's answer column, e.g. '{model}_response' (default: none).")
+@click.option("--cost-pattern", help="Each model's cost column in US dollars, e.g. '{model}|total_cost'.")
+@click.option("--models", help="Comma-separated model names (default: found by the patterns).")
+@click.option("--listed-answers/--text-answers", default=None,
+              help="Answers are stringified Python lists (parsed with ast.literal_eval only), or plain text.")
+@click.option("--reference", help="Column: reference answer(s), several separated by ' || '.")
+@click.option("--label", help="Column: task-specific label of the question.")
+@click.option("--split", help="Column: train/test split (default: file names, else a seeded random split).")
+@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0), help="Split at random: this fraction is test.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split.")
+@click.option("--score-name", default="accuracy", show_default=True, help="Metric column name for the score.")
+@click.option("--params-b", "params_b", multiple=True, metavar="MODEL=BILLIONS", help="Parameter count of a model.")
+@click.option("--strip-shared-prefix/--keep-shared-prefix", default=None,
+              help="Drop the few-shot examples every prompt of a file starts with (default: on for the "
+                   "routerbench preset).")
+def wide_command(files: tuple[Path, ...], out: Path, overwrite: bool, limit: int | None, embedding: str, dim: int,
+                 drop_incomplete: bool, max_calls: int, quiet: bool, as_json: bool, preset: str | None, **options):
+    """Import wide FILES (one row per question, per-model score / answer / cost columns) as a cache."""
+    from dataclasses import replace
+
+    from dersim.importers.wide import PRESETS, WideColumns, read_wide
+
+    if options["split"] and options["test_fraction"] is not None:
+        raise click.UsageError("--split and --test-fraction exclude each other")
+    given = {"question": options["question"], "question_id": options["question_id"],
+             "score": options["score_pattern"], "answer": options["answer_pattern"],
+             "cost": options["cost_pattern"], "reference": options["reference"], "label": options["label"],
+             "split": options["split"], "listed_answers": options["listed_answers"],
+             "models": tuple(m.strip() for m in options["models"].split(",") if m.strip()) if options["models"]
+             else None}
+    columns = replace(PRESETS[preset] if preset else WideColumns(), **{k: v for k, v in given.items() if v is not None})
+    strip = options["strip_shared_prefix"]
+    _run(lambda: read_wide(list(files), columns, score_name=options["score_name"],
+                           test_fraction=options["test_fraction"], seed=options["seed"],
+                           params_b=_params(options["params_b"]),
+                           strip_shared_prefix=preset == "routerbench" if strip is None else strip),
+         out, overwrite, limit, embedding, dim, drop_incomplete, max_calls, quiet, as_json)
