@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
-from dersim.evaluation.outputs import WIDE_PIPE, format_cost
+from dersim.evaluation.outputs import format_cost
 from dersim.evaluation.stats import mean_ci
 from dersim.routers.estimate import Figure
 from dersim.routers.evaluate import Comparison, Curve
 from dersim.routers.metrics import METRICS
+from dersim.terminal import table_console
 
 MARKDOWN = "routers.md"
 JSON = "routers.json"
@@ -96,9 +96,7 @@ def expert_rows(comparison: Comparison) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(comparison: Comparison) -> None:
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=WIDE_PIPE)
+    console = table_console()
     table = Table("router", "ref.", *headers(comparison), "time (s)", title=title(comparison), box=box.SIMPLE_HEAD)
     for column in table.columns:
         column.no_wrap = True
