@@ -104,6 +104,7 @@ def route_command(run_dir: Path, cache: Path | None, policy_index: int | None, i
         raise DersimError("--check compares with the cache's replay: it takes no --input, --output or --max-calls")
     if output_path is not None and input_path is None:
         raise DersimError("--output needs --input (the interactive mode prints to the terminal)")
+    questions = read_questions(input_path) if input_path is not None else None  # a bad line fails before loading
     live, pool, pricer = load_live(run_dir, cache)
     try:
         router = Router(live.policy(policy_index), pool, pricer)
@@ -113,8 +114,8 @@ def route_command(run_dir: Path, cache: Path | None, policy_index: int | None, i
             _check(router, check_n, split, as_json)
             return
         depth_note(max_calls, router.policy.max_depth, router.policy.t_max)
-        if input_path is not None:
-            _batch(router, read_questions(input_path), output_path, max_calls)
+        if questions is not None:
+            _batch(router, questions, output_path, max_calls)
         else:
             _interactive(router, max_calls)
     finally:
@@ -214,9 +215,7 @@ def serve_command(run_dir: Path, cache: Path | None, host: str, port: int, max_c
     import numpy as np
 
     try:
-        import uvicorn
-
-        from dersim.live.server import TOKEN_ENV, create_app
+        from dersim.live.server import TOKEN_ENV, create_app, serve
     except ImportError as exc:
         raise DersimError(f"dersim serve needs FastAPI and uvicorn ({exc.name} is missing): "
                           "pip install -c constraints.txt 'dersim[serve]'") from None
@@ -239,8 +238,7 @@ def serve_command(run_dir: Path, cache: Path | None, host: str, port: int, max_c
     if not _is_loopback(host) and token is None:
         console.print(f"warning: serving on {host} without a token; set {TOKEN_ENV} to require one")
     console.print(f"serving {len(routers)} models on http://{host}:{port}/v1: {', '.join(routers)}")
-    uvicorn.run(create_app(routers, max_calls, max_input_chars, token, on_shutdown=pool.close), host=host, port=port,
-                log_level="warning")
+    serve(create_app(routers, max_calls, max_input_chars, token, on_shutdown=pool.close), host, port)
 
 
 def _is_loopback(host: str) -> bool:

@@ -22,6 +22,7 @@ from dersim.env.der_env import EnvParams
 from dersim.env.judge import JUDGE_FILE, Judge
 from dersim.errors import DersimError
 from dersim.live.observation import ObservedEmbedding
+from dersim.trainer.checkpoint import load_checkpoint
 from dersim.trainer.grid import policy_axes
 from dersim.trainer.ppo import policy as policy_logits
 from dersim.trainer.run import GridTrainer, choose_policy
@@ -40,7 +41,9 @@ class LiveRun:
         self.run_dir = Path(run_dir)
         self.trainer = GridTrainer.from_run(self.run_dir, cache)
         self.name = self.run_dir.resolve().name
-        state = self.trainer.load()
+        # The checkpoint restored into an abstract template: the trainer's own load() compiles and runs
+        # the grid's initialisation only to get that structure (seconds for nothing live).
+        state = load_checkpoint(self.trainer.out, jax.eval_shape(self.trainer.initial_state))
         self.params = self.trainer.kept_params(state)
         self.best = self._best(state)
         self.observed = ObservedEmbedding(self.trainer.cache, self.trainer.spec)

@@ -15,13 +15,16 @@ fails.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -161,3 +164,22 @@ def create_app(routers: dict[str, Router], max_calls: int | None = None,
                 "route": route.to_dict()}
 
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a shutdown by SIGINT or SIGTERM ends with exit status 0 (uvicorn
+    re-raises the signal once it has shut down, which turns Ctrl-C into a KeyboardInterrupt traceback)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run `app` until SIGINT or SIGTERM; in-flight requests finish first."""
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
