@@ -146,8 +146,10 @@ def test_reference_rows_and_figures(comparison) -> None:
 def test_cascade_with_transfer_and_the_oracle_judge(clusters: Path) -> None:
     data = load_router_data(clusters)
     train, questions = data.train_data("fit", None), data.questions("test")
-    scratch, chained = CascadeRouter(length=2).fit(train), CascadeKTPRouter(length=2).fit(train)
-    assert scratch.chain_ == chained.chain_ == [0, 2]  # the cheapest, then the best on train
+    assert {"chain": (0, 2)} in CascadeKTPRouter.candidates(train, data.depth)
+    assert max(len(c["chain"]) for c in CascadeKTPRouter.candidates(train, data.depth)) == 2  # depth 2
+    assert max(len(c["chain"]) for c in CascadeRouter.candidates(train, data.depth)) == 3  # every expert
+    scratch, chained = CascadeRouter(chain=(0, 2)).fit(train), CascadeKTPRouter(chain=(0, 2)).fit(train)
     for threshold in scratch.grid():
         a, b = scratch.route(questions, threshold), chained.route(questions, threshold)
         assert not a.transfer and b.transfer

@@ -14,11 +14,14 @@ they say so with `uses_reference`.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from functools import cached_property
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from dersim.env.judge import fit_judge
 from dersim.errors import DersimError
 
 
@@ -75,6 +78,14 @@ class TrainData:
     def expert_score(self) -> np.ndarray:
         return self.score.mean(axis=0)
 
+    @cached_property
+    def judge_prob(self) -> np.ndarray:
+        """float [S]: a learned judge's probability that each state of the world is good enough
+        (score >= p0): `dersim.env.judge` fitted on these questions' answer states, once."""
+        world = self.questions.world
+        judge = fit_judge(world.embedding[self.answer_states], self.answer_score, self.p0, self.metric)
+        return judge.prob(world.embedding)
+
 
 @dataclass(frozen=True)
 class Routes:
@@ -106,6 +117,13 @@ class Router:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
+    @classmethod
+    def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
+        """The hyperparameter combinations to choose among on val (every combination of `search`;
+        `depth` is the longest route the cache replays)."""
+        keys = list(cls.search)
+        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*cls.search.values())]
+
     def fit(self, train: TrainData) -> Self:
         raise NotImplementedError
 
@@ -119,9 +137,6 @@ class Router:
     def sweep(self, questions: Questions) -> list[Routes]:
         """Routes at every grid value (routers with costly inference override this to infer once)."""
         return [self.route(questions, w) for w in self.grid()]
-
-    def hyperparameters(self) -> dict[str, object]:
-        return {k: getattr(self, k) for k in self.search}
 
 
 # Cost weights lambda swept by the trade-off routers (argmax of quality - lambda * cost / cost_scale):

@@ -1,10 +1,11 @@
 """`cascade` (FrugalGPT, arXiv 2305.05176; RouterBench's cascading router) and `cascade+ktp`.
 
-Experts are called in cost order; after each answer a judge accepts it (the route stops) or not
-(the next, dearer expert is called); the last expert's answer is always kept. The chain is the
-cheapest expert followed by the `length - 1` best experts of the train cost-quality frontier (each
-expert on it is better than every cheaper one). The sweep runs the judge's acceptance threshold
-from 0 (the cheapest expert's answer is always accepted) to above 1 (the whole chain is called).
+Experts of a chain are called in ascending cost; after each answer a judge accepts it (the route
+stops) or not (the next, dearer expert is called); the last expert's answer is always kept. The
+chain is a hyperparameter chosen on val, as FrugalGPT searches its chain: every chain of 2 to 4
+experts in ascending train cost drawn from the best POOL experts on train and the cheapest one
+(2 to min(4, depth) with transfer). The sweep runs the judge's acceptance threshold from 0 (the
+first expert's answer is always accepted) to above 1 (the whole chain is called).
 
 Judges: `learned` (deployable): `dersim.env.judge`, a logistic regression fitted on the train
 questions' answer states (embedding -> score >= p0), accepts when its probability reaches the
@@ -18,32 +19,32 @@ the previous answer through the Knowledge Transfer Prompt, which only a DER cach
 
 from __future__ import annotations
 
-from typing import Self
+import itertools
+from typing import Any, Self
 
 import numpy as np
 
-from dersim.env.judge import fit_judge
 from dersim.routers.base import Questions, Router, RouterError, Routes, TrainData
 
 JUDGES = ("learned", "oracle")
+POOL = 4
+LONGEST = 4
 
 
-def frontier(cost: np.ndarray, score: np.ndarray) -> list[int]:
-    """Experts by ascending mean cost that score better than every cheaper expert."""
-    chain, best = [], -np.inf
-    for e in np.lexsort((-score, cost)):
-        if score[e] > best:
-            chain.append(int(e))
-            best = score[e]
-    return chain
+def chains(cost: np.ndarray, score: np.ndarray, longest: int) -> list[tuple[int, ...]]:
+    """Every chain of 2..longest experts in ascending cost from the POOL best experts and the cheapest."""
+    order = np.lexsort((np.arange(len(cost)), -score, cost))  # by cost, the better first among equals
+    best = set(np.argsort(-score, kind="stable")[:POOL].tolist())
+    pool = [int(e) for e in order if e in best or e == order[0]]
+    found = [c for k in range(2, min(longest, len(pool)) + 1) for c in itertools.combinations(pool, k)]
+    return found or [tuple(pool[:1])]
 
 
 class CascadeRouter(Router):
     name = "cascade"
     transfer = False
-    search = {"length": (2, 3, 4)}
 
-    def __init__(self, length: int = 2, judge: str = "learned", judge_error: float = 0.0,
+    def __init__(self, chain: tuple[int, ...] = (0,), judge: str = "learned", judge_error: float = 0.0,
                  reference: np.ndarray | None = None, seed: int = 0) -> None:
         super().__init__(seed)
         if judge not in JUDGES:
@@ -52,19 +53,18 @@ class CascadeRouter(Router):
             raise RouterError(f"--judge-error {judge_error}: expected a probability in [0, 1]")
         if judge == "oracle" and reference is None:
             raise RouterError("the oracle judge needs the reference scores")
-        self.length, self.judge, self.judge_error, self.reference = length, judge, judge_error, reference
+        self.chain, self.judge, self.judge_error, self.reference = tuple(chain), judge, judge_error, reference
         self.uses_reference = judge == "oracle"
         self.stochastic = judge_error > 0
 
+    @classmethod
+    def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
+        longest = min(LONGEST, depth) if cls.transfer else LONGEST
+        return [{"chain": c} for c in chains(train.expert_cost, train.expert_score, longest)]
+
     def fit(self, train: TrainData) -> Self:
-        chain = frontier(train.expert_cost, train.expert_score)
-        self.chain_ = chain if len(chain) <= self.length else [chain[0], *chain[len(chain) - self.length + 1:]]
         world = train.questions.world
-        if self.judge == "learned":
-            embedding = world.embedding[train.answer_states]
-            self.value_ = fit_judge(embedding, train.answer_score, train.p0, train.metric).prob(world.embedding)
-        else:
-            self.value_ = np.asarray(self.reference, np.float64)
+        self.value_ = train.judge_prob if self.judge == "learned" else np.asarray(self.reference, np.float64)
         self.flip_ = np.random.default_rng(self.seed).random(len(world.embedding)) < self.judge_error
         return self
 
@@ -74,9 +74,9 @@ class CascadeRouter(Router):
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
         world, roots = questions.world, questions.roots
         state = roots.copy()
-        calls = np.full((len(questions), len(self.chain_)), -1, dtype=np.int64)
+        calls = np.full((len(questions), len(self.chain)), -1, dtype=np.int64)
         active = np.ones(len(questions), dtype=bool)
-        for i, expert in enumerate(self.chain_):
+        for i, expert in enumerate(self.chain):
             calls[active, i] = expert
             answer = world.next_state[state if self.transfer else roots, expert]
             state = np.where(active, answer, state)

@@ -22,7 +22,7 @@ from dersim.routers.data import RouterData
 from dersim.routers.estimate import Bootstrap, Figure
 from dersim.routers.metrics import Reference, curve_metrics
 from dersim.routers.random_routing import weak_and_strong
-from dersim.routers.registry import RouterOptions, candidates, make, unavailable
+from dersim.routers.registry import CLASSES, RouterOptions, make, unavailable
 from dersim.routers.replay import replay
 
 
@@ -80,10 +80,10 @@ def reference_on(data: RouterData, roots: np.ndarray, train: TrainData) -> Refer
 
 def choose(name: str, data: RouterData, options: RouterOptions) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The hyperparameters with the best val AIQ, and every candidate's val AIQ."""
-    options_list = candidates(name, data)
+    train = data.train_data("train", options.p0)
+    options_list = CLASSES[name].candidates(train, data.depth)
     if len(options_list) == 1:
         return options_list[0], []
-    train = data.train_data("train", options.p0)
     val = data.questions("val")
     reference = reference_on(data, val.roots, train)
     selection = []

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from dersim.evaluation.outputs import format_cost
 from dersim.evaluation.stats import mean_ci
@@ -56,8 +57,10 @@ def number(value: float, scale: float, digits: int) -> str:
 
 def cell(figure: Figure, metric: str, stochastic: bool) -> str:
     _, scale, digits = COLUMNS[metric]
-    text = f"{number(figure.mean, scale, digits)} [{number(figure.low, scale, digits)}, " \
-           f"{number(figure.high, scale, digits)}]"
+    mean, low, high = (number(v, scale, digits) for v in (figure.mean, figure.low, figure.high))
+    if mean == low == high and not math.isfinite(figure.mean):
+        return mean  # "never" or "n/a" on every resample
+    text = f"{mean} [{low}, {high}]"
     if stochastic and math.isfinite(figure.seed_std):
         text += f" ±{number(figure.seed_std, scale, digits)}"
     return text
@@ -102,13 +105,13 @@ def print_table(comparison: Comparison) -> None:
         column.no_wrap = True
     for curve in ordered(comparison):
         table.add_row(curve.name, "yes" if curve.uses_reference else "",
-                      *[cell(curve.figures[m], m, curve.stochastic) for m in METRICS], f"{curve.seconds:.1f}",
+                      *[Text(cell(curve.figures[m], m, curve.stochastic)) for m in METRICS], f"{curve.seconds:.1f}",
                       style="dim" if curve.uses_reference else None)
     console.print(table)
     experts = Table("expert", "role", f"cost ({comparison.cost_unit})", f"{comparison.metric} x100 [95% CI]",
                     title="single experts on the same questions")
     for row in expert_rows(comparison):
-        experts.add_row(*row)
+        experts.add_row(*map(Text, row))
     console.print(experts)
     for name, why in comparison.skipped.items():
         console.print(f"skipped {name}: {why}", style="dim", markup=False)
@@ -123,12 +126,19 @@ def print_table(comparison: Comparison) -> None:
                   style="dim", markup=False)
 
 
+def setting(comparison: Comparison, key: str, value: Any) -> str:
+    """A chosen hyperparameter as text; a cascade's chain by expert names."""
+    if key == "chain":
+        return " > ".join(comparison.expert_names[e] for e in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def markdown(comparison: Comparison, cache: Path) -> str:
     lines = [f"# Routers on {cache}", "", title(comparison) + ".", "",
              "| router | uses reference | " + " | ".join(headers(comparison)) + " | hyperparameters (chosen on val) "
              "| time (s) |", "|---|---|" + "---|" * (len(METRICS) + 2)]
     for curve in ordered(comparison):
-        chosen = ", ".join(f"{k} {v}" for k, v in curve.hyperparameters.items()) or "-"
+        chosen = ", ".join(f"{k} {setting(comparison, k, v)}" for k, v in curve.hyperparameters.items()) or "-"
         label = curve.name + (f" ({seeds_note(curve)})" if curve.stochastic else "")
         lines.append(f"| {label} | {'yes' if curve.uses_reference else 'no'} | "
                      + " | ".join(cell(curve.figures[m], m, curve.stochastic) for m in METRICS)

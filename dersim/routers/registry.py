@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,16 +65,6 @@ def fixed_settings(name: str, data: RouterData, options: RouterOptions) -> dict[
     if name == "oracle":
         return {"reference": data.score}
     return {}
-
-
-def candidates(name: str, data: RouterData) -> list[dict[str, Any]]:
-    """Every hyperparameter combination to choose among on val (cascade lengths the cache can replay)."""
-    search = dict(CLASSES[name].search)
-    if "length" in search:
-        longest = data.n_experts if name == "cascade" else min(data.n_experts, data.depth)
-        search["length"] = tuple(v for v in search["length"] if v <= longest) or (longest,)
-    keys = list(search)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*search.values())]
 
 
 def make(name: str, data: RouterData, options: RouterOptions, seed: int, hyperparameters: dict[str, Any]) -> Router:
