@@ -28,6 +28,7 @@ from dersim.cache.schema import (
     TRANSITIONS_SCHEMA,
     states_schema,
 )
+from dersim.cache.verify import verify_cache
 from dersim.cache.writer import write_cache
 from dersim.cli import main
 from dersim.importers.common import import_answer_set
@@ -41,7 +42,7 @@ from dersim.routers.metrics import curve_points
 from dersim.routers.registry import ROUTERS, RouterOptions
 from dersim.routers.replay import replay
 
-from conftest import SHARED_DATA
+from conftest import REPO, SHARED_DATA
 
 PRICES = (1.0, 3.0, 10.0)  # billions of parameters: the cost of a call
 DIM = 32
@@ -214,3 +215,15 @@ def test_random_mix_apgr_is_one_half_on_a_real_import(tmp_path: Path) -> None:
     result = compare(data, ["random-mix"], seeds=50, n_boot=20)  # seed std ~0.06: the mean is within 0.01
     assert result.n_questions >= 40
     assert result.curves[0].figures["apgr"].mean == pytest.approx(0.5, abs=0.03)
+
+
+def test_bundled_routerbench_cache_has_a_cost_quality_story() -> None:
+    cache = REPO / "cache" / "routerbench-mbpp"
+    assert verify_cache(cache) == []
+    assert sum(f.stat().st_size for f in cache.iterdir()) < 8_000_000
+    data = load_router_data(cache)
+    assert data.cost_mode == "usd" and data.n_experts == 11 and len(data.roots["test"]) == 90
+    result = compare(data, ["linear", "random-mix"], seeds=2, n_boot=50)
+    linear, mix = (c.figures for c in result.curves)
+    assert result.expert_names[result.strong] == "gpt-4-1106-preview"
+    assert linear["aiq"].mean > mix["aiq"].mean + 0.05 and linear["apgr"].low > mix["apgr"].high
