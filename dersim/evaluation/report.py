@@ -42,7 +42,7 @@ class Evaluation:
     cost_mode: str
     best_policy: int | None  # the deployable policy with the best val score (None: the run has none)
     chosen_on: str  # the split the best policy was chosen on
-    judge: dict[str, float] | None  # the judge terminator's accuracy per split, if the run has one
+    judge: dict[str, dict[str, float]] | None  # the judge's accuracy (and the majority class's) per split
 
     @property
     def cost_unit(self) -> str:
@@ -124,8 +124,9 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
                       judge=judge_accuracy(trainer, split))
 
 
-def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, float] | None:
-    """The judge's stop decisions against the reference's, on the answer states of val and `split`."""
+def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, dict[str, float]] | None:
+    """The judge's stop decisions against the reference's on the answer states of val and `split`:
+    its accuracy, and the majority class's share (what a constant judge would score)."""
     tables = trainer.tables
     if tables.judge is None:
         return None
@@ -136,5 +137,8 @@ def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, float] | None:
     out = {}
     for name in dict.fromkeys(("val", split) if trainer.val_roots is not None else (split,)):
         rows = np.isin(state_questions, split_roots(tables, trainer.cache, name)[1]) & (tables.depth > 0)
-        out[name] = tables.judge.accuracy(embedding[rows], tables.score[rows], trainer.spec.judge_threshold)
+        good = float((tables.score[rows] >= np.float32(tables.judge.p0)).mean())
+        out[name] = {"accuracy": tables.judge.accuracy(embedding[rows], tables.score[rows],
+                                                        trainer.spec.judge_threshold),
+                     "majority": max(good, 1 - good)}
     return out
