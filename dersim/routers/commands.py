@@ -36,11 +36,12 @@ from dersim.routers.registry import ROUTERS
 @click.option("--p0", type=click.FloatRange(0.0, 1.0),
               help="Good-enough score the learned judge predicts (default: 0.5 for 0/1 scores, else the median "
                    "train answer score).")
+@click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the cache's tables (trusted caches).")
 @click.option("--json", "as_json", is_flag=True, help="Print routers.json on stdout instead of the table.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def routers_command(cache_dir: Path, names: str | None, run_dir: Path | None, split: str, cost_mode: str | None,
                     metric: str | None, out: Path | None, seeds: int, n_boot: int, val_fraction: float, judge: str,
-                    judge_error: float, p0: float | None, as_json: bool, quiet: bool) -> None:
+                    judge_error: float, p0: float | None, no_verify: bool, as_json: bool, quiet: bool) -> None:
     """Compare the literature's routers (and a run's DER policies) on one cache.
 
     Each router is fitted on the cache's train questions (hyperparameters chosen on val), swept over
@@ -60,8 +61,8 @@ def routers_command(cache_dir: Path, names: str | None, run_dir: Path | None, sp
     chosen = parse_names(names)
     out = out or Path("runs") / "routers" / cache_dir.name
     with directory_lock(out, "routers"):
-        data = load_router_data(cache_dir, metric, cost_mode, val_fraction)
-        extra = der_curves(run_dir, data, split) if run_dir else []
+        data = load_router_data(cache_dir, metric, cost_mode, val_fraction, verify=not no_verify)
+        extra = der_curves(run_dir, data, split, verify=not no_verify) if run_dir else []
 
         def progress(name: str) -> None:
             if not quiet:

@@ -95,14 +95,15 @@ class RouterData:
 
 
 def load_router_data(cache: Path, metric: str | None = None, cost_mode: str | None = None,
-                     val_fraction: float = DEFAULT_VAL_FRACTION) -> RouterData:
-    """Read `cache` for routing (checked as every reader checks it; one-line errors)."""
+                     val_fraction: float = DEFAULT_VAL_FRACTION, verify: bool = True) -> RouterData:
+    """Read `cache` for routing, checked as every reader checks it (the tables' sha256 unless not
+    `verify`); one-line errors."""
     manifest = read_manifest(cache)
     mode = cost_mode or default_cost_mode(manifest)
     if val_fraction <= 0:
         raise RouterError(f"--val-fraction {val_fraction}: routers choose hyperparameters on val; it must be > 0")
     tables = load_tables(cache, EnvSpec(split="train", metric=metric, cost_mode=mode, terminator="none",
-                                        val_fraction=val_fraction))
+                                        val_fraction=val_fraction), verify=verify)
     roots = {split: split_roots(tables, cache, split)[0].astype(np.int64) for split in ("train", "val", "test")}
     world = World(tables.next_state, tables.embedding, tables.cost)
     return RouterData(cache=cache, world=world, score=tables.score, roots=roots, expert_names=tables.expert_names,

@@ -22,12 +22,12 @@ from dersim.routers.data import RouterData
 from dersim.routers.evaluate import Curve
 
 
-def der_curves(run_dir: Path, data: RouterData, split: str) -> list[Curve]:
+def der_curves(run_dir: Path, data: RouterData, split: str, verify: bool = True) -> list[Curve]:
     """`der` (deployable policies) and `der (oracle stop)` curves of the run, where it has such policies."""
     from dersim.trainer.run import GridTrainer
 
     started = time.perf_counter()
-    trainer = GridTrainer.from_run(run_dir, data.cache)
+    trainer = GridTrainer.from_run(run_dir, data.cache, verify=verify)
     if trainer.tables.expert_names != data.expert_names:
         raise RouterError(f"{run_dir}: the run's experts differ from {data.cache}'s")
     roots = data.roots[split]
