@@ -61,6 +61,9 @@ class DERGymEnv(gym.Env):
         directory = Path(cache_dir)
         cache = open_cache(directory)
         spec = resolve_spec(spec, cache.manifest, directory)
+        if not spec.transfer or spec.experts_per_step != 1:
+            raise EnvError("the Gymnasium twin replays the cache as built: the derived views (no transfer, two "
+                           "experts per step) exist in the JAX env only")
         self.env_spec = spec
         self.cache_dir = directory
         self.max_depth = cache.depth

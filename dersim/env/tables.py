@@ -19,9 +19,10 @@ from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs
 from dersim.cache.reader import read_columns, read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS, is_imported
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
-from dersim.env import REWARDS, TERMINATORS
+from dersim.env import DEPLOYABLE_TERMINATORS, REWARDS, TERMINATORS
 from dersim.env.judge import Judge, fit_judge, oracle_noise
 from dersim.env.projection import project_states
+from dersim.env.views import PAIR_PICKS, pair_names, with_pairs, without_transfer
 from dersim.errors import DersimError
 
 
@@ -50,6 +51,9 @@ class EnvSpec:
     split_seed: int = 0
     last_action_obs: bool = False
     embedding_dim: int | None = None  # PCA the embeddings to this many dimensions (None: as cached)
+    transfer: bool = True  # False: the "without transfer" view (every call answers from scratch)
+    experts_per_step: int = 1  # 2: every action calls a pair of experts and keeps the better answer
+    pair_pick: str = "reference"  # how a pair's better answer is picked: by the reference or by the judge
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,19 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
     check_setting("p0", spec.p0, 0.0, 1.0)
     check_setting("judge_error", spec.judge_error, 0.0, 1.0)
     check_setting("judge_threshold", spec.judge_threshold, 0.0, 1.0)
+    if spec.experts_per_step not in (1, 2):
+        raise EnvError(f"experts per step {spec.experts_per_step}: expected 1 or 2")
+    if spec.pair_pick not in PAIR_PICKS:
+        raise EnvError(f"unknown pair pick '{spec.pair_pick}' (known: {', '.join(PAIR_PICKS)})")
+    if spec.experts_per_step == 2 and len(manifest["experts"]) < 2:
+        raise EnvError(f"{where}: two experts per step need at least two experts")
     return replace(spec, metric=metric, t_max=t_max)
+
+
+def reads_reference(spec: EnvSpec, terminator: str) -> bool:
+    """Whether a policy with `terminator` under `spec` reads the reference to decide: the oracle
+    terminator does, and so does a pair action that keeps the better answer by the reference."""
+    return terminator not in DEPLOYABLE_TERMINATORS or (spec.experts_per_step == 2 and spec.pair_pick == "reference")
 
 
 def incomplete_message(directory: Path, manifest: dict, n_states: int, t_max: int) -> str:
@@ -173,10 +189,10 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     if missing.any():
         raise EnvError(incomplete_message(directory, manifest, int(missing.any(axis=1).sum()), spec.t_max))
     question_ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
+    state_questions = np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
     cache_splits = np.asarray(questions["split"].to_numpy(zero_copy_only=False))
     assigned = question_assignment(cache_splits, spec)
     chosen = chosen_questions(assigned, spec.split, directory)
-    state_questions = np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
     cache_train_states = np.isin(state_questions, question_ids[cache_splits == "train"])
     # The auto scale is computed even when a number is given: it refuses a mode whose costs are all zero.
     scale = resolve_cost_scale(spec.cost_scale, auto_cost_scale(per_call, cols, n_experts, cache_train_states[rows],
@@ -188,9 +204,21 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
     score = states[spec.metric].to_numpy().astype(np.float32)
     judge = None
-    if with_judge if with_judge is not None else spec.terminator == "judge":
+    needs_judge = spec.terminator == "judge" or (spec.experts_per_step == 2 and spec.pair_pick == "judge")
+    if with_judge if with_judge is not None else needs_judge:
         judge = fit_state_judge(embedding, score, depth, train_states, spec)
     judge_prob = judge.prob(embedding) if judge else np.zeros(n_states, np.float32)
+    expert_names = tuple(e["name"] for e in manifest["experts"])
+    if not spec.transfer:
+        root_of_question = dict(zip(question_ids.tolist(), questions["root_state_id"].to_numpy().tolist(),
+                                    strict=True))
+        state_root = np.array([root_of_question[q] for q in state_questions], dtype=np.int64)
+        next_state, cost = without_transfer(next_state, cost, state_root)
+    if spec.experts_per_step == 2:
+        if spec.pair_pick == "judge" and judge is None:
+            raise EnvError("pairs picked by the judge need the judge (load the tables with with_judge=True)")
+        next_state, cost = with_pairs(next_state, cost, judge_prob if spec.pair_pick == "judge" else score)
+        expert_names = pair_names(expert_names)
     if spec.embedding_dim is not None:
         embedding = project_states(embedding, state_questions, question_ids[assigned == "train"], spec.embedding_dim,
                                    directory)
@@ -199,8 +227,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
         noise=oracle_noise(n_states, spec.split_seed),
         roots=questions["root_state_id"].to_numpy()[chosen].astype(np.int32),
         question_ids=tuple(question_ids[chosen].tolist()),
-        expert_names=tuple(e["name"] for e in manifest["experts"]),
-        max_depth=int(manifest["depth"]), metric=spec.metric, cost_scale=scale, judge=judge,
+        expert_names=expert_names, max_depth=int(manifest["depth"]), metric=spec.metric, cost_scale=scale, judge=judge,
         spec=replace(spec, cost_scale=scale),
     )
 

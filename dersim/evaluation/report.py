@@ -21,8 +21,7 @@ from dersim.cache.check import check_cache
 from dersim.cache.costs import COST_UNITS
 from dersim.cache.reader import read_columns, read_manifest
 from dersim.cache.schema import STATES
-from dersim.env import DEPLOYABLE_TERMINATORS
-from dersim.env.tables import split_roots
+from dersim.env.tables import reads_reference, split_roots
 from dersim.evaluation.baselines import RouteTables, baselines
 from dersim.evaluation.stats import mean_ci
 from dersim.trainer.run import GridTrainer, choose_policy
@@ -47,11 +46,6 @@ class Evaluation:
     @property
     def cost_unit(self) -> str:
         return COST_UNITS[self.cost_mode]
-
-
-def uses_reference(settings: dict[str, Any]) -> bool:
-    """A policy reads the reference when its episodes stop by the (possibly noisy) oracle."""
-    return settings["terminator"] not in DEPLOYABLE_TERMINATORS
 
 
 def score_row(name: str, kind: str, reference: bool, final_state: np.ndarray, calls: np.ndarray, cost: np.ndarray,
@@ -91,9 +85,9 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
     def policy_rows(roots: np.ndarray) -> list[dict[str, Any]]:
         result = trainer.greedy(params, trainer.env_params, roots)
         return [{"policy": index, **settings, **score_row(
-            f"policy {index}", "policy", uses_reference(settings), result["final_state"][index],
-            result["calls"][index], result["env_cost"][index], scores, result["actions"][index], names,
-            tables.max_depth),
+            f"policy {index}", "policy", reads_reference(trainer.spec, settings["terminator"]),
+            result["final_state"][index], result["calls"][index], result["env_cost"][index], scores,
+            result["actions"][index], names, tables.max_depth),
             "return": float(result["return"][index].mean())}
             for index, settings in enumerate(trainer.policies)]
 
@@ -111,7 +105,7 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
     policies = policies.sort("policy")
     chosen_on = "val" if has_val else "train"
     best = choose_policy(trainer.policies, policies[f"{chosen_on}_{metric}"].to_numpy(),
-                         policies[f"{chosen_on}_cost"].to_numpy())
+                         policies[f"{chosen_on}_cost"].to_numpy(), trainer.spec)
     reference = policies.row(best if best is not None else 0, named=True)
     lengths = np.repeat([int(k) for k in reference["route_lengths"]], list(reference["route_lengths"].values()))
     route_tables = RouteTables(tables.next_state, scores[metric], tables.cost)

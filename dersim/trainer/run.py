@@ -26,10 +26,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from dersim.env import DEPLOYABLE_TERMINATORS
 from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.judge import JUDGE_FILE
-from dersim.env.tables import EnvSpec, load_tables, split_roots
+from dersim.env.tables import EnvSpec, load_tables, reads_reference, split_roots
 from dersim.errors import DersimError
 from dersim.trainer.checkpoint import load_checkpoint, save_checkpoint
 from dersim.trainer.greedy import make_greedy
@@ -50,11 +49,14 @@ class Best:
     chunk: jax.Array  # int32 [P], -1 before the first evaluation
 
 
-def choose_policy(policies: list[dict[str, Any]], score: np.ndarray, cost: np.ndarray) -> int | None:
-    """The deployable policy (learned, judge or none terminator) with the best score, the lower cost
-    breaking ties, then the lower index; None when every policy stops by the oracle. Callers pass
-    val figures (or train ones when a run has no val split), never the evaluation split's."""
-    deployable = [i for i, p in enumerate(policies) if p["terminator"] in DEPLOYABLE_TERMINATORS]
+def choose_policy(policies: list[dict[str, Any]], score: np.ndarray, cost: np.ndarray,
+                  spec: EnvSpec | None = None) -> int | None:
+    """The deployable policy with the best score, the lower cost breaking ties, then the lower index;
+    None when every policy reads the reference (the oracle terminator, or under `spec` pairs picked
+    by the reference). Callers pass val figures (or train ones when a run has no val split), never
+    the evaluation split's."""
+    deployable = [i for i, p in enumerate(policies)
+                  if not reads_reference(spec or EnvSpec(), p["terminator"])]
     return min(deployable, key=lambda i: (-float(score[i]), float(cost[i]), i), default=None)
 
 
@@ -204,7 +206,7 @@ class GridTrainer:
         val = self.validate(self.kept_params(state))
         if val is None:
             return None
-        chosen = choose_policy(self.policies, val["val_score"], val["val_cost"])
+        chosen = choose_policy(self.policies, val["val_score"], val["val_cost"], self.spec)
         return None if chosen is None else {"policy": chosen, **{k: float(v[chosen]) for k, v in val.items()}}
 
     def keep_best(self, best: Best, params: dict, val_return: np.ndarray, chunk: int) -> Best:
