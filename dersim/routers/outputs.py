@@ -84,6 +84,17 @@ def title(comparison: Comparison) -> str:
             f"{names[comparison.strong]} (chosen on train)")
 
 
+def caveats(comparison: Comparison) -> list[str]:
+    """What the reader must know to read the figures right."""
+    notes = []
+    if comparison.weak == comparison.strong:
+        notes.append("APGR and CPT are n/a: the best single expert on train is also the cheapest, so there is no "
+                     "weak-to-strong gap to recover.")
+    if comparison.split == "val":
+        notes.append("Reported on val, the split the hyperparameters were chosen on: optimistic figures.")
+    return notes
+
+
 def seeds_note(curve: Curve) -> str:
     return f"{curve.score.shape[0]} seeds" if curve.stochastic else ""
 
@@ -115,6 +126,8 @@ def print_table(comparison: Comparison) -> None:
     console.print(experts)
     for name, why in comparison.skipped.items():
         console.print(f"skipped {name}: {why}", style="dim", markup=False)
+    for note in caveats(comparison):
+        console.print(note, markup=False)
     stochastic = ", ".join(f"{c.name} {seeds_note(c)}" for c in comparison.curves if c.stochastic)
     if stochastic:
         console.print(f"±: standard deviation over seeds ({stochastic})", style="dim", markup=False)
@@ -147,7 +160,7 @@ def markdown(comparison: Comparison, cache: Path) -> str:
                   f"{comparison.n_boot} resamples], ±std over seeds for stochastic routers.", "",
               "| expert | role | cost | score x100 [95% CI] |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(row)} |" for row in expert_rows(comparison)]
-    lines += ["", *[f"Skipped {name}: {why}." for name, why in comparison.skipped.items()], "",
+    lines += ["", *[f"Skipped {name}: {why}." for name, why in comparison.skipped.items()], *caveats(comparison), "",
               DEFINITIONS, "", f"![cost-quality curves]({PLOT})", ""]
     return "\n".join(lines)
 
@@ -171,7 +184,7 @@ def to_json(comparison: Comparison, cache: Path) -> dict[str, Any]:
         "cache": str(cache), "split": comparison.split, "questions": comparison.n_questions,
         "metric": comparison.metric, "cost_unit": comparison.cost_unit, "weak": names[comparison.weak],
         "strong": names[comparison.strong], "seeds": comparison.seeds, "bootstrap_resamples": comparison.n_boot,
-        "judge_p0": comparison.p0, "definitions": DEFINITIONS,
+        "judge_p0": comparison.p0, "definitions": DEFINITIONS, "caveats": caveats(comparison),
         "experts": [{"name": n, "cost": float(comparison.single_cost[e].mean()),
                      "score": mean_ci(comparison.single_score[e]).to_dict()} for e, n in enumerate(names)],
         "routers": [{"name": c.name, "kind": c.kind, "uses_reference": c.uses_reference, "stochastic": c.stochastic,
