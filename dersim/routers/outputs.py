@@ -62,7 +62,8 @@ def cell(figure: Figure, metric: str, stochastic: bool) -> str:
         return mean  # "never" or "n/a" on every resample
     text = f"{mean} [{low}, {high}]"
     if stochastic and math.isfinite(figure.seed_std):
-        text += f" ±{number(figure.seed_std, scale, digits)}"
+        spread = figure.seed_std if figure.seed_std > 1e-9 * abs(figure.mean) else 0.0  # rounding noise: 0
+        text += f" ±{number(spread, scale, digits)}"
     return text
 
 
