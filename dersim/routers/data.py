@@ -15,7 +15,7 @@ import numpy as np
 from dersim.cache.costs import COST_UNITS
 from dersim.cache.reader import read_manifest
 from dersim.cache.splits import DEFAULT_VAL_FRACTION
-from dersim.env.tables import EnvSpec, EnvTables, load_tables, split_roots
+from dersim.env.tables import EnvSpec, load_tables, split_roots
 from dersim.routers.base import Questions, RouterError, TrainData, World
 
 
@@ -58,7 +58,6 @@ class RouterData:
     cost_scale: float
     depth: int
     imported: bool  # answers written without seeing another answer: no knowledge transfer to replay
-    tables: EnvTables
 
     @property
     def cost_unit(self) -> str:
@@ -108,4 +107,4 @@ def load_router_data(cache: Path, metric: str | None = None, cost_mode: str | No
     world = World(tables.next_state, tables.embedding, tables.cost)
     return RouterData(cache=cache, world=world, score=tables.score, roots=roots, expert_names=tables.expert_names,
                       metric=tables.metric, cost_mode=mode, cost_scale=tables.cost_scale, depth=tables.max_depth,
-                      imported="import" in manifest, tables=tables)
+                      imported="import" in manifest)
