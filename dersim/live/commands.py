@@ -152,8 +152,9 @@ def _interactive(router: Any, max_calls: int | None) -> None:
             f"  [{s.step}] {s.expert} ({s.latency_s:.2f} s, {s.completion_tokens} tokens, {s.cost:.4g} {unit}"
             f"{'' if s.judge_prob is None else f', judge {s.judge_prob:.2f}'}): {s.answer}"))
         total = sum(s.cost for s in route.steps)
-        click.echo(f"answer ({len(route.steps)} calls, stopped by {route.stopped_by}, {total:.4g} {unit}, "
-                   f"{route.wall_s:.2f} s): {route.answer}\n")
+        calls = f"{len(route.steps)} call{'' if len(route.steps) == 1 else 's'}"
+        click.echo(f"answer ({calls}, stopped by {route.stopped_by}, {total:.4g} {unit}, {route.wall_s:.2f} s): "
+                   f"{route.answer}\n")
 
 
 def _check(router: Any, n: int, split: str, as_json: bool) -> None:
