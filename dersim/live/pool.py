@@ -23,6 +23,7 @@ from dersim.builder.embedding import Embedder, make_embedder
 from dersim.builder.prompts import render_request
 from dersim.builder.sources.question import Question
 from dersim.cache.reader import read_manifest
+from dersim.cache.schema import is_imported
 from dersim.errors import DersimError
 from dersim.recipe import EmbeddingSpec, ExpertSpec, PromptSpec
 
@@ -58,10 +59,14 @@ class ExpertPool:
     def __init__(self, cache: Path) -> None:
         manifest = read_manifest(cache)
         where = cache / "manifest.json"
-        if "prompt" not in manifest or "embedding" not in manifest:
-            raise DersimError(f"{where}: no prompt or embedding settings (an imported cache has no live experts)")
+        if is_imported(manifest) or "prompt" not in manifest or "embedding" not in manifest:
+            raise DersimError(f"{cache}: an imported cache (or one without prompt and embedding settings) has no "
+                              "experts to call live; route with a cache built by dersim build-cache")
         self.experts = expert_specs(manifest, where)
-        self.prompt = PromptSpec(**manifest["prompt"])
+        try:
+            self.prompt = PromptSpec(**manifest["prompt"])
+        except TypeError as exc:
+            raise DersimError(f"{where}: 'prompt' is not a prompt spec of this dersim version ({exc})") from None
         recipe = manifest.get("recipe", {})
         build = recipe.get("build", {})
         self.retries = int(build.get("retries", 2))
