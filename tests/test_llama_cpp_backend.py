@@ -117,3 +117,13 @@ def test_missing_llama_cpp_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
 def test_chat_format_needs_a_chat_template() -> None:
     with pytest.raises(BackendError, match=f"{GEMMA} has no chat template"):
         LlamaCppBackend(_spec(GEMMA), resolve_model(GEMMA))
+
+
+def test_amx_cpus_load_without_extra_buffers(tmp_path: Path) -> None:
+    """llama.cpp's AMX buffers crash on the first token: the backend turns them off where the CPU has AMX."""
+    from dersim.builder.backends.llama_cpp import cpu_has_amx
+
+    (tmp_path / "amx").write_text("flags\t: fpu avx2 avx512_vnni amx_bf16 amx_tile amx_int8\n", encoding="utf-8")
+    (tmp_path / "plain").write_text("flags\t: fpu avx2 avx512f\n", encoding="utf-8")
+    assert cpu_has_amx(tmp_path / "amx") and not cpu_has_amx(tmp_path / "plain")
+    assert not cpu_has_amx(tmp_path / "missing")

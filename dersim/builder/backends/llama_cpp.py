@@ -4,13 +4,22 @@ Decoding is greedy (temperature 0 makes llama-cpp-python use llama.cpp's argmax 
 repeat/frequency/presence penalties are neutral) and every call starts from an empty KV cache, so
 a call's answer depends only on its prompt and the model, never on earlier calls: a resumed build
 reproduces exactly the answers an uninterrupted one would have produced.
+
+On a CPU with AMX, llama.cpp (as built by llama-cpp-python 0.3.36) puts the weights into its AMX
+buffers and crashes (a segfault) on the first token. There the backend loads models without
+llama.cpp's extra buffer types (AMX and weight repacking), which runs correctly; repacking
+changes the arithmetic slightly, so a few answers of a cache built on a CPU without AMX (the
+bundled ones) can differ there by a word: `dersim route --check` reports such differences.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,6 +44,40 @@ _GREEDY: dict[str, Any] = {
     "presence_penalty": 0.0,
     "mirostat_mode": 0,
 }
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU advertises AMX (Linux; False where /proc/cpuinfo cannot be read)."""
+    try:
+        return "amx_int8" in cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+@contextmanager
+def _without_extra_buffers(enabled: bool) -> Iterator[None]:
+    """While loading, make llama-cpp-python's default model params turn off llama.cpp's extra buffer
+    types (`use_extra_bufts`): its `Llama` has no argument for it. A no-op when not `enabled`."""
+    if not enabled:
+        yield
+        return
+    module = sys.modules["llama_cpp.llama_cpp"]
+    defaults = module.llama_model_default_params
+
+    def without() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _LOAD_LOCK:
+        module.llama_model_default_params = without
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = defaults
 
 
 def _check_spec(spec: ExpertSpec) -> ModuleType:
@@ -64,15 +107,16 @@ class LlamaCppBackend:
         n_threads = spec.options.get("n_threads", os.cpu_count() or 1)
         n_ctx = spec.options.get("n_ctx", 2048)
         try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(model_path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_batch=spec.options.get("n_batch", 512),
-                seed=0,
-                verbose=False,
-            )
+            with _without_extra_buffers(cpu_has_amx()):
+                self._llm = llama_cpp.Llama(
+                    model_path=str(model_path),
+                    n_ctx=n_ctx,
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_batch=spec.options.get("n_batch", 512),
+                    seed=0,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"expert '{spec.name}': llama.cpp cannot load {model_path}: {exc}") from None
         if spec.prompt_format == "chat" and "tokenizer.chat_template" not in self._llm.metadata:
