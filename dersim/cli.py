@@ -39,8 +39,10 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    """Commands defined next to the stage they drive (importers, trainer, evaluation)."""
+    """Commands defined next to the stage they drive (importers, trainer, evaluation, routers, experiments,
+    live routing)."""
     from dersim.evaluation.commands import eval_command
+    from dersim.experiments.commands import reproduce_command
     from dersim.importers.cli import import_group
     from dersim.live.commands import route_command, serve_command
     from dersim.routers.commands import routers_command
@@ -52,6 +54,7 @@ def _register_commands() -> None:
     main.add_command(route_command)
     main.add_command(serve_command)
     main.add_command(routers_command)
+    main.add_command(reproduce_command)
 
 
 @main.command("build-cache")

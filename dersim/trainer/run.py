@@ -106,7 +106,7 @@ class GridTrainer:
             raise DersimError("the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for judge "
                               "policies")
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
-        self.tables = load_tables(cache, depth_spec, with_judge=bool(judged), verify=verify)
+        self.tables = load_tables(cache, depth_spec, with_judge=True if judged else None, verify=verify)
         spec = replace(spec, metric=self.tables.metric, t_max=spec.t_max or self.tables.max_depth)
         self.cache, self.out, self.spec, self.config, self.keep = cache, out, spec, config, keep
         self.run_cache = cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)

@@ -1,0 +1,94 @@
+"""Per-question outcomes of every row on the test split, one row of arrays per seed.
+
+A trained setting's greedy episodes (each seed's kept parameters) and a rule's routes are both
+replayed through the grid's view of the cache with three cost tables: the run's cost mode,
+billions of parameters and seconds (the paper's "inference params" and "s/sample"), so every row
+is costed the same way. Scores are looked up in the cache's states for every metric it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from dersim.cache.check import check_cache
+from dersim.cache.reader import read_columns
+from dersim.cache.schema import STATES
+from dersim.env.tables import EnvSpec, EnvTables, load_tables
+from dersim.errors import DersimError
+from dersim.evaluation.baselines import RouteTables, run_routes
+from dersim.experiments.grids import TrainedGrid
+
+COSTS = ("cost", "params", "seconds")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """[K, Q] arrays: K seeds (1 for a deterministic rule) by Q test questions."""
+
+    final_state: np.ndarray
+    calls: np.ndarray
+    cost: np.ndarray  # the run's cost mode, raw unit
+    params: np.ndarray  # billions of parameters activated (NaN when the cache has no sizes)
+    seconds: np.ndarray  # summed cached latencies (NaN when the cache has none)
+
+
+@dataclass(frozen=True)
+class CostTables:
+    """A view's next-state table with its cost tables ([S, N] each; None when unknown)."""
+
+    next_state: np.ndarray
+    cost: np.ndarray
+    params: np.ndarray | None
+    seconds: np.ndarray | None
+
+
+def cost_tables(tables: EnvTables, cache, spec: EnvSpec) -> CostTables:
+    """The same view of the cache costed in parameters and in seconds, where the cache knows them."""
+    def other(mode: str) -> np.ndarray | None:
+        try:
+            return load_tables(cache, replace(spec, cost_mode=mode, split="all", terminator="none"), verify=False).cost
+        except DersimError:  # no sizes, or no latencies recorded
+            return None
+    return CostTables(tables.next_state, tables.cost, other("params"), other("latency"))
+
+
+def replay(routes: np.ndarray, roots: np.ndarray, costs: CostTables, score: np.ndarray) -> Outcome:
+    """Routes [K, Q, L] (-1 = no more calls) from `roots`, costed three ways."""
+    def run(table: np.ndarray | None) -> list:
+        if table is None:
+            return [None] * len(routes)
+        return [run_routes(r, roots, RouteTables(costs.next_state, score, table)) for r in routes]
+
+    main, params, seconds = run(costs.cost), run(costs.params), run(costs.seconds)
+    nan = np.full((len(routes), len(roots)), np.nan)
+    return Outcome(np.stack([o.final_state for o in main]), np.stack([o.calls for o in main]),
+                   np.stack([o.cost for o in main]),
+                   nan if params[0] is None else np.stack([o.cost for o in params]),
+                   nan if seconds[0] is None else np.stack([o.cost for o in seconds]))
+
+
+def policy_routes(actions: np.ndarray, n_experts: int) -> np.ndarray:
+    """Greedy actions [..., D] as routes: STOP (action N) and the end are -1."""
+    return np.where((actions >= 0) & (actions < n_experts), actions, -1)
+
+
+def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables,
+                    score: np.ndarray) -> Outcome:
+    """The seeds `policies` of a trained grid, greedy on `roots`, replayed and checked against the env;
+    calls count LLM calls (two per step when a step calls a pair)."""
+    trainer = trained.trainer
+    result = trainer.greedy(trainer.kept_params(trained.state), trainer.env_params, roots)
+    routes = policy_routes(result["actions"][policies], costs.next_state.shape[1])
+    outcome = replay(routes, roots, costs, score)
+    if not np.array_equal(outcome.final_state, result["final_state"][policies]):
+        raise AssertionError("replaying the greedy actions did not reach the env's final states")
+    return replace(outcome, calls=outcome.calls * trainer.spec.experts_per_step)  # LLM calls, not steps
+
+
+def metric_scores(cache, metrics: list[str]) -> dict[str, np.ndarray]:
+    """Every metric column of the cache's states (float32 [S] each), checked."""
+    check_cache(cache, (STATES,), verify_hashes=False, metrics=metrics)
+    states = read_columns(cache / STATES, metrics)
+    return {m: states[m].to_numpy().astype(np.float32) for m in metrics}
