@@ -9,6 +9,7 @@ observation, and both environments apply the same projection to every state.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,21 @@ def project_states(embedding: np.ndarray, state_questions: np.ndarray, train_que
     return principal_projection(embedding, np.isin(state_questions, train_questions), k, where)
 
 
-def principal_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> np.ndarray:
-    """Every row of `embedding` [S, d] projected onto the top `k` principal components of the rows
-    selected by the boolean mask `fit_rows` (centred on their mean) -> float32 [S, k].
+@dataclass(frozen=True)
+class Projection:
+    """The fitted projection: the fit rows' float64 mean and the top k components [k, d]."""
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    def apply(self, embedding: np.ndarray) -> np.ndarray:
+        """float32 [n, k] for rows [n, d] (float64 arithmetic, so every caller gets the same bytes)."""
+        return ((np.asarray(embedding).astype(np.float64) - self.mean) @ self.components.T).astype(np.float32)
+
+
+def fit_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> Projection:
+    """The top `k` principal components of the rows of `embedding` [S, d] selected by the boolean mask
+    `fit_rows` (centred on their mean).
 
     SVD signs are arbitrary, so each component is flipped to make its largest loading positive:
     the same cache always gives the same observation."""
@@ -41,4 +54,10 @@ def principal_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, wh
     components = components[:k]
     largest = np.abs(components).argmax(axis=1)
     components *= np.sign(components[np.arange(k), largest])[:, None]
-    return ((embedding.astype(np.float64) - mean) @ components.T).astype(np.float32)
+    return Projection(mean, components)
+
+
+def principal_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> np.ndarray:
+    """Every row of `embedding` [S, d] projected onto the top `k` principal components of the rows
+    selected by `fit_rows` -> float32 [S, k]."""
+    return fit_projection(embedding, fit_rows, k, where).apply(embedding)

@@ -2,11 +2,9 @@
 
 Without `--embedding-dim` the env observes the cached embedding as is. With it, the env observes
 the projection onto the top k principal components of the run's train states
-(`dersim.env.projection.principal_projection`, fitted at table-loading time and not kept). The
-fit is recomputed here once, from the same rows in the same order with the same arithmetic (centre
-on the float64 mean, SVD, sign rule, float64 product cast to float32), so a cached state's raw
-embedding maps to exactly its row of the env's table (a test checks every state); the env module
-exposes only the projected table, hence this second copy of the fit.
+(`dersim.env.projection`, fitted when the tables load and not kept). The same fit is made here
+once, from the same rows in the same order, so a cached state's raw embedding maps to exactly its
+row of the env's table (a test checks every state).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import numpy as np
 
 from dersim.cache.reader import read_columns
 from dersim.cache.schema import QUESTIONS, STATES
+from dersim.env.projection import Projection, fit_projection
 from dersim.env.tables import EnvSpec, question_assignment
 
 
@@ -32,25 +31,18 @@ class ObservedEmbedding:
     """Raw embeddings -> the run's observed embeddings (identity, or the run's PCA projection)."""
 
     def __init__(self, cache: Path, spec: EnvSpec) -> None:
-        self.mean: np.ndarray | None = None
-        self.components: np.ndarray | None = None
+        self.projection: Projection | None = None
         if spec.embedding_dim is None:
             return
         embedding, state_questions = raw_state_embeddings(cache)
         questions = read_columns(cache / QUESTIONS, ["question_id", "split"])
         ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
         assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), spec)
-        fit = embedding[np.isin(state_questions, ids[assigned == "train"])].astype(np.float64)
-        k = spec.embedding_dim
-        self.mean = fit.mean(axis=0)
-        _, _, components = np.linalg.svd(fit - self.mean, full_matrices=False)
-        components = components[:k]
-        largest = np.abs(components).argmax(axis=1)
-        components *= np.sign(components[np.arange(k), largest])[:, None]
-        self.components = components
+        self.projection = fit_projection(embedding, np.isin(state_questions, ids[assigned == "train"]),
+                                         spec.embedding_dim, cache)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """float32 [n, k] (or [n, d] without a projection) for raw rows [n, d]."""
-        if self.components is None:
+        if self.projection is None:
             return np.asarray(raw, dtype=np.float32)
-        return ((np.asarray(raw).astype(np.float64) - self.mean) @ self.components.T).astype(np.float32)
+        return self.projection.apply(raw)

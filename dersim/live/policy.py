@@ -60,7 +60,7 @@ class LiveRun:
             return chosen["policy"]
         result = self.trainer.greedy(self.params, self.trainer.env_params, self.trainer.tables.roots)
         score = self.trainer.tables.score[result["final_state"]].mean(axis=1)
-        return choose_policy(self.trainer.policies, score, result["env_cost"].mean(axis=1))
+        return choose_policy(self.trainer.policies, score, result["env_cost"].mean(axis=1), self.trainer.spec)
 
     @property
     def servable(self) -> list[int]:
