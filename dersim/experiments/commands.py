@@ -30,7 +30,7 @@ def parse_compare(options: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=Path("cache/strategyqa"),
               show_default=True, help="The cache to reproduce the paper's tables on.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: runs/reproduce-<cache>).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per trained setting.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Seeds per trained setting.")
 @click.option("--steps", type=click.IntRange(min=1), default=51_200, show_default=True,
               help="Env steps per policy (rounded up to whole chunks of 5,120).")
 @click.option("--quick", is_flag=True,

@@ -20,6 +20,8 @@ from dersim.experiments.tables import Cell, Scored, Table, score_table  # noqa: 
 
 RESULTS = "results.parquet"
 COST_COLUMNS = {"cost": None, "params": "B params / question", "seconds": "s / sample"}
+ROW_COLORS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
+              "tab:cyan")  # red is kept for the rows that read the reference
 
 
 def scored_tables(result: Reproduction) -> list[tuple[Table, list[Scored]]]:
@@ -193,7 +195,7 @@ def plot_main(table: Table, scored: list[Scored], result: Reproduction, path: Pa
         c = s.scores[metric]
         ax.errorbar(s.costs["cost"].mean, c.mean, yerr=[[c.mean - c.low], [c.high - c.mean]], capsize=3,
                     fmt="*" if s.row.uses_reference else "osD^v<>ph"[i % 9], markersize=10 if i == 0 else 7,
-                    color="tab:red" if s.row.uses_reference else f"C{i % 10}",
+                    color="tab:red" if s.row.uses_reference else ROW_COLORS[i % len(ROW_COLORS)],
                     label=s.row.label + (" (uses reference)" if s.row.uses_reference else ""))
     costs = np.array([s.costs["cost"].mean for s in scored])
     log = use_log_axis(costs)

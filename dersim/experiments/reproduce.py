@@ -102,30 +102,38 @@ def run_reproduction(plan: Plan, out: Path, console: Console, verify: bool = Tru
     scores = metric_scores(plan.cache, metrics)
     score = scores[plan.metric]
     test = split_roots(tables, plan.cache, "test")[0]
-    val = split_roots(tables, plan.cache, "val")[0]
+    val_roots = split_roots(tables, plan.cache, "val")[0]
 
     views: dict[str, CostTables] = {name: cost_tables(t.trainer.tables, t.grid.cache, t.trainer.spec)
                                     for name, t in trained.items()}
     outcome: dict[str, Outcome] = {}
-    val_score: dict[str, float] = {}
+    on_val: dict[str, tuple[float, float]] = {}  # main-grid setting -> (mean val score, mean val cost)
     for name, t in trained.items():
         grid_score = metric_scores(t.grid.cache, [plan.metric])[plan.metric] if t.grid.cache != plan.cache else score
         for setting in t.grid.settings:
             policies = plan.setting_policies(t.grid, setting)
             outcome[setting.key] = setting_outcome(t, policies, test, views[name], grid_score)
             if name == "main":
-                val_score[setting.key] = float(grid_score[setting_outcome(t, policies, val, views[name],
-                                                                          grid_score).final_state].mean())
+                val = setting_outcome(t, policies, val_roots, views[name], grid_score)
+                on_val[setting.key] = (float(grid_score[val.final_state].mean()), float(val.cost.mean()))
     seconds["evaluate policies"] = time.perf_counter() - started
     started = time.perf_counter()
-    rules, best_route = rule_outcomes(plan, views["main"], test, score, outcome)
+    chosen = choose_setting(trained["main"], on_val, plan.depth)
+    rules, best_route = rule_outcomes(plan, views["main"], test, score, outcome, chosen)
     seconds["evaluate rules"] = time.perf_counter() - started
-    built = build_tables(plan, trained, outcome, val_score, rules, best_route, metrics, tables.expert_names, score)
+    built = build_tables(plan, trained, outcome, chosen, rules, best_route, metrics, tables.expert_names, score)
     return Reproduction(plan, built, scores, tables.expert_names, len(test), seconds)
 
 
+def choose_setting(main: TrainedGrid, on_val: dict[str, tuple[float, float]], depth: int) -> str:
+    """The deployable setting of the main grid (T_max = D) with the best mean val score over its seeds,
+    the lower val cost breaking ties: never chosen on test."""
+    deployable = [s.key for s in main.grid.settings if not s.uses_reference and s.t_max == depth]
+    return max(deployable, key=lambda k: (on_val[k][0], -on_val[k][1]))
+
+
 def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.ndarray,
-                  outcome: dict[str, Outcome]) -> tuple[dict[str, Outcome], tuple[int, ...]]:
+                  outcome: dict[str, Outcome], chosen: str) -> tuple[dict[str, Outcome], tuple[int, ...]]:
     """The untrained rows: single experts, the best fixed route and round-robin, random routing with
     each DER's route lengths, and the two all-expert ensembles (pick by the reference; by agreement).
     Also returns the best fixed route (chosen on the train questions)."""
@@ -138,7 +146,7 @@ def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.nda
     rules["best fixed route"] = replay(fixed_route(best, len(test))[None], test, costs, score)
     rules["round-robin"] = replay(fixed_route(tuple(i % n for i in range(depth)), len(test))[None], test, costs,
                                   score)
-    for key in (der_key(plan, "paper"), der_key(plan, "deployable")):
+    for key in dict.fromkeys((der_key(plan, "paper"), der_key(plan, "deployable"), chosen)):
         rules[f"random {key}"] = replay(random_routes(outcome[key].calls, n, depth), test, costs, score)
     answers = costs.next_state[test]
     rules["all experts: reference"] = all_experts(test, costs, score[answers].argmax(axis=1))
@@ -152,7 +160,7 @@ def der_key(plan: Plan, family: str, grid: str = "main") -> str:
 
 
 def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str, Outcome],
-                 val_score: dict[str, float], rules: dict[str, Outcome], best_route: tuple[int, ...],
+                 chosen: str, rules: dict[str, Outcome], best_route: tuple[int, ...],
                  metrics: list[str], names: tuple[str, ...], score: np.ndarray) -> list[Table]:
     """Every table of the paper that a cache can replay, each row with the row it is compared with."""
     depth, shown = plan.depth, metrics[:2]
@@ -168,9 +176,6 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
         terminator = "oracle" if family == "paper" else "learned"
         return Setting(family, terminator, t_max, grid).key
 
-    deployable = [k for k, s in settings.items() if s.grid == "main" and not s.uses_reference
-                  and s.t_max == depth]
-    chosen = max(deployable, key=lambda k: (val_score[k], -outcome[k].cost.mean()))
     der_label = f"DER, chosen on val ({settings[chosen].family}: {settings[chosen].terminator} terminator)"
     paper_label = "DER, the paper's setting (oracle terminator)"
     best_single = int(np.argmax([score[rules[f"single {e}"].final_state].mean() for e in range(len(names))]))
@@ -181,7 +186,7 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
         Row("best fixed route (train): " + " > ".join(names[e] for e in best_route), rules["best fixed route"],
             False, vs=der_label),
         Row(f"round-robin x{depth}", rules["round-robin"], False, vs=der_label),
-        Row("random routing (the chosen DER's route lengths)", rules[f"random {der('deployable')}"], False,
+        Row("random routing (the chosen DER's route lengths)", rules[f"random {chosen}"], False,
             vs=der_label, paper=paper.MAIN["random"]),
         Row("all experts, the reference picks the answer", rules["all experts: reference"], True, vs=der_label,
             paper=paper.MAIN["all-reference"], calls_per_step=len(names)),
