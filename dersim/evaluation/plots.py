@@ -29,6 +29,24 @@ def use_log_axis(costs: np.ndarray) -> bool:
     return len(positive) > 1 and positive.max() / positive.min() >= LOG_SPAN
 
 
+def finish_cost_quality(fig: plt.Figure, ax: plt.Axes, costs: np.ndarray, unit: str, ylabel: str, title: str,
+                        path: Path) -> Path:
+    """The shared finish of every cost-quality plot: the cost axis in `unit` (log when costs span
+    decades), the legend beside the axes (labels never overlap the points), a grid; saved to `path`."""
+    log = use_log_axis(costs)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"mean cost per question ({unit}{', log scale' if log else ''})")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
     """Mean cost per question (the run's unit) against the mean score x100 on the evaluated split:
     deployable policies, oracle-stop policies, each baseline and reference row with its 95% CI."""
@@ -63,14 +81,5 @@ def plot_pareto(evaluation: Evaluation, path: Path) -> Path:
                     alpha=0.9, capsize=2, elinewidth=0.8, zorder=4,
                     label=row["name"] + (" (uses reference)" if reference else ""), **style)
     costs = np.concatenate([policies["cost"].to_numpy(), baselines["cost"].to_numpy()])
-    if use_log_axis(costs):
-        ax.set_xscale("log")
-    ax.set_xlabel(f"mean cost per question ({evaluation.cost_unit}{', log scale' if use_log_axis(costs) else ''})")
-    ax.set_ylabel(f"mean final {metric} x 100 (95% CI)")
-    ax.set_title(f"cost vs quality on the {evaluation.split} split")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_cost_quality(fig, ax, costs, evaluation.cost_unit, f"mean final {metric} x 100 (95% CI)",
+                               f"cost vs quality on the {evaluation.split} split", path)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from dersim.cache.costs import COST_UNITS  # noqa: E402
-from dersim.evaluation.plots import use_log_axis  # noqa: E402
+from dersim.evaluation.plots import finish_cost_quality  # noqa: E402
 from dersim.experiments.reproduce import Reproduction  # noqa: E402
 from dersim.experiments.tables import Cell, Scored, Table, score_table  # noqa: E402
 
@@ -198,17 +198,8 @@ def plot_main(table: Table, scored: list[Scored], result: Reproduction, path: Pa
                     color="tab:red" if s.row.uses_reference else ROW_COLORS[i % len(ROW_COLORS)],
                     label=s.row.label + (" (uses reference)" if s.row.uses_reference else ""))
     costs = np.array([s.costs["cost"].mean for s in scored])
-    log = use_log_axis(costs)
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"mean cost per question ({cost_label(result, 'cost')}{', log scale' if log else ''})")
-    ax.set_ylabel(f"test {metric} x100 (95% CI)")
-    ax.set_title("main table: cost against quality")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    finish_cost_quality(fig, ax, costs, cost_label(result, "cost"), f"test {metric} x100 (95% CI)",
+                        "main table: cost against quality", path)
 
 
 def write_plots(tables: list[tuple[Table, list[Scored]]], result: Reproduction, out: Path) -> list[str]:

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dersim.evaluation.plots import use_log_axis  # noqa: E402
+from dersim.evaluation.plots import finish_cost_quality  # noqa: E402
 from dersim.routers.evaluate import Comparison  # noqa: E402
 
 MARKERS = "osD^v<>phP*Xd8"
@@ -39,15 +39,6 @@ def plot_curves(comparison: Comparison, path: Path) -> Path:
     ax.scatter(single_cost, single_score, marker="X", s=70, color="black", zorder=5, label="single experts")
     for name, x, y in zip(comparison.expert_names, single_cost, single_score, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    log = use_log_axis(np.concatenate(costs))
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"mean cost per question ({comparison.cost_unit}{', log scale' if log else ''})")
-    ax.set_ylabel(f"mean {comparison.metric} x 100")
-    ax.set_title(f"routers on the {comparison.split} split ({comparison.n_questions} questions): cost vs quality")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_cost_quality(fig, ax, np.concatenate(costs), comparison.cost_unit,
+                               f"mean {comparison.metric} x 100", f"routers on the {comparison.split} split "
+                               f"({comparison.n_questions} questions): cost vs quality", path)
