@@ -14,8 +14,8 @@ bundled ones) can differ there by a word: `dersim route --check` reports such di
 
 from __future__ import annotations
 
+import importlib
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -58,13 +58,14 @@ def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 @contextmanager
-def _without_extra_buffers(enabled: bool) -> Iterator[None]:
-    """While loading, make llama-cpp-python's default model params turn off llama.cpp's extra buffer
-    types (`use_extra_bufts`): its `Llama` has no argument for it. A no-op when not `enabled`."""
+def without_extra_buffers(enabled: bool) -> Iterator[None]:
+    """While the body runs, make llama-cpp-python's default model params turn off llama.cpp's extra
+    buffer types (`use_extra_bufts`): its `Llama` has no argument for it. A no-op when not `enabled`.
+    Wrap a whole `llama_cpp.server` run in it to serve on a CPU with AMX."""
     if not enabled:
         yield
         return
-    module = sys.modules["llama_cpp.llama_cpp"]
+    module = importlib.import_module("llama_cpp.llama_cpp")
     defaults = module.llama_model_default_params
 
     def without() -> Any:
@@ -107,7 +108,7 @@ class LlamaCppBackend:
         n_threads = spec.options.get("n_threads", os.cpu_count() or 1)
         n_ctx = spec.options.get("n_ctx", 2048)
         try:
-            with _without_extra_buffers(cpu_has_amx()):
+            with without_extra_buffers(cpu_has_amx()):
                 self._llm = llama_cpp.Llama(
                     model_path=str(model_path),
                     n_ctx=n_ctx,
