@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dersim.builder.build import build_cache
 from dersim.cache.schema import QUESTIONS, STATES
-from dersim.cli import main
 from dersim.env.der_env import make_params, reset_to, transition
 from dersim.env.tables import EnvSpec, load_tables
 from dersim.evaluation.stats import mean_ci
@@ -43,11 +41,22 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "cache"
 
 
-def test_quick_writes_every_table_with_its_rows(cache: Path, tmp_path: Path) -> None:
-    out = tmp_path / "repro"
-    result = CliRunner().invoke(main, ["reproduce", "--cache", str(cache), "--out", str(out), *FAST,
-                                       "--compare-cache", f"again={cache}"])
-    assert result.exit_code == 0, result.output
+def command(cache: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "dersim", "reproduce", "--cache", str(cache), "--out", str(out), *FAST,
+            "--compare-cache", f"again={cache}"]
+
+
+@pytest.fixture(scope="module")
+def straight(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whole quick reproduction, uninterrupted, in its own process."""
+    out = tmp_path_factory.mktemp("straight") / "repro"
+    done = subprocess.run(command(cache, out), capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_quick_writes_every_table_with_its_rows(straight: Path) -> None:
+    out = straight
     markdown = (out / "tables.md").read_text(encoding="utf-8")
     for title in TABLES:
         assert f"## {title}" in markdown, title
@@ -118,13 +127,9 @@ def test_bootstrap_intervals_cover_the_mean_and_shrink_with_more_questions() -> 
     assert widths[0] / widths[2] == pytest.approx(4, rel=0.35), "the width falls like 1 / sqrt(n)"
 
 
-def test_kill_and_resume_gives_the_same_results(cache: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "dersim", "reproduce", "--cache", str(cache), *FAST]
-    straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], capture_output=True, text=True,
-                              cwd=REPO)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+def test_kill_and_resume_gives_the_same_results(cache: Path, straight: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    process = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(command(cache, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                cwd=REPO, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (out / "grids" / "no-transfer" / "run.json").exists():  # the main grid is done
@@ -133,7 +138,7 @@ def test_kill_and_resume_gives_the_same_results(cache: Path, tmp_path: Path) -> 
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "results.parquet").exists()
-    resumed = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    resumed = subprocess.run(command(cache, out), capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "grid main: finished earlier, loaded" in resumed.stderr
-    assert (out / "results.parquet").read_bytes() == (tmp_path / "straight" / "results.parquet").read_bytes()
+    assert (out / "results.parquet").read_bytes() == (straight / "results.parquet").read_bytes()
