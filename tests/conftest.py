@@ -66,6 +66,18 @@ dim = 32
 {experts}"""
 
 
+def episode_return(env, question: int, actions: list[int]) -> float:
+    """The reference env's (`DERGymEnv`) return of taking `actions` on `question` (until the episode ends)."""
+    env.reset(options={"question": question})
+    total = 0.0
+    for action in actions:
+        _, reward, done, _, _ = env.step(action)
+        total += reward
+        if done:
+            break
+    return total
+
+
 @pytest.fixture
 def write_recipe(tmp_path: Path):
     """Write recipe text to a file in tmp_path and return its path."""

@@ -24,7 +24,7 @@ from dersim.recipe import load_recipe
 from dersim.trainer.ppo import PPOConfig
 from dersim.trainer.run import GridTrainer
 
-from conftest import STRATEGYQA
+from conftest import STRATEGYQA, episode_return
 
 SMALL = PPOConfig(num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10)
 
@@ -79,14 +79,7 @@ def best_episode_return(env: DERGymEnv, question: int) -> float:
     for length in range(1, env.env_spec.t_max + 1):
         for route in itertools.product(range(env.n_experts), repeat=length):
             for actions in ([*route, env.stop_action], list(route)):
-                env.reset(options={"question": question})
-                total = 0.0
-                for action in actions:
-                    _, reward, done, _, _ = env.step(action)
-                    total += reward
-                    if done:
-                        break
-                best = max(best, total)
+                best = max(best, episode_return(env, question, actions))
     return best
 
 

@@ -27,7 +27,7 @@ from dersim.trainer.grid import GridError, parse_grid
 from dersim.trainer.ppo import PPOConfig
 from dersim.trainer.run import GridTrainer
 
-from conftest import REPO, STRATEGYQA
+from conftest import REPO, STRATEGYQA, episode_return
 
 # One expert is always right and cheap enough: the best route is "call `oracle-like` once".
 KNOWN_BEST = f"""
@@ -81,18 +81,6 @@ def trainer(cache: Path, out: Path, grid: dict | None = None, seeds: int = 2, st
 
 def leaves(runner) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(runner.params)]
-
-
-def episode_return(env: DERGymEnv, question: int, actions: list[int]) -> float:
-    """The reference env's return of taking `actions` on `question` (until the episode ends)."""
-    env.reset(options={"question": question})
-    total = 0.0
-    for action in actions:
-        _, reward, done, _, _ = env.step(action)
-        total += reward
-        if done:
-            break
-    return total
 
 
 def test_policies_reach_95_percent_of_the_oracle_return(cache: Path, tmp_path: Path) -> None:

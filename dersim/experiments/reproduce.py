@@ -155,8 +155,9 @@ def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.nda
     return rules, best
 
 
-def der_key(plan: Plan, family: str, grid: str = "main") -> str:
-    return Setting(family, "oracle" if family == "paper" else "learned", plan.depth, grid).key
+def der_key(plan: Plan, family: str, grid: str = "main", t_max: int | None = None) -> str:
+    """The key of a DER setting: the paper's (oracle terminator) or the deployable one (learned STOP)."""
+    return Setting(family, "oracle" if family == "paper" else "learned", t_max or plan.depth, grid).key
 
 
 def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str, Outcome],
@@ -173,8 +174,7 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
                    agent_params=params[key], calls_per_step=2 if setting.grid.startswith("pairs-") else 1)
 
     def der(family: str, grid: str = "main", t_max: int = depth) -> str:
-        terminator = "oracle" if family == "paper" else "learned"
-        return Setting(family, terminator, t_max, grid).key
+        return der_key(plan, family, grid, t_max)
 
     der_label = f"DER, chosen on val ({settings[chosen].family}: {settings[chosen].terminator} terminator)"
     paper_label = "DER, the paper's setting (oracle terminator)"

@@ -171,7 +171,7 @@ def _check_same_models(paths: list[Path], model_lists: list[list[str]]) -> None:
             raise DatasetError(f"{path}: {what} {other} (all files must have the same models)")
 
 
-def _merge_repeated(paths: list[Path], rows: pl.DataFrame, cells: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
+def merge_repeated(paths: list[Path], rows: pl.DataFrame, cells: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
                                                                                           dict]:
     """One row per question id and one cell per (question, model); see the module docstring."""
     valid = cells.filter(pl.col("missing").is_null())
@@ -230,7 +230,17 @@ def shared_prefix(texts: list[str]) -> str:
     return prefix
 
 
-def _strip_shared_prefixes(questions: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]]:
+def merged_cells(merged: pl.DataFrame) -> pl.DataFrame:
+    """The answer set's cells from `merge_repeated`'s merged cells: the text where the cell is valid; a
+    wide file records no token counts."""
+    return merged.select(
+        "question_id", "model", pl.when(pl.col("valid")).then(pl.col("text")).alias("answer"), "score", "cost_usd",
+        pl.lit(None, dtype=pl.Int64).alias("prompt_tokens"), pl.lit(None, dtype=pl.Int64).alias("completion_tokens"),
+        "missing",
+    ).cast(CELL_COLUMNS)
+
+
+def strip_shared_prefixes(questions: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, str]]:
     """Remove each task's shared few-shot prefix from its prompts; returns the prefixes by task."""
     prefixes = {}
     for (task,), group in questions.group_by("task", maintain_order=True):
@@ -260,11 +270,11 @@ def read_routerbench(paths: list[Path], *, test_fraction: float | None = None, s
     rows = pl.concat([r for _, r, _ in parts])
     cells = pl.concat([c for _, _, c in parts])
     notes = _source_notes(paths, cells)
-    primary, merged, repeated = _merge_repeated(paths, rows, cells)
+    primary, merged, repeated = merge_repeated(paths, rows, cells)
     notes.update(repeated)
     prefixes: dict[str, str] = {}
     if strip_shared_prefix:
-        primary, prefixes = _strip_shared_prefixes(primary)
+        primary, prefixes = strip_shared_prefixes(primary)
     if test_fraction is not None:
         splits = random_split(primary["question_id"].to_list(), test_fraction, seed)
         primary = primary.with_columns(pl.col("question_id").replace_strict(splits).alias("split"))
@@ -272,11 +282,7 @@ def read_routerbench(paths: list[Path], *, test_fraction: float | None = None, s
         "question_id", "split", "question", pl.lit("").alias("reference"),
         pl.lit([], dtype=pl.List(pl.String)).alias("references"), pl.lit("").alias("label"),
     ).cast(QUESTION_COLUMNS)
-    answers = merged.select(
-        "question_id", "model", pl.when(pl.col("valid")).then(pl.col("text")).alias("answer"), "score", "cost_usd",
-        pl.lit(None, dtype=pl.Int64).alias("prompt_tokens"), pl.lit(None, dtype=pl.Int64).alias("completion_tokens"),
-        "missing",
-    ).cast(CELL_COLUMNS)
+    answers = merged_cells(merged)
     tasks = list(dict.fromkeys(_file_split(p, 0.0)[0] for p in paths))
     return AnswerSet(
         questions=questions, cells=answers,

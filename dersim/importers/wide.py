@@ -28,7 +28,6 @@ import polars as pl
 from dersim.cache.schema import SPLITS, file_sha256
 from dersim.errors import DatasetError
 from dersim.importers.common import (
-    CELL_COLUMNS,
     MISSING_EMPTY,
     MISSING_NO_COST,
     MISSING_NO_SCORE,
@@ -42,9 +41,10 @@ from dersim.importers.common import (
 from dersim.importers.long import read_long_frame
 from dersim.importers.routerbench import (
     SPLIT_IN_NAME,
-    _merge_repeated,
-    _strip_shared_prefixes,
+    merge_repeated,
+    merged_cells,
     parse_listed_text,
+    strip_shared_prefixes,
 )
 
 DEFAULT_TEST_FRACTION = 0.3
@@ -226,22 +226,18 @@ def read_wide(paths: list[Path], columns: WideColumns, *, score_name: str = "acc
     rows = pl.concat([r for _, r, _ in parts])
     cells = pl.concat([c for _, _, c in parts])
     lacking = cells.filter(pl.col("missing").is_not_null()).group_by("missing").len().sort("missing")
-    primary, merged, notes = _merge_repeated(paths, rows, cells)
+    primary, merged, notes = merge_repeated(paths, rows, cells)
     notes = {"cells_without_answer": {str(why): int(n) for why, n in lacking.iter_rows()}, **notes}
     prefixes: dict[str, str] = {}
     if strip_shared_prefix:
-        primary, prefixes = _strip_shared_prefixes(primary)
+        primary, prefixes = strip_shared_prefixes(primary)
     primary, split_rule = _splits(paths, primary, columns, test_fraction, seed)
     questions = primary.select(
         "question_id", "split", "question", "reference",
         pl.col("reference").str.split(" || ").list.eval(pl.element().str.strip_chars())
         .list.filter(pl.element() != "").alias("references"), "label",
     ).cast(QUESTION_COLUMNS)
-    answers = merged.select(
-        "question_id", "model", pl.when(pl.col("valid")).then(pl.col("text")).alias("answer"), "score", "cost_usd",
-        pl.lit(None, dtype=pl.Int64).alias("prompt_tokens"), pl.lit(None, dtype=pl.Int64).alias("completion_tokens"),
-        "missing",
-    ).cast(CELL_COLUMNS)
+    answers = merged_cells(merged)
     return AnswerSet(
         questions=questions, cells=answers, experts=[ImportedExpert(m, (params_b or {}).get(m)) for m in models],
         metric=metric,
