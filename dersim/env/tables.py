@@ -210,9 +210,9 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     judge_prob = judge.prob(embedding) if judge else np.zeros(n_states, np.float32)
     expert_names = tuple(e["name"] for e in manifest["experts"])
     if not spec.transfer:
-        root_of_question = dict(zip(question_ids.tolist(), questions["root_state_id"].to_numpy().tolist(),
-                                    strict=True))
-        state_root = np.array([root_of_question[q] for q in state_questions], dtype=np.int64)
+        order = np.argsort(question_ids)
+        position = order[np.searchsorted(question_ids, state_questions, sorter=order)]
+        state_root = questions["root_state_id"].to_numpy().astype(np.int64)[position]
         next_state, cost = without_transfer(next_state, cost, state_root)
     if spec.experts_per_step == 2:
         if spec.pair_pick == "judge" and judge is None:
