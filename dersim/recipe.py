@@ -19,7 +19,7 @@ PAPER_KTP = (
 )
 KNOWN_BACKENDS = ("llama_cpp", "synthetic", "openai")
 KNOWN_METRICS = ("bertscore", "accuracy_yesno", "exact_match_number", "token_f1", "rouge_l")
-KNOWN_SOURCES = ("bigbench", "table")
+KNOWN_SOURCES = ("bigbench", "table", "synthetic")
 KNOWN_TASKS = ("strategyqa", "elementary_math_qa", "qa_wikidata")
 
 
@@ -34,6 +34,7 @@ class DatasetSpec:
     train: int = 0
     test: int = 0
     seed: int = 0
+    topics: tuple[str, ...] = ()  # source = "synthetic": the kinds of generated question
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,11 @@ def _parse_dataset(raw: dict[str, Any], base: Path, where: str) -> DatasetSpec:
     source = _take(t, "source", str, where, _REQUIRED)
     if source not in KNOWN_SOURCES:
         raise RecipeError(f"{where}: key 'source' must be one of {', '.join(KNOWN_SOURCES)}, got '{source}'")
-    path = base / _take(t, "path", str, where, _REQUIRED)
+    path = base / _take(t, "path", str, where, "" if source == "synthetic" else _REQUIRED)
     task = _take(t, "task", str, where, "")
+    topics = _take(t, "topics", list, where, [])
+    if source == "synthetic" and (not topics or not all(isinstance(w, str) and w.isalpha() for w in topics)):
+        raise RecipeError(f"{where}: key 'topics' must list the kinds of generated question (words of letters)")
     if source == "bigbench" and task not in KNOWN_TASKS:
         raise RecipeError(f"{where}: key 'task' must be one of {', '.join(KNOWN_TASKS)}, got '{task}'")
     columns = _take(t, "columns", dict, where, {})
@@ -163,6 +167,7 @@ def _parse_dataset(raw: dict[str, Any], base: Path, where: str) -> DatasetSpec:
         train=_take(t, "train", int, where, _REQUIRED),
         test=_take(t, "test", int, where, _REQUIRED),
         seed=_take(t, "seed", int, where, 0),
+        topics=tuple(w.lower() for w in topics),
     )
     _positive(spec.train, "train", where, allow_zero=True)
     _positive(spec.test, "test", where, allow_zero=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from live_helpers import SMALL
 
 from dersim.builder.build import build_cache
 from dersim.cli import main
@@ -19,6 +18,7 @@ from dersim.recipe import load_recipe
 from dersim.trainer.run import GridTrainer
 
 from conftest import REPO
+from live_helpers import SMALL
 
 pytestmark = pytest.mark.real_llm
 

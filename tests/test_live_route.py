@@ -11,14 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from live_helpers import TERMINATORS, synthetic_run
 
 from dersim.cache.reader import open_cache
 from dersim.cli import main
 from dersim.env.tables import split_roots
 from dersim.live.observation import raw_state_embeddings
 from dersim.live.policy import LiveRun, per_policy
-from dersim.trainer.ppo import policy as env_policy
+from dersim.trainer.policy import action_scores
+
+from live_helpers import TERMINATORS, synthetic_run
 
 LEARNED, NONE, JUDGE, ORACLE = (TERMINATORS.index(t) for t in ("learned", "none", "judge", "oracle"))
 
@@ -59,8 +60,8 @@ def test_live_observation_is_the_envs(run: tuple[Path, Path], live: LiveRun) -> 
     n = policy.n_experts
     for state in range(0, len(raw), 5):
         for t in range(policy.t_max):
-            expected = env_policy(live.trainer.network, params, env, jnp.asarray([state]), jnp.asarray([t]),
-                                  jnp.asarray([n]), None)[0][0]
+            expected = action_scores(live.trainer.network, params, env, jnp.asarray([state]), jnp.asarray([t]),
+                                     jnp.asarray([n]))[0]
             np.testing.assert_array_equal(policy.logits(raw[state], t, n), np.asarray(expected))
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from llama_server import HOST, LlamaServer, free_port
 
 from dersim.builder.backends import make_backend
 from dersim.builder.backends.base import CallFailed, CallRejected, CallRequest
@@ -32,6 +31,7 @@ from dersim.errors import BackendError
 from dersim.recipe import ExpertSpec, PromptSpec, load_recipe
 
 from conftest import STRATEGYQA
+from llama_server import HOST, LlamaServer, free_port
 
 pytestmark = pytest.mark.real_llm
 

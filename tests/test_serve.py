@@ -17,14 +17,15 @@ from typing import Any
 
 import openai
 import pytest
-from live_helpers import TERMINATORS, synthetic_run
-from llama_server import HOST, free_port
 
 from dersim.cache.reader import open_cache
 from dersim.live.costs import CallPricer
 from dersim.live.policy import LiveRun
 from dersim.live.pool import ExpertPool
 from dersim.live.router import Router, live_question
+
+from live_helpers import TERMINATORS, synthetic_run
+from llama_server import HOST, free_port
 
 TOKEN = "test-token-1234"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -76,7 +76,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def trainer(cache: Path, out: Path, grid: dict | None = None, seeds: int = 2, steps: int = 2 * 640,
             spec: EnvSpec = SPEC, keep: str = "best") -> GridTrainer:
-    return GridTrainer.from_grid(cache, out, spec, SMALL, grid or {}, seeds, steps, keep)
+    return GridTrainer.from_grid(cache, out, spec, SMALL, grid or {}, seeds, steps, keep, algo="ppo")
 
 
 def leaves(runner) -> list[np.ndarray]:
@@ -105,18 +105,18 @@ def test_policies_reach_95_percent_of_the_oracle_return(cache: Path, tmp_path: P
 
 
 def test_training_is_deterministic_bit_for_bit(cache: Path, tmp_path: Path) -> None:
-    first = trainer(cache, tmp_path / "a").train(show_progress=False)[0]["runner"]
-    second = trainer(cache, tmp_path / "b").train(show_progress=False)[0]["runner"]
+    first = trainer(cache, tmp_path / "a").train(show_progress=False)[0]["groups"][0]
+    second = trainer(cache, tmp_path / "b").train(show_progress=False)[0]["groups"][0]
     for x, y in zip(leaves(first), leaves(second), strict=True):
         assert np.array_equal(x, y)
-    other_seed = trainer(cache, tmp_path / "c", seeds=3).train(show_progress=False)[0]["runner"]
+    other_seed = trainer(cache, tmp_path / "c", seeds=3).train(show_progress=False)[0]["groups"][0]
     assert not np.array_equal(leaves(other_seed)[0][2], leaves(first)[0][0])
 
 
 def test_resume_continues_exactly_and_compiles_once(cache: Path, tmp_path: Path) -> None:
     whole = trainer(cache, tmp_path / "whole", steps=3 * 640)
     straight_state, straight_curves = whole.train(show_progress=False)
-    assert whole._chunk._cache_size() == 1, "the chunk function must compile once for all chunks"
+    assert whole.groups[0].algorithm._chunk._cache_size() == 1, "the chunk function must compile once for all chunks"
     part = trainer(cache, tmp_path / "part", steps=3 * 640)
     part.train(show_progress=False, stop_after=1)
     assert not part.finished
@@ -124,7 +124,7 @@ def test_resume_continues_exactly_and_compiles_once(cache: Path, tmp_path: Path)
     resumed_state, curves = resumed_run.train(resume=True, show_progress=False)
     assert resumed_run.finished and curves.height == straight_curves.height
     assert curves.equals(straight_curves), "val figures and training metrics resume exactly"
-    for key in ("runner", "best"):
+    for key in ("groups", "best"):
         for x, y in zip(jax.tree.leaves(straight_state[key]), jax.tree.leaves(resumed_state[key]), strict=True):
             assert np.array_equal(np.asarray(x), np.asarray(y)), key
     with pytest.raises(DersimError, match="--resume needs the same"):
@@ -133,10 +133,11 @@ def test_resume_continues_exactly_and_compiles_once(cache: Path, tmp_path: Path)
 
 def test_nan_rewards_skip_updates_instead_of_poisoning_the_policy(cache: Path, tmp_path: Path) -> None:
     run = trainer(cache, tmp_path / "nan", seeds=1, steps=640)
-    run.env_params = run.env_params.replace(score=run.env_params.score * np.nan)
-    start = leaves(run.init())
+    ppo = run.groups[0].algorithm
+    ppo.env_params = ppo.env_params.replace(score=ppo.env_params.score * np.nan)
+    start = leaves(run.initial_state()["groups"][0])
     state, curves = run.train(show_progress=False)
-    runner = state["runner"]
+    runner = state["groups"][0]
     assert curves["skipped_updates"].sum() == SMALL.updates_per_chunk * SMALL.update_epochs * SMALL.num_minibatches
     for x, y in zip(start, leaves(runner), strict=True):
         assert np.isfinite(y).all() and np.array_equal(x, y)
@@ -171,7 +172,7 @@ from test_trainer import trainer
 from pathlib import Path
 assert jax.device_count() == 4
 run = trainer(Path({str(cache)!r}), Path({str(tmp_path / 'sharded')!r}), seeds=4, steps=640)
-runner = run.train(show_progress=False)[0]["runner"]
+runner = run.train(show_progress=False)[0]["groups"][0]
 leaf = jax.tree.leaves(runner.params)[0]
 print(len(leaf.sharding.device_set))
 np.save({str(tmp_path / 'sharded.npy')!r}, np.asarray(leaf))
@@ -180,7 +181,7 @@ np.save({str(tmp_path / 'sharded.npy')!r}, np.asarray(leaf))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "4", "the policy axis must be spread over the 4 devices"
-    single = trainer(cache, tmp_path / "single", seeds=4, steps=640).train(show_progress=False)[0]["runner"]
+    single = trainer(cache, tmp_path / "single", seeds=4, steps=640).train(show_progress=False)[0]["groups"][0]
     np.testing.assert_allclose(np.load(tmp_path / "sharded.npy"), np.asarray(jax.tree.leaves(single.params)[0]),
                                rtol=1e-5, atol=1e-6)
 
@@ -203,7 +204,7 @@ def test_train_and_eval_commands(cache: Path, tmp_path: Path) -> None:
     assert {"single: always-right", "round-robin x2", "random routing (policy's lengths)",
             "oracle: best expert per question"} <= names
     refused = CliRunner().invoke(main, ["train", "--cache", str(cache), "--seeds", "2"])
-    assert refused.exit_code == 2 and "trains one policy" in refused.output
+    assert refused.exit_code == 2 and "trains one PPO policy" in refused.output
 
 
 def test_stepwise_gymnasium_path_runs_the_same_ppo(cache: Path, tmp_path: Path) -> None:

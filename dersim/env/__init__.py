@@ -39,8 +39,12 @@ noise's comparisons are float32 too.
 At done the episode's outcome is reported (final score P, calls t, summed cost, return,
 success = P >= p0) and the env auto-resets to a new question (the returned observation is the
 new episode's first). Observation: the state's embedding, then a one-hot of t over 0..D (D =
-the cache's depth, so T_max can vary without changing shapes), then optionally a one-hot of the
-last action over 0..N (N = none yet).
+the cache's depth, so T_max can vary without changing shapes), then (by default; a router knows
+whom it called) a one-hot of the last action over 0..N (N = none yet).
+
+Exact values. Every setting above is Markov in (t, s), or in (t, s, last action) for a policy that
+observes it, so the exact expected return of any policy follows from D backward passes over the
+cache (`dersim.env.values`, sharing this module's reward and done rules with the JAX env).
 
 Cost C per call is in the cost mode's raw unit (`dersim.cache.costs`: params, tokens, latency,
 latency_norm, usd); outcomes report it raw. cost_scale divides it inside the reward only: with

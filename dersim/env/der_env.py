@@ -145,6 +145,31 @@ def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
     return reset_to(params, jax.random.randint(key, (), 0, params.roots.shape[0], dtype=jnp.int32))
 
 
+def terminator_stops(params: EnvParams, next_id: jax.Array, score: jax.Array) -> jax.Array:
+    """Whether the terminator ends the episode at the new state `next_id` (score P), before T_max.
+
+    oracle: (P >= p0) XOR flip[s'], flip[s] = noise[s] < judge_error; judge: judge_prob[s'] >=
+    judge_threshold; learned and none: never (learned ends by STOP)."""
+    oracle_stop = (score >= params.p0) ^ (params.noise[next_id] < params.judge_error)
+    judge_stop = params.judge_prob[next_id] >= params.judge_threshold
+    return jnp.where(params.terminator == ORACLE, oracle_stop, (params.terminator == JUDGE) & judge_stop)
+
+
+def call_payment(params: EnvParams, score: jax.Array, prev_score: jax.Array, t: jax.Array,
+                 call_cost: jax.Array) -> jax.Array:
+    """The reward of a call before the episode's end payment, c = alpha * C / cost_scale:
+    paper: P - c at t == 0, P + beta * (P - P_prev) - c after; final: -c."""
+    improvement = jnp.where(t > 0, params.beta * (score - prev_score), 0.0)
+    paid = jnp.where(params.reward == FINAL, 0.0, score + improvement)
+    return paid - params.alpha * call_cost / params.cost_scale
+
+
+def end_payment(params: EnvParams, score: jax.Array) -> jax.Array:
+    """What the episode's end pays for its final answer's score P: +gamma if P >= p0 else -gamma,
+    plus P under the final reward."""
+    return jnp.where(score >= params.p0, params.gamma, -params.gamma) + jnp.where(params.reward == FINAL, score, 0.0)
+
+
 def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, jax.Array, jax.Array, dict]:
     """One step without auto-reset: (next state, reward, done, outcome of the episode if done).
 
@@ -152,25 +177,20 @@ def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[E
     action = jnp.clip(jnp.asarray(action, jnp.int32), 0, params.n_experts)
     stop = action == params.n_experts
     expert = jnp.minimum(action, params.n_experts - 1)
-    called = params.next_state[state.state, expert]
-    next_id = jnp.where(stop, state.state, called)
+    # The call (or, for STOP, staying put): s' = next_state[s, a], P = score[s'], C = cost[s, a].
+    next_id = jnp.where(stop, state.state, params.next_state[state.state, expert])
     score = params.score[next_id]
     call_cost = jnp.where(stop, 0.0, params.cost[state.state, expert])
     t = state.t + jnp.where(stop, 0, 1)
-    reached = score >= params.p0
-    oracle_stop = reached ^ (params.noise[next_id] < params.judge_error)
-    judge_stop = params.judge_prob[next_id] >= params.judge_threshold
-    terminated = jnp.where(params.terminator == ORACLE, oracle_stop, (params.terminator == JUDGE) & judge_stop)
-    done = stop | (t >= params.t_max) | terminated
-    final = params.reward == FINAL
-    improvement = jnp.where(state.t > 0, params.beta * (score - state.prev_score), 0.0)
-    paid = jnp.where(final, 0.0, score + improvement) - params.alpha * call_cost / params.cost_scale
-    bonus = jnp.where(done, jnp.where(reached, params.gamma, -params.gamma) + jnp.where(final, score, 0.0), 0.0)
-    reward = jnp.where(stop, 0.0, paid) + bonus
+    # Done: STOP, T_max reached, or the terminator's rule at s'.
+    done = stop | (t >= params.t_max) | terminator_stops(params, next_id, score)
+    # Reward: the call's payment (none for STOP), plus the end payment when done.
+    reward = jnp.where(stop, 0.0, call_payment(params, score, state.prev_score, state.t, call_cost)) \
+        + jnp.where(done, end_payment(params, score), 0.0)
     next_state = EnvState(question=state.question, state=next_id, t=t, prev_score=score, last_action=action,
                           cost=state.cost + call_cost, ret=state.ret + reward)
     outcome = {"final_score": score, "calls": t, "cost": next_state.cost, "return": next_state.ret,
-               "success": reached, "question": state.question}
+               "success": score >= params.p0, "question": state.question}
     return next_state, reward, done, outcome
 
 

@@ -49,7 +49,7 @@ class EnvSpec:
     judge_threshold: float = 0.5  # the judge stops when its probability reaches this
     val_fraction: float = DEFAULT_VAL_FRACTION
     split_seed: int = 0
-    last_action_obs: bool = False
+    last_action_obs: bool = True  # observe which expert answered last (a router knows whom it called)
     embedding_dim: int | None = None  # PCA the embeddings to this many dimensions (None: as cached)
     transfer: bool = True  # False: the "without transfer" view (every call answers from scratch)
     experts_per_step: int = 1  # 2: every action calls a pair of experts and keeps the better answer

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from dersim.evaluation.report import Evaluation
 from dersim.terminal import table_console
+from dersim.trainer.algorithms import LEARNING_KEYS, USES
 from dersim.trainer.grid import GRID_KEYS
 
 RUNS = "runs.parquet"
@@ -22,8 +23,10 @@ def format_cost(value: float) -> str:
 
 
 def policy_label(row: dict[str, Any], varied: list[str]) -> str:
-    """'policy 3 (alpha 0.1, seed 1)': the settings that differ across the run's policies."""
-    settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in varied]
+    """'policy 3 (fqi, l2 1, alpha 0.1, seed 1)': the settings that differ across the run's policies and
+    that the policy's algorithm reads."""
+    shown = [k for k in varied if k not in LEARNING_KEYS or k == "algo" or k in USES[row["algo"]]]
+    settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in shown]
     settings.append(f"seed {row['seed']}")
     return f"policy {row['policy']} ({', '.join(settings)})"
 

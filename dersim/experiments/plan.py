@@ -4,9 +4,11 @@ Two DER settings recur. *Paper*: the paper's reward (every call earns its answer
 pays improvement, gamma = 2 at the end) with its oracle terminator, which reads the reference, and
 alpha = 0.016 on the auto cost scale (the paper's 0.001 per billion parameters with its dearest,
 16B expert). *Deployable*: the final-answer reward (gamma = 0, alpha = 0.05 on the auto scale)
-with a learned STOP. Every setting shares the cache's shapes within a grid, so one jitted program
-trains all settings of a grid; only a derived view of the cache (without transfer, two experts per
-step) or another cache needs a grid of its own.
+with a learned STOP. The paper's algorithm is PPO; the main grid also trains the deployable
+setting with the full-information algorithms (fqi, exact-pg), which learn from every outcome the
+cache holds. Every setting shares the cache's shapes within a grid, so one run trains all settings
+of a grid; only a derived view of the cache (without transfer, two experts per step) or another
+cache needs a grid of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dersim.env.tables import EnvSpec
-from dersim.trainer.ppo import HYPER_DEFAULTS
+from dersim.trainer.algorithms import with_defaults
 
 PAPER = {"reward": "paper", "beta": 5.0, "gamma": 2.0, "alpha": 0.016}
 DEPLOYABLE = {"reward": "final", "beta": 0.0, "gamma": 0.0, "alpha": 0.05}
@@ -26,23 +28,30 @@ QUICK_STEPS = 10_240
 QUICK_SEEDS = 1
 
 
+FULL_INFORMATION = ("fqi", "exact-pg")  # trained beside PPO in the deployable setting of the main grid
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One trained row: a reward family, a terminator and T_max, trained in one grid."""
+    """One trained row: a reward family, a terminator and T_max, trained in one grid by one algorithm."""
 
     family: str  # "paper" or "deployable"
     terminator: str
     t_max: int
     grid: str
+    algo: str = "ppo"
 
     @property
     def key(self) -> str:
-        return f"{self.grid}/{self.family}/{self.terminator}/T{self.t_max}"
+        base = f"{self.grid}/{self.family}/{self.terminator}/T{self.t_max}"
+        return base if self.algo == "ppo" else f"{base}/{self.algo}"
 
     @property
     def label(self) -> str:
-        """'DER paper: oracle terminator, T_max 3' (the grid's view is added by the tables)."""
-        return f"DER {self.family}: {self.terminator} terminator, T_max {self.t_max}"
+        """'DER paper: oracle terminator, T_max 3' (PPO; another algorithm is named; the grid's view is
+        added by the tables)."""
+        algo = "" if self.algo == "ppo" else f" ({self.algo})"
+        return f"DER {self.family}{algo}: {self.terminator} terminator, T_max {self.t_max}"
 
     @property
     def uses_reference(self) -> bool:
@@ -50,8 +59,8 @@ class Setting:
 
     def policy(self, seed: int, p0: float) -> dict:
         rewards = PAPER if self.family == "paper" else DEPLOYABLE
-        return {**HYPER_DEFAULTS, **rewards, "p0": p0, "t_max": self.t_max, "terminator": self.terminator,
-                "judge_error": 0.0, "judge_threshold": 0.5, "seed": seed}
+        return with_defaults({"algo": self.algo, **rewards, "p0": p0, "t_max": self.t_max,
+                              "terminator": self.terminator, "judge_error": 0.0, "judge_threshold": 0.5, "seed": seed})
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ def main_settings(depth: int) -> tuple[Setting, ...]:
     paper += [Setting("paper", term, depth, "main") for term in ("none", "learned", "judge")]
     deployable = [Setting("deployable", "learned", t, "main") for t in range(1, depth + 1)]
     deployable += [Setting("deployable", term, depth, "main") for term in ("judge", "none", "oracle")]
+    deployable += [Setting("deployable", "learned", depth, "main", algo) for algo in FULL_INFORMATION]
     return tuple(paper + deployable)
 
 

@@ -17,10 +17,11 @@ from dersim.evaluation.baselines import RouteTables, best_fixed_route, fixed_rou
 from dersim.experiments import paper
 from dersim.experiments.grids import TrainedGrid, train_grid
 from dersim.experiments.outcomes import CostTables, Outcome, cost_tables, metric_scores, replay, setting_outcome
-from dersim.experiments.plan import Plan, Setting, default_p0, make_plan
+from dersim.experiments.plan import FULL_INFORMATION, Plan, Setting, default_p0, make_plan
 from dersim.experiments.tables import Row, Table
 from dersim.routers.data import default_cost_mode, load_router_data
 from dersim.routers.voting import VotingRouter
+from dersim.trainer.policy import LINEAR
 
 REPORTED = ("bertscore_f1", "accuracy", "exact_match", "rouge_l", "token_f1")  # in this order, when cached
 
@@ -65,9 +66,11 @@ def reachable_states(tables) -> np.ndarray:
     return np.unique(np.concatenate(found))
 
 
-def agent_parameters(trained: TrainedGrid) -> int:
-    params = trained.state["runner"].params
-    return int(sum(x.size for x in jax.tree.leaves(params)) // len(trained.trainer.policies))
+def agent_parameters(trained: TrainedGrid, index: int) -> int:
+    """The size of policy `index` of the grid: its network, or its linear action-value heads (fqi with ridge)."""
+    kept = trained.trainer.kept_params(trained.state)
+    acting = kept.linear if int(kept.head[index]) == LINEAR else kept.network
+    return int(sum(x[index].size for x in jax.tree.leaves(acting)))
 
 
 def random_routes(calls: np.ndarray, n_experts: int, depth: int) -> np.ndarray:
@@ -119,16 +122,20 @@ def run_reproduction(plan: Plan, out: Path, console: Console, verify: bool = Tru
     seconds["evaluate policies"] = time.perf_counter() - started
     started = time.perf_counter()
     chosen = choose_setting(trained["main"], on_val, plan.depth)
+    full_information = choose_setting(trained["main"], on_val, plan.depth, FULL_INFORMATION)
     rules, best_route = rule_outcomes(plan, views["main"], test, score, outcome, chosen)
     seconds["evaluate rules"] = time.perf_counter() - started
-    built = build_tables(plan, trained, outcome, chosen, rules, best_route, metrics, tables.expert_names, score)
+    built = build_tables(plan, trained, outcome, chosen, full_information, rules, best_route, metrics,
+                         tables.expert_names, score)
     return Reproduction(plan, built, scores, tables.expert_names, len(test), seconds)
 
 
-def choose_setting(main: TrainedGrid, on_val: dict[str, tuple[float, float]], depth: int) -> str:
-    """The deployable setting of the main grid (T_max = D) with the best mean val score over its seeds,
-    the lower val cost breaking ties: never chosen on test."""
-    deployable = [s.key for s in main.grid.settings if not s.uses_reference and s.t_max == depth]
+def choose_setting(main: TrainedGrid, on_val: dict[str, tuple[float, float]], depth: int,
+                   algos: tuple[str, ...] | None = None) -> str:
+    """The deployable setting of the main grid (T_max = D; trained by one of `algos`, default any) with the
+    best mean val score over its seeds, the lower val cost breaking ties: never chosen on test."""
+    deployable = [s.key for s in main.grid.settings if not s.uses_reference and s.t_max == depth
+                  and (algos is None or s.algo in algos)]
     return max(deployable, key=lambda k: (on_val[k][0], -on_val[k][1]))
 
 
@@ -161,12 +168,13 @@ def der_key(plan: Plan, family: str, grid: str = "main", t_max: int | None = Non
 
 
 def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str, Outcome],
-                 chosen: str, rules: dict[str, Outcome], best_route: tuple[int, ...],
+                 chosen: str, full_information: str, rules: dict[str, Outcome], best_route: tuple[int, ...],
                  metrics: list[str], names: tuple[str, ...], score: np.ndarray) -> list[Table]:
     """Every table of the paper that a cache can replay, each row with the row it is compared with."""
     depth, shown = plan.depth, metrics[:2]
     settings = {s.key: s for t in trained.values() for s in t.grid.settings}
-    params = {s.key: agent_parameters(t) for t in trained.values() for s in t.grid.settings}
+    params = {s.key: agent_parameters(t, plan.setting_policies(t.grid, s)[0]) for t in trained.values()
+              for s in t.grid.settings}
 
     def trained_row(key: str, label: str | None = None, vs: str | None = None, note: str = "") -> Row:
         setting = settings[key]
@@ -176,10 +184,15 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
     def der(family: str, grid: str = "main", t_max: int = depth) -> str:
         return der_key(plan, family, grid, t_max)
 
-    der_label = f"DER, chosen on val ({settings[chosen].family}: {settings[chosen].terminator} terminator)"
-    paper_label = "DER, the paper's setting (oracle terminator)"
+    der_label = (f"DER, chosen on val ({settings[chosen].family}, {settings[chosen].algo}: "
+                 f"{settings[chosen].terminator} terminator)")
+    paper_label = "DER, the paper's setting (PPO, oracle terminator)"
     best_single = int(np.argmax([score[rules[f"single {e}"].final_state].mean() for e in range(len(names))]))
     main_rows = [trained_row(chosen, der_label), trained_row(der("paper"), paper_label, vs=der_label)]
+    for key, label in ((der("deployable"), "DER deployable, the paper's algorithm (PPO)"),
+                       (full_information, "DER deployable, full information (the better of fqi and exact-pg on val)")):
+        if key != chosen:
+            main_rows.append(trained_row(key, f"{label}: {settings[key].label}", vs=der_label))
     main_rows += [Row(f"single: {name}", rules[f"single {e}"], False, vs=der_label,
                       paper=paper.MAIN["single"] if e == best_single else "") for e, name in enumerate(names)]
     main_rows += [

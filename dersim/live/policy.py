@@ -2,9 +2,10 @@
 
 `LiveRun` loads a run directory once (its kept parameters, the best deployable policy chosen on
 val, the judge, the embedding projection); `LiveRun.policy(i)` is one servable policy. A policy
-acts exactly as `dersim.trainer.ppo.policy` does in the env (the same network and masking: STOP
-only under the learned terminator), on an env whose embedding table is the live state's observed
-embedding. Policies that stop by the oracle terminator read the reference answer, which a live
+acts exactly as it does in the env's greedy episodes (`dersim.trainer.policy.action_scores`: the
+same network or linear head and masking, STOP only under the learned terminator), on an env whose
+embedding table is the live state's observed embedding. Policies that stop by the oracle
+terminator read the reference answer, which a live
 question does not have: they are refused.
 """
 
@@ -24,7 +25,7 @@ from dersim.errors import DersimError
 from dersim.live.observation import ObservedEmbedding
 from dersim.trainer.checkpoint import load_checkpoint
 from dersim.trainer.grid import policy_axes
-from dersim.trainer.ppo import policy as policy_logits
+from dersim.trainer.policy import action_scores
 from dersim.trainer.run import GridTrainer, choose_policy
 
 
@@ -50,8 +51,8 @@ class LiveRun:
         judged = any(p["terminator"] == "judge" for p in self.trainer.policies)
         self.judge = Judge.load(self.run_dir / JUDGE_FILE) if judged else None
         network = self.trainer.network
-        self.logits_fn = jax.jit(lambda params, env, rows, t, last: policy_logits(
-            network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last, None)[0][0])
+        self.logits_fn = jax.jit(lambda params, env, rows, t, last: action_scores(
+            network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last)[0])
 
     def _best(self, state: dict[str, Any]) -> int | None:
         """The best deployable policy on val (on train when the run has no val split)."""

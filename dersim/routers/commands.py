@@ -15,8 +15,9 @@ from dersim.routers.registry import ROUTERS
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=Path("cache/strategyqa"),
               show_default=True, help="The cache every router is judged on.")
 @click.option("--routers", "names", metavar="A,B,...", help=f"Routers to compare (default: all): {', '.join(ROUTERS)}.")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path),
-              help="A `dersim train` run on this cache: its DER policies join the table as curves.")
+@click.option("--run", "run_dirs", type=click.Path(path_type=Path), multiple=True,
+              help="A `dersim train` run on this cache (repeatable): its DER policies join the table, one curve per "
+                   "algorithm, hyperparameters chosen on the run's val questions.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Where figures are reported (hyperparameters are always chosen on val).")
 @click.option("--cost-mode", type=click.Choice(COST_MODES),
@@ -39,7 +40,7 @@ from dersim.routers.registry import ROUTERS
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the cache's tables (trusted caches).")
 @click.option("--json", "as_json", is_flag=True, help="Print routers.json on stdout instead of the table.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def routers_command(cache_dir: Path, names: str | None, run_dir: Path | None, split: str, cost_mode: str | None,
+def routers_command(cache_dir: Path, names: str | None, run_dirs: tuple[Path, ...], split: str, cost_mode: str | None,
                     metric: str | None, out: Path | None, seeds: int, n_boot: int, val_fraction: float, judge: str,
                     judge_error: float, p0: float | None, no_verify: bool, as_json: bool, quiet: bool) -> None:
     """Compare the literature's routers (and a run's DER policies) on one cache.
@@ -62,7 +63,9 @@ def routers_command(cache_dir: Path, names: str | None, run_dir: Path | None, sp
     out = out or Path("runs") / "routers" / cache_dir.name
     with directory_lock(out, "routers"):
         data = load_router_data(cache_dir, metric, cost_mode, val_fraction, verify=not no_verify)
-        extra = der_curves(run_dir, data, split, verify=not no_verify) if run_dir else []
+        extra = [curve for run_dir in run_dirs for curve in der_curves(run_dir, data, split, verify=not no_verify,
+                                                                      prefix=f"{run_dir.name} " if len(run_dirs) > 1
+                                                                      else "")]
 
         def progress(name: str) -> None:
             if not quiet:

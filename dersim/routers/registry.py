@@ -8,6 +8,7 @@ from typing import Any
 from dersim.routers.base import Router, RouterError
 from dersim.routers.cascade import CascadeKTPRouter, CascadeRouter
 from dersim.routers.data import RouterData
+from dersim.routers.der_fqi import DERFQIRouter
 from dersim.routers.elo import EloRouter
 from dersim.routers.forc import FORCRouter
 from dersim.routers.hybrid import HybridRouter
@@ -23,7 +24,7 @@ from dersim.routers.voting import VotingRouter
 CLASSES: dict[str, type[Router]] = {cls.name: cls for cls in (
     RandomRouter, RandomMixRouter, KNNRouter, MLPRouter, LinearRouter, MFRouter, SWRankingRouter, EloRouter,
     LinUCBRouter, PickLLMRouter, HybridRouter, FORCRouter, CascadeRouter, CascadeKTPRouter, VotingRouter,
-    OracleRouter, BestSingleRouter)}
+    DERFQIRouter, OracleRouter, BestSingleRouter)}
 ROUTERS = tuple(CLASSES)
 
 

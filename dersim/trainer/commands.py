@@ -15,6 +15,8 @@ from dersim.env import REWARDS, TERMINATORS
 from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
 from dersim.locking import LOCK_FILE, directory_lock
+from dersim.trainer.algorithms import ALGOS, DEFAULT_ALGO
+from dersim.trainer.exact_pg import FullInfoConfig
 from dersim.trainer.ppo import PPOConfig
 
 DEFAULT_CACHES = (Path("cache/strategyqa"), Path("cache/synthetic"))
@@ -41,22 +43,35 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
 
 
 @click.command("train")
-@click.option("--vectorized", is_flag=True, help="Train every policy of the grid at once in one jitted program.")
+@click.option("--vectorized", is_flag=True, help="Train every policy of the grid at once in jitted programs.")
+@click.option("--algo", type=click.Choice(ALGOS), default=DEFAULT_ALGO, show_default=True,
+              help="fqi: fitted Q-iteration from every outcome the cache holds; exact-pg: gradient ascent on the "
+                   "exact expected return; ppo: the paper's PPO from sampled episodes. --grid algo=... mixes them "
+                   "(val chooses among all).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
               help="Cache directory (default: cache/strategyqa).")
 @click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True, help="Seeds per grid point.")
 @click.option("--grid", multiple=True, metavar="NAME=V1,V2",
-              help="Vary a per-policy setting (repeatable): lr, ent_coef, clip_eps, vf_coef, discount, gae_lambda, "
-                   "alpha, beta, gamma, p0, t_max, terminator, reward, judge_error, judge_threshold.")
+              help="Vary a per-policy setting (repeatable): algo, lr, ent_coef, clip_eps, vf_coef, discount, "
+                   "gae_lambda, l2, regressor, fqi_target, alpha, beta, gamma, p0, t_max, terminator, reward, "
+                   "judge_error, judge_threshold. A key an algorithm does not use does not multiply its policies.")
 @click.option("--steps", type=click.IntRange(min=1), default=50_000, show_default=True,
-              help="Env steps per policy (rounded up to whole chunks of num-envs x rollout x chunk-updates).")
+              help="PPO: env steps per policy (rounded up to whole chunks of num-envs x rollout x chunk-updates).")
+@click.option("--updates", type=click.IntRange(min=1), default=FullInfoConfig.updates, show_default=True,
+              help="exact-pg: gradient steps per policy; fqi with the MLP regressor: regression steps per sweep.")
+@click.option("--minibatch-questions", type=click.IntRange(min=1),
+              help="exact-pg: train questions per gradient step (default: all of them, the exact gradient).")
+@click.option("--last-action-obs/--no-last-action-obs", default=True, show_default=True,
+              help="Policies observe which expert answered last (a router knows whom it called), besides the "
+                   "state's embedding and the step.")
 @click.option("--num-envs", type=click.IntRange(min=1), default=16, show_default=True, help="Parallel envs per policy.")
 @click.option("--rollout", type=click.IntRange(min=1), default=16, show_default=True, help="Steps per env per update.")
 @click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True, help="PPO epochs per update.")
 @click.option("--minibatches", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="MLP width.")
 @click.option("--chunk-updates", type=click.IntRange(min=1), default=20, show_default=True,
-              help="PPO updates per jitted chunk (val checks, curves and checkpoints happen between chunks).")
+              help="PPO or exact-pg updates per jitted chunk (val checks, curves and checkpoints happen between "
+                   "chunks).")
 @click.option("--metric", help="Score P (default: bertscore_f1 if the cache has it).")
 @click.option("--reward", type=click.Choice(REWARDS), default="final", show_default=True,
               help="final: only the episode's last answer is paid (P + -gamma), every call costs alpha x C; "
@@ -98,19 +113,20 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
 @click.option("--stop-after-chunks", type=click.IntRange(min=1),
               help="Train at most this many chunks now; continue later with --resume.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tuple[str, ...], steps: int,
-                  num_envs: int, rollout: int, epochs: int, minibatches: int, hidden: int, chunk_updates: int,
+def train_command(vectorized: bool, algo: str, cache_dir: Path | None, seeds: int, grid: tuple[str, ...], steps: int,
+                  updates: int, minibatch_questions: int | None, last_action_obs: bool, num_envs: int, rollout: int,
+                  epochs: int, minibatches: int, hidden: int, chunk_updates: int,
                   metric: str | None, reward: str, terminator: str, cost_mode: str, cost_scale: str | float,
                   t_max: int | None, alpha: float, beta: float, gamma: float, p0: float, judge_error: float,
                   judge_threshold: float, val_fraction: float, split_seed: int, keep: str, embedding_dim: int | None,
                   out: Path | None, resume: bool, no_verify: bool, overwrite: bool, stop_after_chunks: int | None,
                   quiet: bool) -> None:
-    """Train DER routing policies with PPO on a cache's train questions, choosing on its val questions.
+    """Train DER routing policies on a cache's train questions, choosing on its val questions.
 
-    With --vectorized, every policy of the grid trains at once in one jitted program against the
-    JAX env; without it, one policy (--seeds 1, no --grid) trains step by step against the
-    reference Gymnasium env: the same algorithm, for comparison and debugging. Evaluate the run on
-    the held-out test questions with `dersim eval --run DIR`.
+    With --vectorized, the policies of each algorithm of the grid train at once in one jitted
+    program; without it, one PPO policy (--algo ppo --seeds 1, no --grid) trains step by step
+    against the reference Gymnasium env: the same algorithm, for comparison and debugging.
+    Evaluate the run on the held-out test questions with `dersim eval --run DIR`.
     """
     from dersim.trainer.grid import parse_grid
     from dersim.trainer.plots import plot_curves
@@ -126,9 +142,11 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
     spec = EnvSpec(split="train", metric=metric, cost_mode=cost_mode, cost_scale=cost_scale, t_max=t_max,
                    terminator=terminator, reward=reward, alpha=alpha, beta=beta, gamma=gamma, p0=p0,
                    judge_error=judge_error, judge_threshold=judge_threshold, val_fraction=val_fraction,
-                   split_seed=split_seed, embedding_dim=embedding_dim)
+                   split_seed=split_seed, embedding_dim=embedding_dim, last_action_obs=last_action_obs)
     config = PPOConfig(num_envs=num_envs, num_steps=rollout, update_epochs=epochs, num_minibatches=minibatches,
                        hidden=hidden, updates_per_chunk=chunk_updates)
+    full_info = FullInfoConfig(updates=updates, updates_per_chunk=chunk_updates,
+                               minibatch_questions=minibatch_questions)
     run_dir = out or Path("runs") / cache.name
     with directory_lock(run_dir, "train"):
         existing = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
@@ -136,12 +154,13 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
             raise DersimError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to "
                               "replace it")
         trainer = GridTrainer.from_grid(cache, run_dir, spec, config, parse_grid(grid), seeds, steps, keep,
-                                        verify=not no_verify)
+                                        verify=not no_verify, algo=algo, full_info=full_info)
         console = Console(stderr=True, quiet=quiet)
         chunk_steps = config.steps_per_chunk
-        if steps % chunk_steps:
-            console.print(f"--steps {steps:,} rounds up to {trainer.n_chunks} chunk(s) of {chunk_steps:,}: "
-                          f"{trainer.n_chunks * chunk_steps:,} env steps per policy")
+        if steps % chunk_steps and any(p["algo"] == "ppo" for p in trainer.policies):
+            chunks = -(-steps // chunk_steps)
+            console.print(f"--steps {steps:,} rounds up to {chunks} chunk(s) of {chunk_steps:,}: "
+                          f"{chunks * chunk_steps:,} env steps per PPO policy")
         if overwrite:
             for path in existing:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -157,7 +176,8 @@ def train_command(vectorized: bool, cache_dir: Path | None, seeds: int, grid: tu
         best = trainer.best_on_val(state)
         plot_curves(curves, [best["policy"]] if best else [], run_dir / "curves.png")
         if best:
-            console.print(f"best on val: policy {best['policy']} (val {trainer.tables.metric} {best['val_score']:.4f}, "
-                          f"{best['val_calls']:.2f} calls, cost {best['val_cost']:.4g} per question)")
+            console.print(f"best on val: policy {best['policy']}, {trainer.policies[best['policy']]['algo']} (val "
+                          f"{trainer.tables.metric} {best['val_score']:.4f}, {best['val_calls']:.2f} calls, cost "
+                          f"{best['val_cost']:.4g} per question)")
         console.print(f"run written to {run_dir} (run.json, checkpoint.msgpack, curves.parquet, curves.png); "
                       f"evaluate it on the test split with: dersim eval --run {run_dir}")

@@ -1,9 +1,11 @@
 """The policy axis: seeds x a hyperparameter grid, as one row per policy and as stacked arrays.
 
-`--grid name=v1,v2,...` (repeatable) varies a per-policy setting: learning ones (lr, ent_coef,
-clip_eps, vf_coef, discount, gae_lambda) and environment ones (alpha, beta, gamma, p0, t_max,
-terminator, reward, judge_error, judge_threshold). All of them are array leaves, so one jitted
-program trains every combination.
+`--grid name=v1,v2,...` (repeatable) varies a per-policy setting: the algorithm (algo) and its
+learning settings (lr, ent_coef, clip_eps, vf_coef, discount, gae_lambda for PPO; lr and ent_coef
+for exact-pg; l2, regressor and fqi_target for fqi) and environment ones (alpha, beta, gamma, p0,
+t_max, terminator, reward, judge_error, judge_threshold). A key an algorithm does not read does not
+multiply its policies. Numeric settings are array leaves, so one jitted program trains every
+combination of an algorithm's group.
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import numpy as np
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.der_env import POLICY_SETTINGS, EnvParams
 from dersim.errors import DersimError
+from dersim.trainer.algorithms import CHOICES as ALGO_CHOICES
+from dersim.trainer.algorithms import LEARNING_KEYS, with_defaults
 from dersim.trainer.ppo import HYPER_DEFAULTS, Hyper
 
 ENV_KEYS = POLICY_SETTINGS
-GRID_KEYS = (*HYPER_DEFAULTS, *ENV_KEYS)
-CHOICES = {"terminator": TERMINATORS, "reward": REWARDS}
+GRID_KEYS = (*LEARNING_KEYS, *ENV_KEYS)
+CHOICES = {"terminator": TERMINATORS, "reward": REWARDS, **ALGO_CHOICES}
 # Allowed ranges of the numeric settings (inclusive unless noted), checked when the grid is parsed.
 RANGES = {"lr": (0.0, None), "ent_coef": (0.0, None), "clip_eps": (0.0, None), "vf_coef": (0.0, None),
           "discount": (0.0, 1.0), "gae_lambda": (0.0, 1.0), "p0": (0.0, 1.0), "judge_error": (0.0, 1.0),
-          "judge_threshold": (0.0, 1.0)}
+          "judge_threshold": (0.0, 1.0), "l2": (0.0, None)}
 POSITIVE = ("lr", "clip_eps")  # must be > 0, not just >= 0
 
 
@@ -73,12 +77,19 @@ def check_value(name: str, value: float) -> float:
 
 
 def expand_policies(grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per policy: every grid combination, each with `seeds` seeds (seed varies fastest)."""
+    """One dict per policy: every grid combination, each with `seeds` seeds (seed varies fastest); the
+    learning settings an algorithm does not read take its defaults, and the duplicates this makes
+    (l2 varied under PPO, say) are dropped."""
     names = list(grid)
-    policies = []
+    policies: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
     for combination in itertools.product(*(grid[n] for n in names)):
         for seed in range(seeds):
-            policies.append({**base, **dict(zip(names, combination, strict=True)), "seed": seed})
+            policy = with_defaults({**base, **dict(zip(names, combination, strict=True)), "seed": seed})
+            key = tuple(sorted(policy.items()))
+            if key not in seen:
+                seen.add(key)
+                policies.append(policy)
     return policies
 
 

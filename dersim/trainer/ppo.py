@@ -18,13 +18,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 
-from dersim.env.der_env import LEARNED, EnvParams, EnvState, reset, step
+from dersim.env.der_env import EnvParams, EnvState, reset, step
 from dersim.trainer.network import ActorCritic
-
-MASKED_LOGIT = -1e9
+from dersim.trainer.policy import PolicyParams, acting_by_actor, actor
 
 
 @dataclass(frozen=True)
@@ -103,21 +103,6 @@ def make_network(config: PPOConfig, env_params: EnvParams) -> ActorCritic:
                        last_action_obs=env_params.last_action_obs)
 
 
-def policy(network: ActorCritic, params: dict, env_params: EnvParams, state_id: jax.Array, t: jax.Array,
-           last_action: jax.Array, table: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    """Masked logits and values for a batch of (state id, t, last action); STOP is available only
-    to the `learned` terminator, and only after the first call (a router must give an answer).
-    `table` is the precomputed first layer over all states, or None."""
-    if table is None:
-        first = network.apply(params, env_params.embedding[state_id], method=ActorCritic.table)
-    else:
-        first = table[state_id]
-    logits, value = network.apply(params, first, t, last_action, method=ActorCritic.heads)
-    stop_allowed = (env_params.terminator == LEARNED) & (t > 0)
-    logits = logits.at[..., -1].set(jnp.where(stop_allowed, logits[..., -1], MASKED_LOGIT))
-    return logits, value
-
-
 def state_table(network: ActorCritic, params: dict, env_params: EnvParams, use: bool) -> jax.Array | None:
     return network.apply(params, env_params.embedding, method=ActorCritic.table) if use else None
 
@@ -154,7 +139,7 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
         def env_step(carry, _):
             env_state, key = carry
             key, action_key, step_key = jax.random.split(key, 3)
-            logits, value = policy(network, runner.params, env_params, env_state.state, env_state.t,
+            logits, value = actor(network, runner.params, env_params, env_state.state, env_state.t,
                                    env_state.last_action, table)
             action = jax.random.categorical(action_key, logits)
             log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
@@ -166,7 +151,7 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
             return (next_env, key), transition
 
         (env_state, key), trajectory = jax.lax.scan(env_step, (runner.env, runner.key), None, config.num_steps)
-        _, last_value = policy(network, runner.params, env_params, env_state.state, env_state.t,
+        _, last_value = actor(network, runner.params, env_params, env_state.state, env_state.t,
                                env_state.last_action, table)
         return env_state, key, trajectory, last_value
 
@@ -184,7 +169,7 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
     def loss_fn(params, batch, env_params: EnvParams, hyper: Hyper):
         transition, adv, targets = batch
         table = state_table(network, params, env_params, table_in_update)
-        logits, value = policy(network, params, env_params, transition.state_id, transition.t,
+        logits, value = actor(network, params, env_params, transition.state_id, transition.t,
                                transition.last_action, table)
         log_probs = jax.nn.log_softmax(logits)
         log_prob = jnp.take_along_axis(log_probs, transition.action[:, None], axis=-1)[:, 0]
@@ -252,3 +237,40 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
         return jax.lax.scan(lambda r, _: update(r, env_params, hyper), runner, None, config.updates_per_chunk)
 
     return PPOFunctions(train_chunk=train_chunk, learn=learn)
+
+
+class PPO:
+    """PPO for a group of policies (leading axis): `steps` env steps each, in jitted chunks."""
+
+    name = "ppo"
+
+    def __init__(self, config: PPOConfig, network: ActorCritic, env_params: EnvParams, axes: EnvParams, hyper: Hyper,
+                 steps: int) -> None:
+        self.config, self.env_params, self.hyper = config, env_params, hyper
+        self.n_chunks = max(1, -(-steps // config.steps_per_chunk))
+        self.updates_per_chunk = config.updates_per_chunk
+        self.steps_per_chunk = config.steps_per_chunk
+        chunk = make_ppo(config, network, env_params.next_state.shape[0]).train_chunk
+        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, axes, 0)), donate_argnums=0)
+        self._init = jax.jit(jax.vmap(lambda k, e, h: init_runner(k, config, e, h), in_axes=(0, axes, 0)))
+
+    def init(self, keys: jax.Array) -> Runner:
+        return self._init(keys, self.env_params, self.hyper)
+
+    def train_chunk(self, runner: Runner) -> tuple[Runner, dict[str, np.ndarray]]:
+        runner, metrics = self._chunk(runner, self.env_params, self.hyper)
+        return runner, chunk_summary(jax.tree.map(np.asarray, metrics))
+
+    def policy_params(self, runner: Runner) -> PolicyParams:
+        return acting_by_actor(runner.params, self.env_params)
+
+
+def chunk_summary(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per policy: a chunk's episode-weighted means of the update metrics ([P, updates] -> [P])."""
+    episodes = metrics["episodes"].astype(np.float64)
+    weight = np.maximum(episodes.sum(axis=1), 1)
+    summary = {"episodes": episodes.sum(axis=1), "loss": metrics["loss"].mean(axis=1),
+               "skipped_updates": metrics["skipped_updates"].sum(axis=1)}
+    for key in ("return", "final_score", "cost", "calls", "success"):
+        summary[key] = (metrics[key] * episodes).sum(axis=1) / weight
+    return summary

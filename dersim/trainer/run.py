@@ -1,17 +1,19 @@
-"""`dersim train --vectorized`: a grid of PPO policies trained together on a cache, in jitted chunks.
+"""`dersim train --vectorized`: a grid of policies trained on a cache, in jitted chunks.
 
-Policies learn on the run's train questions only. After each chunk (in Python) the driver runs
-every policy greedily on the held-out val questions (one jitted call for the whole grid), keeps
-each policy's best parameters by val return when `keep == "best"`, updates the progress bar,
-appends learning curves (train return beside val score) and writes a checkpoint, so a run can be
-resumed after its last finished chunk. On several devices the policy axis is sharded across them;
-the cache tables are replicated.
+The grid may mix algorithms (`dersim.trainer.algorithms`): each algorithm's policies train as one
+group, one jitted program vmapped over them, the groups one after another. Policies learn on the
+run's train questions only. After each chunk (in Python) the driver runs the group's policies
+greedily on the held-out val questions (one jitted call), keeps each policy's best parameters by
+val return when `keep == "best"`, updates the progress bar, appends learning curves (training
+return beside val score) and writes a checkpoint, so a run can be resumed after its last finished
+chunk. Every policy ends as a `PolicyParams` of the same shape, so evaluation, routers, reproduce
+and live routing take the run's policies alike. On several devices the policy axis is sharded
+across them; the cache tables are replicated.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -30,21 +32,26 @@ from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.judge import JUDGE_FILE
 from dersim.env.tables import EnvSpec, load_tables, reads_reference, split_roots
 from dersim.errors import DersimError
+from dersim.trainer.algorithms import DEFAULT_ALGO, Group, group_key, group_label, make_algorithm
 from dersim.trainer.checkpoint import load_checkpoint, save_checkpoint
+from dersim.trainer.exact_pg import FullInfoConfig
 from dersim.trainer.greedy import make_greedy
 from dersim.trainer.grid import expand_policies, policy_axes, stack_env_params, stack_hyper
-from dersim.trainer.ppo import HYPER_DEFAULTS, PPOConfig, Runner, init_runner, make_network, make_ppo
+from dersim.trainer.policy import PolicyParams
+from dersim.trainer.ppo import PPOConfig, make_network
 
 RUN_FILE = "run.json"
 CURVES = "curves.parquet"
 KEEP = ("best", "last")
+CURVE_METRICS = ("episodes", "loss", "skipped_updates", "return", "final_score", "cost", "calls", "success")
+VAL_METRICS = ("val_return", "val_score", "val_cost", "val_calls")
 
 
 @struct.dataclass
 class Best:
     """Per policy: the parameters with the best greedy val return so far, that return and its chunk."""
 
-    params: dict
+    params: PolicyParams
     val_return: jax.Array  # float32 [P], -inf before the first evaluation
     chunk: jax.Array  # int32 [P], -1 before the first evaluation
 
@@ -60,19 +67,46 @@ def choose_policy(policies: list[dict[str, Any]], score: np.ndarray, cost: np.nd
     return min(deployable, key=lambda i: (-float(score[i]), float(cost[i]), i), default=None)
 
 
-def base_settings(spec: EnvSpec) -> dict[str, Any]:
-    """Per-policy defaults: PPO's and the environment spec's."""
-    return {**HYPER_DEFAULTS, **{k: getattr(spec, k) for k in POLICY_SETTINGS}}
+def base_settings(spec: EnvSpec, algo: str = DEFAULT_ALGO) -> dict[str, Any]:
+    """Per-policy defaults: the algorithm and the environment spec's settings (the algorithm's
+    learning defaults are filled in by `expand_policies`)."""
+    return {"algo": algo, **{k: getattr(spec, k) for k in POLICY_SETTINGS}}
+
+
+def prefer_evaluated(best: Best, last: PolicyParams) -> PolicyParams:
+    """Each policy's best-by-val parameters where it was evaluated on val, else its last."""
+    evaluated = np.asarray(best.chunk) >= 0
+    return jax.tree.map(lambda b, p: jnp.where(evaluated.reshape((-1,) + (1,) * (b.ndim - 1)), b, p), best.params,
+                        last)
+
+
+def curve_rows(indices: np.ndarray, algo: str, summary: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
+               chunk: int, updates: int, env_steps: int) -> list[dict[str, Any]]:
+    """One row per policy of a group for one chunk: the algorithm's training figures (NaN where it has
+    none) and the greedy val figures."""
+    rows = []
+    for position, policy in enumerate(indices.tolist()):
+        row: dict[str, Any] = {"policy": policy, "algo": algo, "chunk": chunk, "updates": updates,
+                               "env_steps": env_steps}
+        for key in CURVE_METRICS:
+            row[key] = float(summary[key][position]) if key in summary else float("nan")
+        for key in VAL_METRICS:
+            row[key] = float("nan") if val is None else float(val[key][position])
+        rows.append(row)
+    return rows
 
 
 class GridTrainer:
-    """Holds the stacked policies, the compiled chunk and val functions and the run directory."""
+    """Holds the stacked policies, their groups, the compiled val function and the run directory."""
 
     @classmethod
     def from_grid(cls, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, grid: dict[str, list[Any]],
-                  seeds: int, steps: int, keep: str = "best", verify: bool = True) -> GridTrainer:
-        """Seeds x every grid combination; unset per-policy values come from `spec` and PPO defaults."""
-        return cls(cache, out, spec, config, expand_policies(grid, seeds, base_settings(spec)), steps, keep, verify)
+                  seeds: int, steps: int, keep: str = "best", verify: bool = True, algo: str = DEFAULT_ALGO,
+                  full_info: FullInfoConfig = FullInfoConfig()) -> GridTrainer:  # noqa: B008 (frozen)
+        """Seeds x every grid combination; unset per-policy values come from `spec`, `algo` and the
+        algorithms' defaults."""
+        return cls(cache, out, spec, config, expand_policies(grid, seeds, base_settings(spec, algo)), steps, keep,
+                   verify, full_info)
 
     @classmethod
     def from_run(cls, run_dir: Path, cache: Path | None = None, verify: bool = True) -> GridTrainer:
@@ -81,20 +115,22 @@ class GridTrainer:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
             settings = (Path(record["cache"]), EnvSpec(**record["env"]), PPOConfig(**record["ppo"]),
-                        record["policies"], record["steps_per_policy"], record.get("keep", "last"))
+                        record["policies"], record["steps_per_policy"], record.get("keep", "last"),
+                        FullInfoConfig(**record["full_info"]))
         except FileNotFoundError:
             raise DersimError(f"{path}: not a training run directory") from None
         except json.JSONDecodeError as exc:
             raise DersimError(f"{path}: not valid JSON ({exc})") from None
         except (KeyError, TypeError) as exc:
             raise DersimError(f"{path}: not a run record of this dersim version ({exc})") from None
-        run_cache, spec, config, policies, steps, keep = settings
-        trainer = cls(cache or run_cache, run_dir, spec, config, policies, steps, keep, verify)
+        run_cache, spec, config, policies, steps, keep, full_info = settings
+        trainer = cls(cache or run_cache, run_dir, spec, config, policies, steps, keep, verify, full_info)
         trainer.run_cache = run_cache
         return trainer
 
     def __init__(self, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, policies: list[dict[str, Any]],
-                 steps: int, keep: str = "best", verify: bool = True) -> None:
+                 steps: int, keep: str = "best", verify: bool = True,
+                 full_info: FullInfoConfig = FullInfoConfig()) -> None:  # noqa: B008 (frozen)
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
         if keep == "best" and spec.val_fraction <= 0:
@@ -109,72 +145,81 @@ class GridTrainer:
         self.tables = load_tables(cache, depth_spec, with_judge=True if judged else None, verify=verify)
         spec = replace(spec, metric=self.tables.metric, t_max=spec.t_max or self.tables.max_depth)
         self.cache, self.out, self.spec, self.config, self.keep = cache, out, spec, config, keep
+        self.full_info = full_info
         self.run_cache = cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)
         self.policies = [{**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies]
         if any(p["t_max"] < 1 for p in self.policies):
             raise DersimError("--grid t_max values must be at least 1")
         self.steps = steps
-        self.n_chunks = max(1, math.ceil(steps / config.steps_per_chunk))
         base = make_params(self.tables)
         self.env_params = stack_env_params(base, self.policies)
         self.hyper = stack_hyper(self.policies)
         self.axes = policy_axes(self.env_params)
         self.network = make_network(config, base)
-        self.sharding = self._policy_sharding(len(self.policies))
         self.val_roots = split_roots(self.tables, cache, "val")[0] if spec.val_fraction > 0 else None
         self.greedy = make_greedy(self.network, self.axes)
-        chunk = make_ppo(config, self.network, self.tables.next_state.shape[0]).train_chunk
-        self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, self.axes, 0)), donate_argnums=0)
-        self._init = jax.jit(jax.vmap(lambda k, e, h: init_runner(k, config, e, h), in_axes=(0, self.axes, 0)))
+        self.groups = self._make_groups(base)
+        self.n_chunks = sum(g.algorithm.n_chunks for g in self.groups)
 
-    @staticmethod
-    def _policy_sharding(n_policies: int) -> NamedSharding | None:
+    def _make_groups(self, base) -> list[Group]:
+        """The policies of each algorithm (fqi: each regressor and target rule), in order of appearance."""
+        keys = list(dict.fromkeys(group_key(p) for p in self.policies))
+        groups = []
+        for key in keys:
+            indices = np.array([i for i, p in enumerate(self.policies) if group_key(p) == key])
+            members = [self.policies[i] for i in indices]
+            env_params, hyper = stack_env_params(base, members), stack_hyper(members)
+            algorithm = make_algorithm(key, members, self.config, self.full_info, self.network, env_params,
+                                       self.axes, hyper, self.tables.roots, self.steps)
+            groups.append(Group(group_label(key), indices, env_params, hyper, algorithm))
+        return groups
+
+    def _policy_sharding(self, n_policies: int) -> NamedSharding | None:
         devices = jax.devices()
         if len(devices) < 2 or n_policies % len(devices):
             return None
         return NamedSharding(Mesh(np.array(devices), ("policies",)), P("policies"))
 
-    def _shard(self, tree: Any, per_policy: Any = None) -> Any:
-        """Place leaves with a leading policy axis on the mesh; replicate the rest."""
-        if self.sharding is None:
-            return tree
-        replicated = NamedSharding(self.sharding.mesh, P())
-        axes = per_policy if per_policy is not None else jax.tree.map(lambda _: 0, tree)
-        return jax.tree.map(lambda x, a: jax.device_put(x, self.sharding if a == 0 else replicated), tree, axes,
-                            is_leaf=lambda x: x is None)
-
-    def init(self) -> Runner:
-        # Policies that share a seed share their initial weights and env draws: grid points compare fairly.
-        keys = jax.vmap(jax.random.PRNGKey)(np.asarray([p["seed"] for p in self.policies], dtype=np.uint32))
-        runner = self._init(keys, self.env_params, self.hyper)
-        return self._shard(runner)
+    def _shard(self, tree: Any) -> Any:
+        """Place a group's per-policy leaves (leading axis) on the device mesh, when there is one."""
+        leaves = jax.tree.leaves(tree)
+        sharding = self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
+        return tree if sharding is None else jax.device_put(tree, sharding)
 
     def initial_state(self) -> dict[str, Any]:
-        """What a checkpoint holds, before training: the runner, chunks done and the best-by-val record."""
-        runner = self.init()
-        n = len(self.policies)
-        best = Best(params=jax.tree.map(jnp.copy, runner.params), val_return=jnp.full(n, -jnp.inf, jnp.float32),
-                    chunk=jnp.full(n, -1, jnp.int32))
-        return {"runner": runner, "chunk": 0, "best": best}
+        """What a checkpoint holds, before training: each group's algorithm state and best-by-val record,
+        and the chunks done (over all groups, in order)."""
+        states, bests = [], []
+        for group in self.groups:
+            # Policies that share a seed share their initial weights (and PPO's env draws): grid points compare fairly.
+            seeds = np.asarray([self.policies[i]["seed"] for i in group.indices], dtype=np.uint32)
+            state = group.algorithm.init(jax.vmap(jax.random.PRNGKey)(seeds))
+            states.append(self._shard(state))
+            n = len(group.indices)
+            bests.append(Best(params=jax.tree.map(jnp.copy, group.algorithm.policy_params(state)),
+                              val_return=jnp.full(n, -jnp.inf, jnp.float32), chunk=jnp.full(n, -1, jnp.int32)))
+        return {"groups": states, "best": bests, "chunk": 0}
 
     def run_record(self) -> dict[str, Any]:
         return {"cache": str(self.cache), "env": asdict(self.spec), "ppo": asdict(self.config),
-                "policies": self.policies, "steps_per_policy": self.steps, "n_chunks": self.n_chunks,
-                "keep": self.keep, "cost_scale": self.tables.cost_scale}
+                "full_info": asdict(self.full_info), "policies": self.policies, "steps_per_policy": self.steps,
+                "n_chunks": self.n_chunks, "keep": self.keep, "cost_scale": self.tables.cost_scale}
 
     def load(self) -> dict[str, Any]:
-        """The run directory's last checkpoint (runner, chunk, best)."""
-        state = load_checkpoint(self.out, self.initial_state())
-        return {**state, "runner": self._shard(state["runner"])}
+        """The run directory's last checkpoint (groups, best, chunk)."""
+        return load_checkpoint(self.out, self.initial_state())
 
-    def kept_params(self, state: dict[str, Any]) -> dict:
-        """The parameters to evaluate and deploy: each policy's best by val return, or its last."""
-        if self.keep == "last":
-            return state["runner"].params
-        best: Best = state["best"]
-        evaluated = np.asarray(best.chunk) >= 0
-        return jax.tree.map(lambda b, last: jnp.where(evaluated.reshape((-1,) + (1,) * (b.ndim - 1)), b, last),
-                            best.params, state["runner"].params)
+    def kept_params(self, state: dict[str, Any]) -> PolicyParams:
+        """The parameters to evaluate and deploy, for every policy in run order: each policy's best by val
+        return, or its last."""
+        parts = []
+        for group, group_state, best in zip(self.groups, state["groups"], state["best"], strict=True):
+            last = group.algorithm.policy_params(group_state)
+            if self.keep == "best":
+                last = prefer_evaluated(best, last)
+            parts.append(last)
+        order = np.argsort(np.concatenate([g.indices for g in self.groups]), kind="stable")
+        return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[order], *parts)
 
     def _resume(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The last checkpoint and the curves up to it; the run must be the same (settings compared
@@ -188,15 +233,16 @@ class GridTrainer:
                               "being resumed")
         state = self.load()
         chunk = int(state["chunk"])
-        curves = pl.read_parquet(self.out / CURVES).filter(pl.col("chunk") < chunk).to_dicts() \
+        curves = pl.read_parquet(self.out / CURVES).filter(pl.col("run_chunk") < chunk).to_dicts() \
             if (self.out / CURVES).exists() else []
         return state, curves
 
-    def validate(self, params: dict) -> dict[str, np.ndarray] | None:
-        """Per policy: greedy mean return, score, cost and calls on the val questions (None without val)."""
+    def validate(self, params: PolicyParams, env_params: Any = None) -> dict[str, np.ndarray] | None:
+        """Per policy: greedy mean return, score, cost and calls on the val questions (None without val);
+        `env_params` are the policies' stacked settings (default: every policy of the run)."""
         if self.val_roots is None:
             return None
-        result = self.greedy(params, self.env_params, self.val_roots)
+        result = self.greedy(params, self.env_params if env_params is None else env_params, self.val_roots)
         return {"val_return": result["return"].mean(axis=1),
                 "val_score": self.tables.score[result["final_state"]].mean(axis=1),
                 "val_cost": result["env_cost"].mean(axis=1), "val_calls": result["calls"].mean(axis=1)}
@@ -209,65 +255,54 @@ class GridTrainer:
         chosen = choose_policy(self.policies, val["val_score"], val["val_cost"], self.spec)
         return None if chosen is None else {"policy": chosen, **{k: float(v[chosen]) for k, v in val.items()}}
 
-    def keep_best(self, best: Best, params: dict, val_return: np.ndarray, chunk: int) -> Best:
+    @staticmethod
+    def keep_best(best: Best, params: PolicyParams, val_return: np.ndarray, chunk: int) -> Best:
         improved = val_return > np.asarray(best.val_return)
         params = jax.tree.map(lambda b, p: jnp.where(improved.reshape((-1,) + (1,) * (b.ndim - 1)), p, b),
                               best.params, params)
         return Best(params=params, val_return=jnp.where(improved, val_return, best.val_return),
                     chunk=jnp.where(improved, chunk, best.chunk))
 
+    def chunk_plan(self) -> list[tuple[int, int]]:
+        """(group index, the group's own chunk index) of every chunk of the run, in training order."""
+        return [(g, c) for g, group in enumerate(self.groups) for c in range(group.algorithm.n_chunks)]
+
     def train(self, resume: bool = False, show_progress: bool = True,
               stop_after: int | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
         """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
-        returns the final checkpoint state (runner, chunk, best) and the learning curves (one row per
-        policy per chunk)."""
+        returns the final checkpoint state and the learning curves (one row per policy per chunk)."""
         self.out.mkdir(parents=True, exist_ok=True)
         state, curves = self._resume() if resume else (self.initial_state(), [])
         if self.tables.judge is not None:
             self.tables.judge.save(self.out / JUDGE_FILE)
         (self.out / RUN_FILE).write_text(json.dumps(self.run_record(), indent=2), encoding="utf-8")
-        env_params, hyper = self._shard(self.env_params, self.axes), self._shard(self.hyper)
-        runner, best, first_chunk = state["runner"], state["best"], int(state["chunk"])
-        n_policies = len(self.policies)
-        with Progress(TextColumn("[bold]training {task.fields[policies]} policies"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TextColumn("return {task.fields[ret]}"),
-                      TextColumn("{task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                      disable=not show_progress) as progress:
-            task = progress.add_task("train", total=self.n_chunks, completed=first_chunk, policies=n_policies,
-                                     rate="", ret="", val="")
+        plan, first_chunk = self.chunk_plan(), int(state["chunk"])
+        groups, bests = list(state["groups"]), list(state["best"])
+        with Progress(TextColumn("[bold]training {task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[val]}"), TimeElapsedColumn(),
+                      TimeRemainingColumn(), disable=not show_progress) as progress:
+            task = progress.add_task("train", total=self.n_chunks, completed=first_chunk, label="", rate="", val="")
             last_chunk = self.n_chunks if stop_after is None else min(self.n_chunks, first_chunk + stop_after)
-            for index in range(first_chunk, last_chunk):
+            for run_chunk in range(first_chunk, last_chunk):
+                g, chunk = plan[run_chunk]
+                group = self.groups[g]
+                algorithm = group.algorithm
                 started = time.perf_counter()
-                runner, metrics = self._chunk(runner, env_params, hyper)
-                metrics = jax.tree.map(np.asarray, metrics)  # [P, updates]
+                groups[g], summary = algorithm.train_chunk(groups[g])
+                jax.block_until_ready(groups[g])
                 seconds = time.perf_counter() - started
-                val = self.validate(runner.params)
+                params = algorithm.policy_params(groups[g])
+                val = self.validate(params, group.env_params)
                 if val is not None and self.keep == "best":
-                    best = self.keep_best(best, runner.params, val["val_return"], index)
-                curves.extend(_curve_rows(metrics, val, index, (index + 1) * self.config.steps_per_chunk))
+                    bests[g] = self.keep_best(bests[g], params, val["val_return"], chunk)
+                rows = curve_rows(group.indices, group.label, summary, val, chunk,
+                                  (chunk + 1) * algorithm.updates_per_chunk, (chunk + 1) * algorithm.steps_per_chunk)
+                curves.extend({**row, "run_chunk": run_chunk} for row in rows)
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
-                save_checkpoint(self.out, {"runner": runner, "chunk": index + 1, "best": best})
-                rate = n_policies * self.config.steps_per_chunk / seconds
-                progress.update(task, advance=1, rate=f"{rate / 1e3:,.0f}k env-steps/s",
-                                ret=f"{float(np.mean(metrics['return'][:, -1])):.3f}",
+                save_checkpoint(self.out, {"groups": groups, "best": bests, "chunk": run_chunk + 1})
+                rate = (f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k env-steps/s"
+                        if algorithm.steps_per_chunk else f"{len(group.indices) / seconds:,.1f} policy-chunks/s")
+                progress.update(task, advance=1, label=f"{len(group.indices)} {group.label} policies", rate=rate,
                                 val="" if val is None else f"val score {float(np.max(val['val_score'])):.3f}")
         self.finished = last_chunk == self.n_chunks
-        return {"runner": runner, "chunk": last_chunk, "best": best}, pl.DataFrame(curves)
-
-
-def _curve_rows(metrics: dict[str, np.ndarray], val: dict[str, np.ndarray] | None, chunk: int,
-                steps: int) -> list[dict[str, Any]]:
-    """Per policy: the chunk's episode-weighted means of the update metrics, and its greedy val figures."""
-    episodes = metrics["episodes"].astype(np.float64)
-    weight = np.maximum(episodes.sum(axis=1), 1)
-    rows = []
-    for policy in range(episodes.shape[0]):
-        row = {"policy": policy, "chunk": chunk, "env_steps": steps, "episodes": int(episodes[policy].sum()),
-               "loss": float(metrics["loss"][policy].mean()),
-               "skipped_updates": int(metrics["skipped_updates"][policy].sum())}
-        for key in ("return", "final_score", "cost", "calls", "success"):
-            row[key] = float((metrics[key][policy] * episodes[policy]).sum() / weight[policy])
-        for key in ("val_return", "val_score", "val_cost", "val_calls"):
-            row[key] = float("nan") if val is None else float(val[key][policy])
-        rows.append(row)
-    return rows
+        return {"groups": groups, "best": bests, "chunk": last_chunk}, pl.DataFrame(curves)

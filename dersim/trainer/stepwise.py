@@ -21,8 +21,9 @@ from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.reference import DERGymEnv
 from dersim.errors import DersimError
 from dersim.trainer.checkpoint import save_checkpoint
-from dersim.trainer.ppo import Runner, Transition, init_runner, make_ppo, policy
-from dersim.trainer.run import CURVES, RUN_FILE, GridTrainer, _curve_rows
+from dersim.trainer.policy import acting_by_actor, actor
+from dersim.trainer.ppo import Runner, Transition, chunk_summary, init_runner, make_ppo
+from dersim.trainer.run import CURVES, RUN_FILE, GridTrainer, curve_rows
 
 OUTCOME_KEYS = ("final_score", "calls", "cost", "return", "success")
 
@@ -31,9 +32,9 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
     """Train the trainer's single policy on Gymnasium envs; returns the checkpoint state (runner and
     best-by-val record with a policy axis of 1, so evaluation and checkpoints are shared with the
     vectorized path), curves and env-steps/s."""
-    if len(trainer.policies) != 1:
-        raise DersimError("the step-by-step path trains one policy: use --seeds 1 and no --grid "
-                          "(or --vectorized for many)")
+    if len(trainer.policies) != 1 or trainer.policies[0]["algo"] != "ppo":
+        raise DersimError("the step-by-step path trains one PPO policy: use --algo ppo, --seeds 1 and no --grid "
+                          "(or --vectorized for many, and for the full-information algorithms)")
     settings, config = trainer.policies[0], trainer.config
     chosen = {k: settings[k] for k in POLICY_SETTINGS}
     spec = replace(trainer.spec, **chosen)
@@ -47,7 +48,7 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
 
     @jax.jit
     def act(params, state_id, t, last_action, key):
-        logits, value = policy(network, params, env_params, state_id, t, last_action, None)
+        logits, value = actor(network, params, env_params, state_id, t, last_action)
         action = jax.random.categorical(key, logits)
         log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
         return action, log_prob, value
@@ -59,7 +60,8 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
     params, opt_state, key = runner.params, runner.opt_state, runner.key
     curves: list[dict] = []
     env_seconds, env_steps = 0.0, 0
-    best = trainer.initial_state()["best"]
+    group = trainer.groups[0]
+    best = trainer.initial_state()["best"][0]
     trainer.out.mkdir(parents=True, exist_ok=True)
     (trainer.out / RUN_FILE).write_text(json.dumps(trainer.run_record(), indent=2), encoding="utf-8")
     with Progress(TextColumn("[bold]step-by-step (Gymnasium)"), BarColumn(), MofNCompleteColumn(),
@@ -106,14 +108,17 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
                                                    hyper)
                 chunk_metrics.append(jax.tree.map(np.asarray, metrics))
             stacked_metrics = {k: np.stack([m[k] for m in chunk_metrics])[None] for k in chunk_metrics[0]}
-            batched_params = jax.tree.map(lambda x: jnp.asarray(x)[None], params)
+            batched_params = acting_by_actor(jax.tree.map(lambda x: jnp.asarray(x)[None], params), group.env_params)
             val = trainer.validate(batched_params)
             if val is not None and trainer.keep == "best":
                 best = trainer.keep_best(best, batched_params, val["val_return"], chunk)
-            curves.extend(_curve_rows(stacked_metrics, val, chunk, (chunk + 1) * config.steps_per_chunk))
+            curves.extend({**row, "run_chunk": chunk} for row in curve_rows(
+                group.indices, group.label, chunk_summary(stacked_metrics), val, chunk,
+                (chunk + 1) * config.updates_per_chunk, (chunk + 1) * config.steps_per_chunk))
             progress.update(task, advance=1, rate=f"{env_steps / max(env_seconds, 1e-9):,.0f} env-steps/s (env only)")
     runner = Runner(params=params, opt_state=opt_state, env=runner.env, key=key, updates=runner.updates)
-    state = {"runner": jax.tree.map(lambda x: jnp.asarray(x)[None], runner), "chunk": trainer.n_chunks, "best": best}
+    state = {"groups": [jax.tree.map(lambda x: jnp.asarray(x)[None], runner)], "best": [best],
+             "chunk": trainer.n_chunks}
     save_checkpoint(trainer.out, state)
     frame = pl.DataFrame(curves)
     frame.write_parquet(trainer.out / CURVES)

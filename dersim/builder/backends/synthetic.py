@@ -6,6 +6,9 @@ metrics (accuracy, token F1, ROUGE-L, BERTScore) see a known quality. An answer 
 - `skill` in [0, 1]: chance of a correct label and the mean detail level on a fresh question;
 - `refine` in [0, 1]: how much of a previous answer's quality the expert keeps and builds on;
 - `copy` in [0, 1]: chance of repeating the previous answer verbatim (small models often do);
+- `fix` in [0, 1]: chance of correcting a wrong previous answer (an expert that needs a draft);
+- `topics`: a table from a question's first word (lower case) to the expert's skill on such
+  questions, in place of `skill` (experts good at some kinds of question, visible in the text);
 - `levels`: detail levels (more levels, more distinct states);
 - `latency_ms`: sleep per call, to simulate a backend's speed (and the latency it reports);
 - `fail_rate`, `fail_attempts`: that share of calls fails on its first `fail_attempts` attempts
@@ -20,7 +23,7 @@ import hashlib
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,11 +40,19 @@ class SyntheticSkill:
     skill: float = 0.5
     refine: float = 0.5
     copy: float = 0.0
+    fix: float = 0.0
+    topics: dict[str, float] = field(default_factory=dict)
     levels: int = 4
     latency_ms: float = 0.0
     fail_rate: float = 0.0
     fail_attempts: int = 1_000_000
     seed: int = 0
+
+
+def first_word(text: str) -> str:
+    """The question's first word, lower case, without punctuation ('' for a text without words)."""
+    words = re.findall(r"\w+", text.lower())
+    return words[0] if words else ""
 
 
 def _wrong_label(label: str) -> str:
@@ -75,9 +86,14 @@ class SyntheticBackend:
             self.skill = SyntheticSkill(**spec.options)
         except TypeError as exc:
             raise BackendError(f"expert '{spec.name}': bad synthetic options: {exc}") from None
-        for key in ("skill", "refine", "copy", "fail_rate"):
+        for key in ("skill", "refine", "copy", "fix", "fail_rate"):
             if not 0.0 <= getattr(self.skill, key) <= 1.0:
                 raise BackendError(f"expert '{spec.name}': synthetic option '{key}' must be in [0, 1]")
+        if not isinstance(self.skill.topics, dict) or not all(
+                isinstance(k, str) and isinstance(v, int | float) and 0.0 <= v <= 1.0
+                for k, v in self.skill.topics.items()):
+            raise BackendError(f"expert '{spec.name}': synthetic option 'topics' must map first words to skills in "
+                               "[0, 1]")
         if self.skill.levels < 1:
             raise BackendError(f"expert '{spec.name}': synthetic option 'levels' must be >= 1")
         self._attempts: dict[bytes, int] = {}
@@ -116,7 +132,7 @@ class SyntheticBackend:
                 self._attempts[key] = attempt + 1
             if attempt < self.skill.fail_attempts:
                 raise CallFailed(f"synthetic failure (attempt {attempt + 1})")
-        s = self.skill
+        s = replace(self.skill, skill=self.skill.topics.get(first_word(request.question.text), self.skill.skill))
         own_level = int(np.clip(round(s.skill * s.levels + (level_noise - 0.5) * 2), 0, s.levels))
         if request.previous_answer is None:
             text = self._write_answer(request.question, bool(correct_draw < s.skill), own_level)
@@ -124,7 +140,7 @@ class SyntheticBackend:
             text = request.previous_answer
         else:
             prev_correct, prev_level = self._read_answer(request.question, request.previous_answer)
-            p_correct = s.skill + s.refine * (1 - s.skill) if prev_correct else s.skill
+            p_correct = s.skill + (s.refine if prev_correct else s.fix) * (1 - s.skill)
             level = round(s.refine * max(prev_level, own_level) + (1 - s.refine) * own_level)
             text = self._write_answer(request.question, bool(correct_draw < p_correct), level)
         if s.latency_ms > 0:

@@ -8,6 +8,7 @@ import numpy as np
 
 from dersim.builder.sources.bigbench import read_bigbench
 from dersim.builder.sources.question import Question
+from dersim.builder.sources.synthetic import generate_questions
 from dersim.builder.sources.table import read_table
 from dersim.errors import DatasetError
 from dersim.recipe import DatasetSpec
@@ -31,7 +32,11 @@ def load_questions(spec: DatasetSpec, limit: int | None = None) -> list[Question
 
     Question ids come from the source, so a build with `--limit` reuses the calls of a smaller one.
     """
-    every = read_bigbench(spec.path, spec.task) if spec.source == "bigbench" else read_table(spec.path, spec.columns)
+    if spec.source == "synthetic":
+        every = generate_questions(spec.topics, spec.train + spec.test, spec.seed)
+    else:
+        every = read_bigbench(spec.path, spec.task) if spec.source == "bigbench" \
+            else read_table(spec.path, spec.columns)
     if spec.train + spec.test > len(every):
         raise DatasetError(f"{spec.path}: the recipe asks for {spec.train} train + {spec.test} test questions "
                            f"but the file has {len(every)}")
