@@ -33,9 +33,20 @@ The 1024 x 50,000 wall time is projected from the 1024-policy row (compile + the
 run needs at the timed rate; from the largest measured P if 1024 is not measured); `--full` also
 runs it, from `GridTrainer.from_grid` to the last checkpoint, compilation included.
 
+Full-information trainers (`--part full-information`, also in the default `--part both`): fqi,
+exact-pg and PPO, each with 1, 16, 256 and 1,024 policies (`--algo-policies`) trained from scratch
+to the end at the CLI's defaults on the same cache, an alpha sweep (x 4 l2 strengths for fqi, x seeds
+for the others).
+Per row: the wall time from the trainer's construction to a policy within 1% of its final val return
+(median over the policies; compilation included, read at chunk ends), policies per minute, and both
+as ratios against PPO with as many policies in the same run; for exact-pg also the time to reach the
+final val return of the PPO policy with the same alpha and seed. Targets: 1,024 fqi policies in under
+60 s; exact-pg at least 10x faster than PPO to the same val return.
+
     python benchmarks/train_throughput.py [--cache DIR] [--policies 1,16,256,1024] [--chunks 3]
         [--stepwise-chunks 2] [--sb3-steps 16384] [--sb3-seconds 30] [--sb3-threads 1,0] [--full]
         [--metric NAME] [--p0 X] [--embedding-dim K] [--hidden H]
+        [--part ppo|full-information|both] [--algo-policies 1,16,256,1024]
 """
 
 from __future__ import annotations
@@ -55,6 +66,8 @@ from typing import Any
 from unittest import mock
 
 import jax
+import numpy as np
+import polars as pl
 import torch
 from rich.console import Console
 from rich.progress import Progress, TaskID
@@ -131,7 +144,7 @@ def time_grid(cache: Path, spec: EnvSpec, config: PPOConfig, n_policies: int, ch
     """`GridTrainer.train` over 1 + `chunks` chunks; the first compiles and is not timed."""
     out = tmp / f"grid-{n_policies}"
     trainer = GridTrainer.from_grid(cache, out, spec, config, {}, seeds=n_policies,
-                                    steps=(1 + chunks) * config.steps_per_chunk)
+                                    steps=(1 + chunks) * config.steps_per_chunk, algo="ppo")
     row = clocked(lambda: trainer.train(show_progress=False), run_module, n_policies, "grid trainer (JAX env)",
                   config)
     shutil.rmtree(out, ignore_errors=True)
@@ -141,7 +154,8 @@ def time_grid(cache: Path, spec: EnvSpec, config: PPOConfig, n_policies: int, ch
 def time_stepwise(cache: Path, spec: EnvSpec, config: PPOConfig, chunks: int, tmp: Path) -> Row:
     """`train_stepwise` over 1 + `chunks` chunks; the first (env construction, compilation) is not timed."""
     out = tmp / "stepwise"
-    trainer = GridTrainer.from_grid(cache, out, spec, config, {}, seeds=1, steps=(1 + chunks) * config.steps_per_chunk)
+    trainer = GridTrainer.from_grid(cache, out, spec, config, {}, seeds=1, steps=(1 + chunks) * config.steps_per_chunk,
+                                    algo="ppo")
     row = clocked(lambda: stepwise_module.train_stepwise(trainer, show_progress=False), stepwise_module, 1,
                   "stepwise (Gymnasium env, same PPO)", config)
     shutil.rmtree(out, ignore_errors=True)
@@ -193,11 +207,101 @@ def time_sb3(cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds:
 def full_run(cache: Path, spec: EnvSpec, config: PPOConfig, tmp: Path) -> float:
     """Wall seconds of a real 1024 x 50,000 run: trainer construction, compile, every chunk and checkpoint."""
     started = time.perf_counter()
-    trainer = GridTrainer.from_grid(cache, tmp / "full", spec, config, {}, seeds=TARGET_POLICIES, steps=TARGET_STEPS)
+    trainer = GridTrainer.from_grid(cache, tmp / "full", spec, config, {}, seeds=TARGET_POLICIES, steps=TARGET_STEPS,
+                                    algo="ppo")
     trainer.train(show_progress=False)
     seconds = time.perf_counter() - started
     shutil.rmtree(tmp / "full", ignore_errors=True)
     return seconds
+
+
+FQI_TARGET_SECONDS = 60.0
+PG_TARGET_RATIO = 10.0
+
+
+@dataclass
+class Convergence:
+    algo: str
+    policies: int
+    seconds: float  # construction to the last checkpoint
+    to_one_percent: float  # median over policies: seconds until val return is within 1% of its final value
+    chunk_ends: list[float]
+    val: np.ndarray  # [policies, chunks] val return after each chunk
+    settings: list[dict]
+
+    @property
+    def per_minute(self) -> float:
+        return 60 * self.policies / self.seconds
+
+    def time_to_reach(self, policy: int, target: float) -> float:
+        """Seconds until policy `policy`'s val return first reaches `target` (inf if never)."""
+        reached = np.flatnonzero(self.val[policy] >= target - 1e-6)
+        return self.chunk_ends[int(reached[0])] if len(reached) else float("inf")
+
+
+def algo_grid(algo: str, n_policies: int) -> tuple[dict[str, list], int]:
+    """(grid, seeds) with `n_policies` policies: alphas x 4 l2 strengths for fqi (no seed changes its
+    closed form), alphas x seeds (up to 4) for the others."""
+    l2 = [1.0] if algo != "fqi" or n_policies < 4 else list(np.geomspace(0.1, 10.0, 4))
+    seeds = 1 if algo == "fqi" or n_policies < 256 else 4 if n_policies >= 1024 else 2
+    n_alphas = max(1, n_policies // (len(l2) * seeds))
+    alphas = [0.05] if n_alphas == 1 else [0.0, *np.geomspace(1e-3, 100.0, n_alphas - 1)]
+    grid = {"alpha": [float(a) for a in alphas]}
+    if algo == "fqi":
+        grid["l2"] = [float(x) for x in l2]
+    return grid, seeds
+
+
+def converge(cache: Path, spec: EnvSpec, algo: str, n_policies: int, tmp: Path) -> Convergence:
+    """Train `n_policies` policies of `algo` at the defaults, clocking every chunk end."""
+    grid, seeds = algo_grid(algo, n_policies)
+    out = tmp / f"{algo}-{n_policies}"
+    ChunkClock.ends = []
+    started = time.perf_counter()
+    trainer = GridTrainer.from_grid(cache, out, spec, PPOConfig(), grid, seeds=seeds, steps=TARGET_STEPS, algo=algo)
+    with mock.patch.object(run_module, "Progress", ChunkClock):
+        _, curves = trainer.train(show_progress=False)
+    seconds = time.perf_counter() - started
+    ends = [end - started for end in ChunkClock.ends]
+    val = np.stack([curves.filter(pl.col("policy") == i).sort("run_chunk")["val_return"].to_numpy()
+                    for i in range(len(trainer.policies))])
+    final = val[:, -1:]
+    within = val >= final - 0.01 * np.abs(final) - 1e-6
+    first = within.argmax(axis=1)
+    shutil.rmtree(out, ignore_errors=True)
+    return Convergence(algo, len(trainer.policies), seconds, float(np.median([ends[c] for c in first])), ends, val,
+                       trainer.policies)
+
+
+def full_information_part(cache: Path, spec: EnvSpec, counts: list[int], console: Console, tmp: Path) -> None:
+    for algo in ("ppo", "exact-pg", "fqi"):  # warm-up: what every process pays once (imports, shared compiles)
+        converge(cache, spec, algo, 1, tmp)
+    rows: dict[tuple[str, int], Convergence] = {}
+    for n_policies in counts:
+        for algo in ("ppo", "exact-pg", "fqi"):
+            rows[algo, n_policies] = row = converge(cache, spec, algo, n_policies, tmp)
+            console.print(f"  {algo} x {row.policies}: {row.seconds:.1f} s, within 1% of the final val return after "
+                          f"{row.to_one_percent:.1f} s (median)")
+    table = Table("algorithm", "policies", "seconds (all chunks)", "to within 1% of final val return (s)",
+                  "policies / min", "x PPO (time to 1%)", "x PPO (policies / min)", "x PPO to PPO's val return",
+                  title="full-information trainers against PPO (same cache, same run, construction included)")
+    for (algo, n_policies), row in rows.items():
+        ppo = rows["ppo", n_policies]
+        same_return = ""
+        if algo == "exact-pg":  # policy i of both runs has the same alpha and seed
+            targets = [ppo.val[i, -1] - 0.01 * abs(ppo.val[i, -1]) for i in range(row.policies)]
+            ratios = [ppo.time_to_reach(i, target) / row.time_to_reach(i, target) for i, target in enumerate(targets)]
+            reached = np.mean([r > 0 for r in ratios])
+            same_return = f"{np.median(ratios):.1f} (reached by {reached:.0%})"
+        table.add_row(algo, f"{row.policies:,}", f"{row.seconds:.1f}", f"{row.to_one_percent:.1f}",
+                      f"{row.per_minute:,.0f}", f"{ppo.to_one_percent / row.to_one_percent:.1f}",
+                      f"{row.per_minute / ppo.per_minute:.1f}", same_return)
+    console.print(table)
+    largest = rows.get(("fqi", TARGET_POLICIES))
+    if largest is not None:
+        verdict = "met" if largest.seconds < FQI_TARGET_SECONDS else "NOT met"
+        console.print(f"{largest.policies:,} fqi policies: {largest.seconds:.1f} s (target < {FQI_TARGET_SECONDS:.0f} "
+                      f"s: {verdict})")
 
 
 def main() -> None:
@@ -222,7 +326,23 @@ def main() -> None:
                         help="observe the top K principal components of the embeddings (every row, SB3 included)")
     parser.add_argument("--hidden", type=int, default=PPOConfig.hidden,
                         help="MLP width of every row, SB3 included (default: the trainer's)")
+    parser.add_argument("--part", choices=("ppo", "full-information", "both"), default="both",
+                        help="ppo: PPO's env-steps/s against SB3 and the Gymnasium path; full-information: fqi and "
+                             "exact-pg against PPO to a trained policy")
+    parser.add_argument("--algo-policies", default="1,16,256,1024",
+                        help="policy counts of the full-information rows (each algorithm, PPO included)")
     args = parser.parse_args()
+    if args.part == "full-information":
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            cache, built = (args.cache, False) if args.cache else default_cache(tmp)
+            spec = EnvSpec(metric=args.metric or ("accuracy" if built else None),
+                           p0=args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0))
+            console = Console(width=180)
+            console.print(f"cache {cache}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; load "
+                          f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            full_information_part(cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp)
+        return
     policy_counts = [int(p) for p in args.policies.split(",")]
     if min(args.chunks, args.stepwise_chunks, *policy_counts) < 1:
         parser.error("--policies, --chunks and --stepwise-chunks must be at least 1")
@@ -242,7 +362,7 @@ def main() -> None:
         metric = args.metric or ("accuracy" if built else None)
         p0 = args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0)
         spec = EnvSpec(metric=metric, p0=p0, embedding_dim=args.embedding_dim)
-        probe = GridTrainer.from_grid(cache, tmp / "probe", spec, config, {}, seeds=1, steps=1)
+        probe = GridTrainer.from_grid(cache, tmp / "probe", spec, config, {}, seeds=1, steps=1, algo="ppo")
         tables = probe.tables
         console.print(f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
                       f"{len(tables.roots)} train questions, observed embedding dim "
@@ -267,6 +387,8 @@ def main() -> None:
                           f"(compile {grid[-1].compile_s:.1f} s)")
         full_seconds = full_run(cache, spec, config, tmp) if args.full else None
         load_after = os.getloadavg()
+        if args.part == "both":
+            full_information_part(cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp)
 
     table = Table("run", "policies", "env steps timed", "seconds", "aggregate env-steps/s", "per policy",
                   "s per chunk (min-max)", "compile s", "x SB3",
@@ -295,6 +417,7 @@ def main() -> None:
     if full_seconds is not None:
         console.print(f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps measured: {full_seconds:,.0f} s end to "
                       f"end (target < {TARGET_SECONDS:.0f} s: {'met' if full_seconds < TARGET_SECONDS else 'NOT met'})")
+
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from dersim.trainer.run import GridTrainer
 from conftest import REPO
 
 ALPHA = 0.3  # one point of the README's alpha sweep, where the cost of a call matters
-L2 = [0.1, 1.0, 10.0]  # the README's l2 grid
+L2 = [1.0, 10.0, 100.0]  # the README's l2 grid
 
 
 @pytest.fixture(scope="module")

@@ -180,10 +180,11 @@ def test_nonsense_options_are_refused(small_cache: Path, tmp_path: Path, options
 
 
 def test_steps_below_one_chunk_say_what_they_round_to(small_cache: Path, tmp_path: Path) -> None:
-    result = cli("train", "--vectorized", "--cache", small_cache, "--out", tmp_path / "run", "--metric", "accuracy",
-                 "--seeds", "1", "--steps", "1", "--num-envs", "8", "--rollout", "8", "--chunk-updates", "10")
+    result = cli("train", "--vectorized", "--algo", "ppo", "--cache", small_cache, "--out", tmp_path / "run",
+                 "--metric", "accuracy", "--seeds", "1", "--steps", "1", "--num-envs", "8", "--rollout", "8",
+                 "--chunk-updates", "10")
     assert result.exit_code == 0, result.output
-    assert "--steps 1 rounds up to 1 chunk(s) of 640: 640 env steps per policy" in result.stderr
+    assert "--steps 1 rounds up to 1 chunk(s) of 640: 640 env steps per PPO policy" in result.stderr
 
 
 def test_runs_parquet_is_byte_identical_across_runs(small_cache: Path, tmp_path: Path) -> None:

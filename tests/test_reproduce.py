@@ -27,9 +27,10 @@ from conftest import REPO, synthetic_recipe_text
 
 TABLES = ("Main table", "T_max and the terminator's absence", "Terminators", "Knowledge transfer",
           "Learned routing against random routing", "One expert per step against two", "Reward:", "Route lengths")
-MAIN_ROWS = ("DER, chosen on val", "DER, the paper's setting (oracle terminator)", "single: small", "single: large",
-             "best fixed route (train)", "round-robin x2", "random routing (the chosen DER's route lengths)",
-             "all experts, the reference picks the answer", "all experts, agreement picks the answer (voting)")
+MAIN_ROWS = ("DER, chosen on val", "DER, the paper's setting (PPO, oracle terminator)", "single: small",
+             "single: large", "best fixed route (train)", "round-robin x2",
+             "random routing (the chosen DER's route lengths)", "all experts, the reference picks the answer",
+             "all experts, agreement picks the answer (voting)")
 FAST = ("--quick", "--steps", "5120")
 
 
@@ -63,6 +64,10 @@ def test_quick_writes_every_table_with_its_rows(straight: Path) -> None:
     for row in (*MAIN_ROWS, "w/o terminator (none)", "without transfer", "again cache", "two per step, the judge",
                 "two per step, the reference", "random routing, the same route lengths as DER paper"):
         assert row in markdown, row
+    main = markdown.split("## ")[1]
+    chosen = next(line for line in main.splitlines() if line.startswith("| DER, chosen on val"))
+    assert "full information" in main or "fqi" in chosen or "exact-pg" in chosen, "the best full-information row"
+    assert "the paper's algorithm (PPO)" in main or "ppo" in chosen, "the deployable PPO row"
     for name in ("tables.tex", "t_max.png", "route_lengths.png", "cost_quality.png"):
         assert (out / name).stat().st_size > 0, name
     assert r"\toprule" in (out / "tables.tex").read_text(encoding="utf-8")

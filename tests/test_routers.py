@@ -232,7 +232,8 @@ def test_bundled_routerbench_cache_has_a_cost_quality_story() -> None:
 def test_der_policies_of_a_run_join_the_table_as_curves(clusters: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     trained = CliRunner().invoke(main, ["train", "--vectorized", "--cache", str(clusters), "--seeds", "2", "--grid",
-                                        "alpha=0,0.5", "--steps", "640", "--num-envs", "8", "--rollout", "8",
+                                        "alpha=0,0.5", "--grid", "algo=ppo,fqi", "--steps", "640", "--num-envs", "8",
+                                        "--rollout", "8",
                                         "--chunk-updates", "10", "--metric", "accuracy", "--out", str(run), "--quiet"])
     assert trained.exit_code == 0, trained.output
     result = CliRunner().invoke(main, ["routers", "--cache", str(clusters), "--run", str(run), "--routers",
@@ -240,5 +241,6 @@ def test_der_policies_of_a_run_join_the_table_as_curves(clusters: Path, tmp_path
                                        "--quiet"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)["routers"]}
-    assert rows["der"]["kind"] == "der" and not rows["der"]["uses_reference"]
-    assert rows["der"]["seeds"] == 2 and rows["der"]["points"] == 2  # one curve per seed, a point per alpha
+    assert rows["der: ppo"]["kind"] == "der" and not rows["der: ppo"]["uses_reference"]
+    assert rows["der: ppo"]["seeds"] == 2 and rows["der: ppo"]["points"] == 2  # one curve per seed, a point per alpha
+    assert rows["der: fqi"]["seeds"] == 1 and rows["der: fqi"]["points"] == 2  # no seed changes a ridge fit

@@ -188,8 +188,8 @@ np.save({str(tmp_path / 'sharded.npy')!r}, np.asarray(leaf))
 
 def test_train_and_eval_commands(cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    result = CliRunner().invoke(main, ["train", "--vectorized", "--cache", str(cache), "--seeds", "2", "--steps",
-                                       "640", "--num-envs", "8", "--rollout", "8", "--chunk-updates", "10",
+    result = CliRunner().invoke(main, ["train", "--vectorized", "--algo", "ppo", "--cache", str(cache), "--seeds", "2",
+                                       "--steps", "640", "--num-envs", "8", "--rollout", "8", "--chunk-updates", "10",
                                        "--metric", "accuracy", "--p0", "0.5", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     for name in ("run.json", "curves.parquet", "curves.png", "checkpoint.msgpack"):

@@ -16,9 +16,9 @@ import pytest
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.der_env import EnvParams, make_params, reset_to, transition
 from dersim.env.reference import DERGymEnv
-from dersim.env.subgraph import question_graphs, restrict
+from dersim.env.subgraph import question_rows
 from dersim.env.tables import EnvSpec, load_tables
-from dersim.env.values import action_values, expected_return, occupancy
+from dersim.env.values import action_values, expected_return, occupancy, row_values, start_values
 from dersim.trainer.policy import mask_actions
 
 from random_cache import write_random_cache
@@ -166,14 +166,17 @@ def test_exact_values_follow_the_last_action_and_the_derived_views(cache: Path, 
                       float(expected_return(params, markov, params.roots)), atol=1e-6)
 
 
-def test_a_questions_subgraph_has_its_values_on_the_whole_cache(cache: Path) -> None:
-    params = make_params(load_tables(cache, spec_for("final", "oracle", last_action_obs=True)))
-    probs_of = jax.jit(lambda p: random_policy(p, seed=9, with_last=True))
-    whole = np.asarray(action_values(params, probs_of(params)).v[0])[np.asarray(params.roots), params.n_experts]
-    graphs = question_graphs(np.asarray(params.next_state), np.asarray(params.roots), params.max_depth)
-    assert (graphs.states[:, 0] == np.asarray(params.roots)).all()
-    picked = jnp.asarray([4, 1, 3])
-    part = restrict(params, graphs, picked)
-    # The same random policy on the subgraph: draw it on the whole cache and gather its rows.
-    probs = probs_of(params)[:, jnp.asarray(graphs.states)[picked].reshape(-1)]
-    assert np.allclose(float(expected_return(part, probs, part.roots)), whole[np.asarray(picked)].mean(), atol=1e-6)
+@pytest.mark.parametrize("with_last", [True, False])
+def test_values_on_a_batch_of_questions_rows_are_the_whole_caches(cache: Path, with_last: bool) -> None:
+    params = make_params(load_tables(cache, spec_for("final", "oracle", last_action_obs=with_last)))
+    probs = random_policy(params, seed=9, with_last=with_last)
+    whole = np.asarray(start_values(params, action_values(params, probs).v[0], params.roots))
+    rows = question_rows(np.asarray(params.next_state), np.asarray(params.roots), params.max_depth, with_last)
+    assert all((states[~valid] == states[:, :1].repeat(states.shape[1], 1)[~valid]).all()
+               for states, valid in zip(rows.states, rows.valid, strict=True)), "padding repeats the root"
+    picked = np.array([4, 1, 3])
+    states = tuple(jnp.asarray(x[picked]) for x in rows.states)
+    following = tuple(jnp.asarray(x[picked]) for x in rows.following)
+    lasts = [x[picked] for x in rows.lasts]
+    at_rows = tuple(probs[t][states[t], lasts[t]] if with_last else probs[t][states[t]] for t in range(len(states)))
+    np.testing.assert_allclose(np.asarray(row_values(params, states, following, at_rows)), whole[picked], atol=1e-6)

@@ -33,13 +33,13 @@ class DERFQIRouter(Router):
     """fqi with ridge over the routers' willingness-to-pay grid (one policy per value)."""
 
     name = "der-fqi"
-    search = {"l2": (0.1, 1.0, 10.0)}
+    search = {"l2": (1.0, 10.0, 100.0)}
 
     @classmethod
     def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
         return [{"l2": l2, "t_max": t_max} for l2 in cls.search["l2"] for t_max in range(1, depth + 1)]
 
-    def __init__(self, l2: float = 1.0, t_max: int = 1, seed: int = 0) -> None:
+    def __init__(self, l2: float = 10.0, t_max: int = 1, seed: int = 0) -> None:
         super().__init__(seed)
         self.l2, self.t_max = l2, t_max
 

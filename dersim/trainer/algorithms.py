@@ -6,9 +6,9 @@ groups they train in.
 - `fqi`: fitted Q-iteration from the whole cache, ridge or MLP regressor (`fqi`).
 
 A policy's settings hold every key; the ones its algorithm does not use keep that algorithm's
-defaults, so a grid key an algorithm ignores (l2 for PPO, clip_eps for fqi) does not multiply its
-policies. Policies of one algorithm (and, for fqi, one regressor and target rule) train together
-as a group: one jitted program each, vmapped over the group's policies.
+defaults, so a grid key an algorithm ignores (l2 for PPO, clip_eps for fqi, the seed for fqi with
+ridge) does not multiply its policies. Policies of one algorithm (and, for fqi, one regressor and
+target rule) train together as a group: one jitted program each, vmapped over the group's policies.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ LEARNING_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {**HYPER_DEFAULTS, "l2": 0.0, "regressor": "ridge", "fqi_target": "policy"},
     "exact-pg": {**HYPER_DEFAULTS, "lr": 1e-2, "ent_coef": 0.1, "l2": 0.0, "regressor": "ridge",
                  "fqi_target": "policy"},
-    "fqi": {**HYPER_DEFAULTS, "lr": 1e-3, "ent_coef": 0.0, "l2": 1.0, "regressor": "ridge", "fqi_target": "policy"},
+    "fqi": {**HYPER_DEFAULTS, "lr": 1e-3, "ent_coef": 0.0, "l2": 10.0, "regressor": "ridge", "fqi_target": "policy"},
 }
 # The learning settings each algorithm reads (the others stay at its defaults).
 USES: dict[str, tuple[str, ...]] = {
@@ -47,11 +47,15 @@ CHOICES = {"algo": ALGOS, "regressor": REGRESSORS, "fqi_target": TARGETS}
 
 
 def with_defaults(policy: dict[str, Any]) -> dict[str, Any]:
-    """The policy with every learning setting its algorithm does not read reset to that algorithm's default."""
+    """The policy with every learning setting its algorithm does not read reset to that algorithm's default
+    (and the seed to 0 for fqi with ridge, a closed form that no seed changes)."""
     algo = policy["algo"]
     defaults = LEARNING_DEFAULTS[algo]
     used = USES[algo]
-    return {**policy, **{k: v for k, v in defaults.items() if k not in used or k not in policy}}
+    out = {**policy, **{k: v for k, v in defaults.items() if k not in used or k not in policy}}
+    if algo == "fqi" and out["regressor"] == "ridge" and "seed" in out:
+        out["seed"] = 0
+    return out
 
 
 class Algorithm(Protocol):

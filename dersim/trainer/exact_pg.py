@@ -5,9 +5,9 @@ episodes can be computed outright: J(theta) = mean over train roots of V^pi_0(ro
 the env's own backup (`dersim.env.values.row_values`) under the actor's action probabilities at
 every decision point a route can reach (`dersim.env.subgraph`). Autodiff through those D backward
 passes gives the exact policy gradient: no sampling, no variance, no critic. An optional entropy
-bonus tau turns V into the soft value of the
-entropy-regularised return. The actor is the same network PPO trains (its critic head unused), so
-a run's policies of either algorithm act, evaluate and route live alike.
+bonus tau turns V into the soft value of the entropy-regularised return. The actor is the same
+network PPO trains (its critic head unused), so a run's policies of either algorithm act, evaluate
+and route live alike.
 
 Per update: the decision points of a minibatch of train questions (all of them by default), D
 backward passes, global-norm clipping, Adam; a non-finite update is skipped, as in PPO. The entropy
