@@ -52,7 +52,10 @@ def train_grid(plan: Plan, grid: Grid, out: Path, console: Console, verify: bool
             console.print(f"grid {grid.name}: resuming after chunk {int(state['chunk'])} of {trainer.n_chunks}")
             state, _ = trainer.train(resume=True, show_progress=console.is_terminal)
             return TrainedGrid(grid, trainer, state, time.perf_counter() - started)
-    steps = trainer.n_chunks * trainer.config.steps_per_chunk
-    console.print(f"grid {grid.name}: training {len(trainer.policies)} policies x {steps:,} steps")
+    per_chunk = trainer.config.steps_per_chunk
+    steps = -(-plan.steps // per_chunk) * per_chunk
+    groups = ", ".join(f"{len(g.indices)} {g.label}" for g in trainer.groups)
+    console.print(f"grid {grid.name}: training {len(trainer.policies)} policies ({groups}; PPO: {steps:,} env steps "
+                  "each)")
     state, _ = trainer.train(show_progress=console.is_terminal)
     return TrainedGrid(grid, trainer, state, time.perf_counter() - started)

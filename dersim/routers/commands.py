@@ -64,7 +64,7 @@ def routers_command(cache_dir: Path, names: str | None, run_dirs: tuple[Path, ..
     with directory_lock(out, "routers"):
         data = load_router_data(cache_dir, metric, cost_mode, val_fraction, verify=not no_verify)
         extra = [curve for run_dir in run_dirs for curve in der_curves(run_dir, data, split, verify=not no_verify,
-                                                                      prefix=f"{run_dir.name} " if len(run_dirs) > 1
+                                                                      suffix=f" ({run_dir})" if len(run_dirs) > 1
                                                                       else "")]
 
         def progress(name: str) -> None:

@@ -30,9 +30,9 @@ from dersim.trainer.algorithms import ALGOS
 NOT_HYPERPARAMETERS = ("alpha", "seed", "algo")  # alpha sweeps the curve; seeds give its spread
 
 
-def der_curves(run_dir: Path, data: RouterData, split: str, verify: bool = True, prefix: str = "") -> list[Curve]:
+def der_curves(run_dir: Path, data: RouterData, split: str, verify: bool = True, suffix: str = "") -> list[Curve]:
     """The run's `der: <algo>` curves (and `der (oracle stop): <algo>`), hyperparameters chosen on val;
-    `prefix` names the run where several are compared."""
+    `suffix` names the run where several are compared."""
     from dersim.trainer.run import GridTrainer
 
     started = time.perf_counter()
@@ -54,7 +54,7 @@ def der_curves(run_dir: Path, data: RouterData, split: str, verify: bool = True,
                 continue
             settings, members = best_setting([trainer.policies[i] for i in chosen], chosen, evaluated["val"],
                                              reference)
-            name = prefix + (f"der: {algo}" if deployable else f"der (oracle stop): {algo}")
+            name = (f"der: {algo}" if deployable else f"der (oracle stop): {algo}") + suffix
             curves.append(seed_curve(name, [trainer.policies[i] for i in members], evaluated[split], members,
                                      not deployable, seconds, settings))
     return curves
