@@ -7,5 +7,7 @@ willingness to pay gives each router a cost-quality curve, measured by AIQ, APGR
 CPT(80%), the best score within the best single expert's cost and the cost to match it
 (`metrics`), each with a 95% bootstrap interval over the evaluated questions (`estimate`).
 Hyperparameters are chosen on the val part of the train split (`evaluate`); `registry` lists the
-routers, one module each.
+routers, one module each. DER joins them twice: `der_fqi` trains a DER policy by fitted
+Q-iteration inside this protocol, and `der` turns a training run's policies into one curve per
+algorithm.
 """

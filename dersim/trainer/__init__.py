@@ -1,0 +1,8 @@
+"""`dersim train`: routing policies trained on a cache's train questions, chosen on its val questions.
+
+algorithms (the registry of a grid's algorithms and their defaults) -> ppo (the paper's algorithm,
+from sampled episodes), exact_pg (gradient ascent on the exact return) and fqi (fitted Q-iteration)
+-> policy (how every algorithm's policy acts: one `PolicyParams` shape for all) -> run (the grid
+driver: groups, chunks, val selection, checkpoints, curves) and greedy (episodes of every policy
+at once); grid parses `--grid`, network is the actor-critic, stepwise the slow Gymnasium path.
+"""
