@@ -6,12 +6,16 @@ silently ignored typo (say `tempreature`) would change what a long build produce
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dersim.errors import RecipeError
+
+# A recipe's name becomes the directory cache/<name>: no separators, no '..', no hidden names.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 PAPER_KTP = (
     "There is an answer to the question from another student: {previous_answer}. "
@@ -236,6 +240,9 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
     t = dict(data)
     where = str(path)
     name = _take(t, "name", str, where, path.stem)
+    if not PLAIN_NAME.fullmatch(name):
+        raise RecipeError(f"{where}: name {name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
+                          "separators, not starting with '.'): it names the cache directory cache/<name>")
     description = _take(t, "description", str, where, "")
     dataset = _parse_dataset(_take(t, "dataset", dict, where, _REQUIRED), path.parent, f"{where} [dataset]")
     raw_experts = _take(t, "experts", list, where, _REQUIRED)

@@ -11,7 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from dersim.builder.build import build_cache
-from dersim.cache.schema import MANIFEST, STATES, TRANSITIONS, file_sha256, write_parquet_atomic
+from dersim.cache.schema import (
+    MANIFEST,
+    MANIFEST_HASH,
+    STATES,
+    TRANSITIONS,
+    file_sha256,
+    manifest_hash_line,
+    write_manifest,
+    write_parquet_atomic,
+)
 from dersim.cache.verify import verify_cache
 from dersim.recipe import load_recipe
 
@@ -41,7 +50,7 @@ def rewrite(cache: Path, name: str, edit) -> None:
     write_parquet_atomic(edit(pl.from_arrow(table)).to_arrow().cast(table.schema), cache / name)
     manifest = json.loads((cache / MANIFEST).read_text())
     manifest["files"][name] = file_sha256(cache / name)
-    (cache / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(manifest, cache)
 
 
 def test_sound_cache_has_no_problems(sound_cache: Path) -> None:
@@ -81,6 +90,9 @@ def test_duplicate_answers_and_bad_scores_are_found(cache_copy: Path) -> None:
 
 def test_unreadable_parts_give_one_line_problems(cache_copy: Path) -> None:
     (cache_copy / MANIFEST).write_text("{broken")
+    assert verify_cache(cache_copy) == [f"{cache_copy / MANIFEST}: does not match {MANIFEST_HASH} (edited or "
+                                        "damaged since it was written; rebuild or re-import the cache)"]
+    (cache_copy / MANIFEST_HASH).write_text(manifest_hash_line(b"{broken"))
     assert verify_cache(cache_copy) == [f"{cache_copy / MANIFEST}: not valid JSON "
                                         "(Expecting property name enclosed in double quotes: line 1 column 2 "
                                         "(char 1))"]

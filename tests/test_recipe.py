@@ -54,6 +54,10 @@ def test_defaults_fill_missing_sections(write_recipe) -> None:
     ("params_b = 0.5", "params_b = -1.0", "key 'params_b' must be > 0"),
     ('source = "bigbench"', 'source = "kaggle"', "key 'source' must be one of"),
     ('task = "strategyqa"', 'task = "chess"', "key 'task' must be one of"),
+    ('name = "tiny"', 'name = "../../../tmp/elsewhere"', "must be a plain name"),
+    ('name = "tiny"', 'name = "a/b"', "must be a plain name"),
+    ('name = "tiny"', 'name = ".."', "must be a plain name"),
+    ('name = "tiny"', 'name = ""', "must be a plain name"),
 ])
 def test_malformed_recipes_name_file_and_key(write_recipe, old: str, new: str, message: str) -> None:
     text = synthetic_recipe_text()
@@ -69,3 +73,16 @@ def test_malformed_recipes_name_file_and_key(write_recipe, old: str, new: str, m
 def test_missing_recipe_file(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.toml")
+
+
+def test_a_recipe_name_cannot_make_build_cache_write_outside_cache(write_recipe, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from dersim.cli import main
+
+    path = write_recipe(synthetic_recipe_text().replace('name = "tiny"', 'name = "../../escaped"', 1))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["build-cache", str(path), "--quiet"])
+    assert result.exit_code != 0 and "must be a plain name" in result.output
+    assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "cache").exists()

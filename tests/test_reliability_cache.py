@@ -21,7 +21,15 @@ from click.testing import CliRunner, Result
 
 from dersim.builder.build import build_cache
 from dersim.cache.check import check_cache
-from dersim.cache.schema import MANIFEST, STATES, TABLE_FILES, TRANSITIONS, file_sha256, write_parquet_atomic
+from dersim.cache.schema import (
+    MANIFEST,
+    STATES,
+    TABLE_FILES,
+    TRANSITIONS,
+    file_sha256,
+    write_manifest,
+    write_parquet_atomic,
+)
 from dersim.cache.verify import verify_cache
 from dersim.cli import main
 from dersim.errors import CacheFormatError
@@ -78,7 +86,7 @@ def rewrite_column(cache: Path, name: str, column: str, edit) -> None:
     write_parquet_atomic(table.set_column(index, field, pa.array(values, field.type)), cache / name)
     manifest = json.loads((cache / MANIFEST).read_text())
     manifest["files"][name] = file_sha256(cache / name)
-    (cache / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(manifest, cache)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,7 +123,7 @@ def test_check_cache_reads_only_what_the_caller_reads(cache_copy: Path) -> None:
 def test_no_verify_skips_only_the_hash_check(cache_copy: Path) -> None:
     manifest = json.loads((cache_copy / MANIFEST).read_text())
     manifest["files"][STATES] = "0" * 64
-    (cache_copy / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(manifest, cache_copy)
     one_line_error(cli("cache", "info", cache_copy), f"{cache_copy / STATES}: sha256 differs")
     assert cli("cache", "info", cache_copy, "--no-verify", "--json").exit_code == 0
 
@@ -132,6 +140,24 @@ def test_nan_scores_are_refused_naming_column_and_rows(cache_copy: Path) -> None
     with pytest.raises(CacheFormatError, match="NaN values in column 'token_f1'"):
         check_cache(cache_copy, metrics=["token_f1"])
     check_cache(cache_copy, metrics=["rouge_l"])  # a reader of another metric is not refused
+
+
+def test_nan_in_a_state_embedding_is_refused_by_verify_and_every_checked_read(cache_copy: Path) -> None:
+    """NaN passed `max() > tol` in verify and crashed `dersim routers` inside scikit-learn."""
+    table = pq.read_table(cache_copy / STATES)
+    index = table.schema.get_field_index("embedding")
+    vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    vectors[[3, 9]] = np.nan
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+    write_parquet_atomic(table.set_column(index, table.schema.field(index), column), cache_copy / STATES)
+    manifest = json.loads((cache_copy / MANIFEST).read_text())
+    manifest["files"][STATES] = file_sha256(cache_copy / STATES)
+    write_manifest(manifest, cache_copy)
+    expected = f"{cache_copy / STATES}: 2 embeddings with NaN or infinite values (rows 3, 9)"
+    assert expected in verify_cache(cache_copy)
+    one_line_error(cli("cache", "info", cache_copy), expected)
+    one_line_error(cli("routers", "--cache", cache_copy, "--out", cache_copy.parent / "routers"), expected)
+    one_line_error(cli("train", "--vectorized", "--cache", cache_copy, "--out", cache_copy.parent / "run"), expected)
 
 
 def test_deleted_states_parquet_in_cache_info(cache_copy: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dersim.builder.build import build_cache
-from dersim.cache.schema import MANIFEST, STATES, TRANSITIONS, file_sha256, write_parquet_atomic
+from dersim.cache.schema import MANIFEST, STATES, TRANSITIONS, file_sha256, write_manifest, write_parquet_atomic
 from dersim.cli import main
 from dersim.locking import LOCK_FILE
 from dersim.recipe import load_recipe
@@ -77,7 +77,7 @@ def rewrite_column(cache: Path, name: str, column: str, edit) -> None:
     write_parquet_atomic(table.set_column(index, field, pa.array(values, field.type)), cache / name)
     manifest = json.loads((cache / MANIFEST).read_text())
     manifest["files"][name] = file_sha256(cache / name)
-    (cache / MANIFEST).write_text(json.dumps(manifest))
+    write_manifest(manifest, cache)
 
 
 def unwritable(directory: Path) -> Path:

@@ -82,6 +82,33 @@ def test_a_correctness_matrix_without_answers_or_ids(tmp_path: Path) -> None:
     assert answers.cells["answer"].str.contains("model_").all()  # placeholders name the model
 
 
+def test_identical_question_texts_stay_in_one_split(tmp_path: Path) -> None:
+    """A source that repeats a question (in its train and test files, or twice under a random split)
+    must not put the same text in train and test: that would report on a question trained on."""
+    texts = [f"question {i % 10}" for i in range(20)]  # every text twice
+    pl.DataFrame({"prompt": texts, "model_a": [i % 2 for i in range(20)], "model_b": [1] * 20}
+                 ).write_csv(tmp_path / "repeats.csv")
+    result = CliRunner().invoke(main, ["cache", "import", "wide", str(tmp_path / "repeats.csv"), "--out",
+                                       str(tmp_path / "cache"), "--embedding", "hashing", "--dim", "16",
+                                       "--max-calls", "1", "--test-fraction", "0.3", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    questions = open_cache(tmp_path / "cache").questions
+    splits = questions.group_by("question").agg(pl.col("split").n_unique().alias("n"))
+    assert splits["n"].max() == 1 and set(questions["split"]) == {"train", "test"}
+    moved = json.loads(result.output)["notes"].get("train_questions_moved_to_test", 0)
+    assert moved > 0
+
+
+def test_routerbench_mbpp_prompts_shared_by_its_train_and_test_files_are_test_questions(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["cache", "import", "routerbench", *map(str, ROUTERBENCH), "--out",
+                                       str(tmp_path / "cache"), "--embedding", "hashing", "--dim", "16",
+                                       "--max-calls", "1", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    questions = open_cache(tmp_path / "cache").questions
+    assert questions.group_by("question").agg(pl.col("split").n_unique())["split"].max() == 1
+    assert json.loads(result.output)["notes"]["train_questions_moved_to_test"] == 2
+
+
 @pytest.mark.parametrize(("columns", "message"), [
     (WideColumns(answer="response"), "must contain {model} exactly once"),
     (WideColumns(question="text"), "column 'text' (--question) not found"),

@@ -39,7 +39,7 @@ SHOWN_ROWS = 3
 # The columns `check_cache` reads from each table (metric columns are added for states).
 CHECKED_COLUMNS = {
     QUESTIONS: ("question_id", "root_state_id"),
-    STATES: ("state_id", "question_id", "depth"),
+    STATES: ("state_id", "question_id", "depth", "embedding"),
     TRANSITIONS: ("state_id", "expert_id", "next_state_id", "status"),
 }
 HASH_DIFFERS = "sha256 differs from the manifest (the file changed after the cache was written)"
@@ -85,8 +85,8 @@ def hash_problems(directory: Path, manifest: dict[str, Any], files: Iterable[str
 
 
 def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], depth: int) -> list[str]:
-    """Ids 0..S-1 in order, depths within 0..depth, question ids present, metric values finite and
-    within [0, 1]."""
+    """Ids 0..S-1 in order, depths within 0..depth, question ids present, embeddings (when read)
+    finite, metric values finite and within [0, 1]."""
     problems = []
     ids = _ids(states, "state_id")
     bad = ids != np.arange(len(ids))
@@ -96,6 +96,13 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
     if states["question_id"].null_count():
         problems.append(f"{path}: {_values(states['question_id'].null_count(), 'missing question_id')} "
                         f"({_rows(states['question_id'].is_null().to_numpy())})")
+    if "embedding" in states.columns and states.height:
+        embeddings = np.asarray(states["embedding"].to_numpy(), dtype=np.float64).reshape(states.height, -1)
+        bad = ~np.isfinite(embeddings).all(axis=1)
+        if bad.any():
+            count = int(bad.sum())
+            problems.append(f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values "
+                            f"({_rows(bad)})")
     for metric in metrics:
         column = states[metric]
         values = column.to_numpy().astype(np.float64, copy=False)
@@ -209,7 +216,8 @@ def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, ve
                                f"{', '.join(manifest['metric_columns'])})")
     if verify_hashes:
         raise_first(hash_problems(directory, manifest, files))
-    schemas = {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, 1), TRANSITIONS: TRANSITIONS_SCHEMA}
+    dim = int(manifest.get("embedding", {}).get("dim", 0) or 0)
+    schemas = {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, dim), TRANSITIONS: TRANSITIONS_SCHEMA}
     tables = {name: pl.from_arrow(read_columns(directory / name, [*CHECKED_COLUMNS[name],
                                                                    *(metrics if name == STATES else ())],
                                                schemas[name]))

@@ -15,12 +15,14 @@ import pyarrow.parquet as pq
 from dersim.cache.schema import (
     FORMAT_VERSION,
     MANIFEST,
+    MANIFEST_HASH,
     QUESTIONS,
     QUESTIONS_SCHEMA,
     STATES,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
     WRITING_MARKER,
+    manifest_hash_line,
     states_schema,
 )
 from dersim.errors import CacheFormatError
@@ -58,14 +60,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if (directory / WRITING_MARKER).exists():
         raise CacheFormatError(f"{directory}: its tables are being written, or their last write was interrupted "
                                "(killed?); if no build or import is running, rerun the one that wrote it")
+    raw = _read_bytes(path, f"is {directory} a finished cache?")
+    if _read_bytes(directory / MANIFEST_HASH, "written by an older dersim? rebuild or re-import the cache") \
+            != manifest_hash_line(raw).encode():
+        raise CacheFormatError(f"{path}: does not match {MANIFEST_HASH} (edited or damaged since it was written; "
+                               "rebuild or re-import the cache)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CacheFormatError(f"{path}: missing (is {directory} a finished cache?)") from None
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheFormatError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise CacheFormatError(f"{path}: unreadable ({exc.strerror})") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise CacheFormatError(f"{path}: format_version {found!r} is not {FORMAT_VERSION}")
@@ -73,6 +76,22 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         if key not in manifest:
             raise CacheFormatError(f"{path}: missing key '{key}'")
     return manifest
+
+
+def _read_bytes(path: Path, hint: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CacheFormatError(f"{path}: missing ({hint})") from None
+    except OSError as exc:
+        raise CacheFormatError(f"{path}: unreadable ({exc.strerror})") from None
+
+
+def manifest_digest(directory: Path) -> str:
+    """The cache's identity: the sha256 of its manifest (which holds the hashes of its tables), as
+    recorded beside it; checked against the manifest's bytes first."""
+    read_manifest(directory)
+    return (directory / MANIFEST_HASH).read_text(encoding="utf-8").split()[0]
 
 
 def describe_error(exc: Exception) -> str:

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# sha256 of manifest.json's bytes, in `sha256sum` format: every reader checks the manifest against it.
+MANIFEST_HASH = "manifest.sha256"
 QUESTIONS = "questions.parquet"
 STATES = "states.parquet"
 TRANSITIONS = "transitions.parquet"
@@ -112,3 +114,16 @@ def write_json_atomic(data: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     _fsync_replace(tmp, path)
+
+
+def manifest_hash_line(manifest_bytes: bytes) -> str:
+    """The line `manifest.sha256` holds for these manifest bytes (`sha256sum -c` reads it)."""
+    return f"{hashlib.sha256(manifest_bytes).hexdigest()}  {MANIFEST}\n"
+
+
+def write_manifest(manifest: dict[str, Any], directory: Path) -> None:
+    """Write `manifest.json` and then the hash beside it that readers check, each atomically."""
+    write_json_atomic(manifest, directory / MANIFEST)
+    tmp = directory / f".tmp-{MANIFEST_HASH}"
+    tmp.write_text(manifest_hash_line((directory / MANIFEST).read_bytes()), encoding="utf-8")
+    _fsync_replace(tmp, directory / MANIFEST_HASH)

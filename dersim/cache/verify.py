@@ -68,8 +68,9 @@ def _check_states(cache: Cache) -> list[str]:
         problems.append(f"{where}: expected exactly one depth-0 state per question")
     embeddings = s["embedding"].to_numpy() if s.height else np.zeros((0, 1))
     norms = np.linalg.norm(np.asarray(embeddings, dtype=np.float64).reshape(s.height, -1), axis=1)
-    if s.height and np.abs(norms - 1).max() > NORM_TOLERANCE:
-        problems.append(f"{where}: {int((np.abs(norms - 1) > NORM_TOLERANCE).sum())} embeddings are not unit-norm")
+    off_norm = ~(np.abs(norms - 1) <= NORM_TOLERANCE)  # NaN norms count as off
+    if off_norm.any():
+        problems.append(f"{where}: {int(off_norm.sum())} embeddings are not unit-norm")
     if cache.manifest.get("dedup") == DEDUP_BY_ANSWER:
         # The same normalisation as dersim.builder.expand.normalise_answer, vectorised.
         keys = s.filter(pl.col("depth") > 0).select(

@@ -32,6 +32,7 @@ from dersim.cache.schema import (
     fsync_directory,
     states_schema,
     write_json_atomic,
+    write_manifest,
     write_parquet_atomic,
 )
 
@@ -121,7 +122,7 @@ def write_cache(out: Path, tables: dict[str, pa.Table], manifest: dict[str, Any]
         "created": created,
         "updated": now,
     }
-    write_json_atomic(manifest, out / MANIFEST)
+    write_manifest(manifest, out)
     marker.unlink()
     fsync_directory(out)
     return manifest

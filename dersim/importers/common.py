@@ -47,6 +47,7 @@ from dersim.cache.schema import (
 from dersim.cache.writer import embedding_column, write_cache
 from dersim.errors import DatasetError, OutputError
 from dersim.locking import directory_lock, prepare_directory
+from dersim.ownership import claim_output
 from dersim.recipe import EmbeddingSpec
 
 BACKEND = "imported"
@@ -152,6 +153,16 @@ def parse_numbers(path: Path, frame: pl.DataFrame, column: str, what: str, valid
     if bad.height:
         raise DatasetError(f"{path}: row {bad['row'][0]}, column '{column}': {bad['raw'][0]!r} is not {what}")
     return values.fill_nan(None)
+
+
+def one_split_per_text(questions: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Questions whose text is also a test question's become test questions too, so that no text is
+    trained on and reported on (sources repeat questions, e.g. RouterBench's mbpp train and test
+    files share two prompts). Returns the questions and how many moved."""
+    in_test = pl.col("split").eq("test").any().over("question")
+    moved = questions.filter(in_test & (pl.col("split") == "train")).height
+    split = pl.when(in_test).then(pl.lit("test")).otherwise(pl.col("split")).alias("split")
+    return questions.with_columns(split), moved
 
 
 def random_split(question_ids: list[str], test_fraction: float, seed: int) -> dict[str, str]:
@@ -278,8 +289,9 @@ def missing_counts(grid: pl.DataFrame) -> dict[str, int]:
 
 def check_target(out: Path, overwrite: bool) -> None:
     """Fail fast, before reading or embedding anything: `out` must be a writable directory (created
-    if needed) and hold no cache unless `overwrite`."""
+    if needed), hold nothing but a cache, and no cache unless `overwrite` (the new one replaces its files)."""
     prepare_directory(out)
+    claim_output(out, "cache")  # refuses a directory holding anything but a cache; removes nothing
     if (out / MANIFEST).exists() and not overwrite:
         raise OutputError(f"{out}: already holds a cache; pass --overwrite to replace it")
 
@@ -301,7 +313,9 @@ def _import(answers: AnswerSet, out: Path, embedding: EmbeddingSpec, limit: int 
     started = time.perf_counter()
     _check_answer_set(answers)
     embedder = make_embedder(embedding)
-    questions = answers.questions.with_row_index("q_index")
+    questions, moved = one_split_per_text(answers.questions)
+    notes = {**answers.notes, **({"train_questions_moved_to_test": moved} if moved else {})}
+    questions = questions.with_row_index("q_index")
     grid = _full_grid(questions, answers.cells, answers.experts)
     missing = missing_counts(grid)
     dropped = 0
@@ -337,7 +351,7 @@ def _import(answers: AnswerSet, out: Path, embedding: EmbeddingSpec, limit: int 
             "source_questions": answers.questions.height,
             "dropped_incomplete": dropped,
             "missing_cells": missing,
-            "notes": answers.notes,
+            "notes": notes,
             "max_calls": max_calls,
             "route_semantics": "one state per (question, model) answer; a route of up to max_calls experts "
                                "replays as independent calls (no knowledge transfer between them)",
@@ -348,7 +362,7 @@ def _import(answers: AnswerSet, out: Path, embedding: EmbeddingSpec, limit: int 
         out=str(out), dataset=str(answers.dataset["id"]), questions=splits, experts=len(answers.experts),
         depth=max_calls, states=tables[STATES].num_rows, transitions=tables[TRANSITIONS].num_rows, failed=failed,
         source_questions=answers.questions.height, dropped_incomplete=dropped, missing_cells=missing,
-        notes=answers.notes,
+        notes=notes,
         seconds={"read": answers.read_seconds, "prepare": prepared - started, "embed": embed_seconds,
                  "tables": built - prepared - embed_seconds, "write": finished - built,
                  "total": answers.read_seconds + finished - started},
