@@ -9,6 +9,7 @@ import polars as pl
 from rich.table import Table
 
 from dersim.evaluation.report import Evaluation
+from dersim.markup import markdown_cell
 from dersim.terminal import table_console
 from dersim.trainer.algorithms import LEARNING_KEYS, USES
 from dersim.trainer.grid import GRID_KEYS
@@ -98,7 +99,7 @@ def summary_markdown(evaluation: Evaluation, top: int = 5) -> str:
              "|---|---|" + "---|" * (len(metrics) + 2)]
     for label, row in ranked_rows(evaluation, top):
         cells = [f"{row[m]:.2f} [{row[f'{m}_low']:.2f}, {row[f'{m}_high']:.2f}]" for m in metrics]
-        lines.append(f"| {label} | {'yes' if row['uses_reference'] else 'no'} | " + " | ".join(cells)
+        lines.append(f"| {markdown_cell(label)} | {'yes' if row['uses_reference'] else 'no'} | " + " | ".join(cells)
                      + f" | {format_cost(row['cost'])} | {row['calls']:.2f} |")
     if evaluation.judge:
         lines += ["", f"Judge accuracy on answer states: {judge_line(evaluation.judge)}."]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from dersim.cache.costs import COST_MODES
 from dersim.errors import DersimError
 from dersim.experiments.plan import QUICK_SEEDS, QUICK_STEPS
+from dersim.options import SEEDS, FiniteFloat
 
 
 def parse_compare(options: tuple[str, ...]) -> dict[str, Path]:
@@ -30,7 +30,7 @@ def parse_compare(options: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=Path("cache/strategyqa"),
               show_default=True, help="The cache to reproduce the paper's tables on.")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: runs/reproduce-<cache>).")
-@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Seeds per trained setting.")
+@click.option("--seeds", type=SEEDS, default=5, show_default=True, help="Seeds per trained setting.")
 @click.option("--steps", type=click.IntRange(min=1), default=51_200, show_default=True,
               help="Env steps per policy (rounded up to whole chunks of 5,120).")
 @click.option("--quick", is_flag=True,
@@ -39,8 +39,8 @@ def parse_compare(options: tuple[str, ...]) -> dict[str, Path]:
               help="Another cache of the same questions (e.g. built with another prompt): its DER rows join the "
                    "KTP table (repeatable).")
 @click.option("--metric", help="Score P (default: bertscore_f1 if the cache has it, as the paper).")
-@click.option("--p0", type=float, help="Good-enough threshold (default: the 75th percentile of the train answers' "
-                                       "scores; 0.5 for 0/1 scores).")
+@click.option("--p0", type=FiniteFloat(), help="Good-enough threshold (default: the 75th percentile of the train "
+                                                "answers' scores; 0.5 for 0/1 scores).")
 @click.option("--cost-mode", type=click.Choice(COST_MODES),
               help="Cost unit (default: params when every expert has a size, else usd).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the caches' tables.")
@@ -57,7 +57,8 @@ def reproduce_command(cache_dir: Path, out: Path | None, seeds: int, steps: int,
     """
     from dersim.experiments.outputs import write_plots, write_results
     from dersim.experiments.reproduce import resolve_plan, run_reproduction
-    from dersim.locking import LOCK_FILE, directory_lock
+    from dersim.locking import directory_lock
+    from dersim.ownership import claim_output
 
     started = time.perf_counter()
     if quick:
@@ -65,11 +66,10 @@ def reproduce_command(cache_dir: Path, out: Path | None, seeds: int, steps: int,
     out = out or Path("runs") / f"reproduce-{cache_dir.name}"
     console = Console(stderr=True)
     with directory_lock(out, "reproduce"):
-        if overwrite:
-            for path in out.iterdir():
-                if path.name != LOCK_FILE:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        claim_output(out, "reproduction")
         plan = resolve_plan(cache_dir, seeds, steps, parse_compare(compare), p0, metric, cost_mode, not no_verify)
+        if overwrite:
+            claim_output(out, "reproduction", overwrite=True)
         console.print(f"reproducing on {cache_dir}: metric {plan.metric}, p0 {plan.p0:g}, cost {plan.cost_mode}, "
                       f"{plan.seeds} seed(s) x {plan.steps:,} steps, {len(plan.grids)} grids")
         result = run_reproduction(plan, out, console, verify=not no_verify)

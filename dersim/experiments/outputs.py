@@ -17,6 +17,7 @@ from dersim.cache.costs import COST_UNITS  # noqa: E402
 from dersim.evaluation.plots import finish_cost_quality  # noqa: E402
 from dersim.experiments.reproduce import Reproduction  # noqa: E402
 from dersim.experiments.tables import Cell, Scored, Table, score_table  # noqa: E402
+from dersim.markup import latex_escape, markdown_cell  # noqa: E402
 
 RESULTS = "results.parquet"
 COST_COLUMNS = {"cost": None, "params": "B params / question", "seconds": "s / sample"}
@@ -57,7 +58,7 @@ def markdown_table(table: Table, scored: list[Scored], result: Reproduction) -> 
         lines += ["| setting | ref. | " + " | ".join(f"{k} steps" for k in range(result.plan.depth + 1)) + " |",
                   "|---|---|" + "---|" * (result.plan.depth + 1)]
         for s in scored:
-            lines.append(f"| {s.row.label} | {'yes' if s.row.uses_reference else ''} | "
+            lines.append(f"| {markdown_cell(s.row.label)} | {'yes' if s.row.uses_reference else ''} | "
                          + " | ".join(f"{share:.0%}" for share in s.lengths) + " |")
         return [*lines, ""]
     costs = ["cost", "params", "seconds"] if table.name == "main" else ["cost"]
@@ -72,21 +73,14 @@ def markdown_table(table: Table, scored: list[Scored], result: Reproduction) -> 
         agent = [f"{s.row.agent_params / 1e6:.3f}M" if s.row.agent_params else "-"] if extra else []
         delta = s.delta.text() if s.delta else ""
         delta_cost = f"{s.delta_cost:+.0%}" if s.delta_cost is not None else ""
-        lines.append(f"| {s.row.label} | {'yes' if s.row.uses_reference else ''} | "
+        lines.append(f"| {markdown_cell(s.row.label)} | {'yes' if s.row.uses_reference else ''} | "
                      + " | ".join(s.scores[m].text() for m in table.metrics) + " | "
                      + " | ".join(fmt(s.costs[c].mean) for c in costs) + f" | {s.calls.mean:.2f} | "
                      + " | ".join(agent) + (" | " if extra else "")
-                     + f"{delta} | {delta_cost} | {s.row.vs or ''} | {s.row.paper} |")
+                     + f"{delta} | {delta_cost} | {markdown_cell(s.row.vs or '')} | {markdown_cell(s.row.paper)} |")
     if table.note:
         lines += ["", f"Paper: {table.note}"]
     return [*lines, ""]
-
-
-def latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 (">", r"$>$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$")):
-        text = text.replace(a, b)
-    return text
 
 
 def latex_table(table: Table, scored: list[Scored], result: Reproduction) -> list[str]:

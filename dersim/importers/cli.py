@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dersim.importers.common import ImportReport
+from dersim.options import FiniteFloat
 
 DEFAULT_TEST_FRACTION = 0.3
 
@@ -90,7 +91,7 @@ def import_group() -> None:
 @_common_options
 @click.option("--split-from-name", is_flag=True,
               help="Split by file name: <task>_train.csv -> train, <task>_test.csv -> test (the default).")
-@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0),
+@click.option("--test-fraction", type=FiniteFloat(0.0, 1.0),
               help="Instead, split all questions at random: this fraction goes to test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split.")
 @click.option("--strip-shared-prefix/--keep-shared-prefix", default=True, show_default=True,
@@ -141,7 +142,7 @@ def _params(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--prompt-tokens", help="Column: prompt tokens of the call.")
 @click.option("--completion-tokens", help="Column: completion tokens of the call.")
 @click.option("--split", help="Column: train/test split (default: a seeded random split).")
-@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0),
+@click.option("--test-fraction", type=FiniteFloat(0.0, 1.0),
               help=f"Without --split: fraction of questions for test (default {DEFAULT_TEST_FRACTION}).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split.")
 @click.option("--score-name", default="accuracy", show_default=True, help="Metric column name for the score.")
@@ -185,7 +186,7 @@ def long_command(file: Path, out: Path, overwrite: bool, limit: int | None, embe
 @click.option("--reference", help="Column: reference answer(s), several separated by ' || '.")
 @click.option("--label", help="Column: task-specific label of the question.")
 @click.option("--split", help="Column: train/test split (default: file names, else a seeded random split).")
-@click.option("--test-fraction", type=click.FloatRange(0.0, 1.0), help="Split at random: this fraction is test.")
+@click.option("--test-fraction", type=FiniteFloat(0.0, 1.0), help="Split at random: this fraction is test.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split.")
 @click.option("--score-name", default="accuracy", show_default=True, help="Metric column name for the score.")
 @click.option("--params-b", "params_b", multiple=True, metavar="MODEL=BILLIONS", help="Parameter count of a model.")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dersim.cache.costs import COST_MODES
+from dersim.options import SEEDS, FiniteFloat
 from dersim.routers.cascade import JUDGES
 from dersim.routers.registry import ROUTERS
 
@@ -24,17 +25,17 @@ from dersim.routers.registry import ROUTERS
               help="Cost of a call (default: params when every expert has a size, else usd).")
 @click.option("--metric", help="Score column (default: bertscore_f1 if cached, else the cache's first metric).")
 @click.option("--out", type=click.Path(path_type=Path), help="Output directory (default: runs/routers/<cache name>).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--seeds", type=SEEDS, default=3, show_default=True,
               help="Seeds of the stochastic routers (mean +- std).")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(min=10), default=1000, show_default=True,
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=10, max=100_000), default=1000, show_default=True,
               help="Bootstrap resamples of the questions for the 95% intervals.")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.2,
+@click.option("--val-fraction", type=FiniteFloat(0.0, 1.0, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Share of the cache's train questions held out to choose hyperparameters.")
 @click.option("--judge", type=click.Choice(JUDGES), default="learned", show_default=True,
               help="The cascades' judge: learned (deployable) or oracle (reads the reference; rows marked).")
-@click.option("--judge-error", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+@click.option("--judge-error", type=FiniteFloat(0.0, 1.0), default=0.0, show_default=True,
               help="Flip the cascades' judge decision on this share of answers (RouterBench's noisy judge).")
-@click.option("--p0", type=click.FloatRange(0.0, 1.0),
+@click.option("--p0", type=FiniteFloat(0.0, 1.0),
               help="Good-enough score the learned judge predicts (default: 0.5 for 0/1 scores, else the median "
                    "train answer score).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the cache's tables (trusted caches).")
@@ -52,6 +53,7 @@ def routers_command(cache_dir: Path, names: str | None, run_dirs: tuple[Path, ..
     routers.json, curves.parquet and routers.png to --out.
     """
     from dersim.locking import directory_lock
+    from dersim.ownership import claim_output
     from dersim.routers.data import load_router_data
     from dersim.routers.der import der_curves
     from dersim.routers.evaluate import compare
@@ -62,6 +64,7 @@ def routers_command(cache_dir: Path, names: str | None, run_dirs: tuple[Path, ..
     chosen = parse_names(names)
     out = out or Path("runs") / "routers" / cache_dir.name
     with directory_lock(out, "routers"):
+        claim_output(out, "routers")
         data = load_router_data(cache_dir, metric, cost_mode, val_fraction, verify=not no_verify)
         extra = [curve for run_dir in run_dirs for curve in der_curves(run_dir, data, split, verify=not no_verify,
                                                                       suffix=f" ({run_dir})" if len(run_dirs) > 1

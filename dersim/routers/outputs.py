@@ -20,6 +20,7 @@ from rich.text import Text
 
 from dersim.evaluation.outputs import format_cost
 from dersim.evaluation.stats import mean_ci
+from dersim.markup import markdown_cell, markdown_row
 from dersim.routers.estimate import Figure
 from dersim.routers.evaluate import Comparison, Curve
 from dersim.routers.metrics import METRICS
@@ -154,13 +155,13 @@ def markdown(comparison: Comparison, cache: Path) -> str:
     for curve in ordered(comparison):
         chosen = ", ".join(f"{k} {setting(comparison, k, v)}" for k, v in curve.hyperparameters.items()) or "-"
         label = curve.name + (f" ({seeds_note(curve)})" if curve.stochastic else "")
-        lines.append(f"| {label} | {'yes' if curve.uses_reference else 'no'} | "
+        lines.append(f"| {markdown_cell(label)} | {'yes' if curve.uses_reference else 'no'} | "
                      + " | ".join(cell(curve.figures[m], m, curve.stochastic) for m in METRICS)
-                     + f" | {chosen} | {curve.seconds:.1f} |")
+                     + f" | {markdown_cell(chosen)} | {curve.seconds:.1f} |")
     lines += ["", f"Every figure: value [95% bootstrap interval over the {comparison.n_questions} questions, "
                   f"{comparison.n_boot} resamples], ±std over seeds for stochastic routers.", "",
               "| expert | role | cost | score x100 [95% CI] |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in expert_rows(comparison)]
+    lines += [markdown_row(row) for row in expert_rows(comparison)]
     lines += ["", *[f"Skipped {name}: {why}." for name, why in comparison.skipped.items()], *caveats(comparison), "",
               DEFINITIONS, "", f"![cost-quality curves]({PLOT})", ""]
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import click
@@ -14,7 +13,9 @@ from dersim.cache.splits import DEFAULT_VAL_FRACTION
 from dersim.env import REWARDS, TERMINATORS
 from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
-from dersim.locking import LOCK_FILE, directory_lock
+from dersim.locking import directory_lock
+from dersim.options import SEEDS
+from dersim.ownership import claim_output
 from dersim.trainer.algorithms import ALGOS, DEFAULT_ALGO
 from dersim.trainer.exact_pg import FullInfoConfig
 from dersim.trainer.ppo import PPOConfig
@@ -50,7 +51,7 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
                    "(val chooses among all).")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
               help="Cache directory (default: cache/strategyqa).")
-@click.option("--seeds", type=click.IntRange(min=1), default=4, show_default=True, help="Seeds per grid point.")
+@click.option("--seeds", type=SEEDS, default=4, show_default=True, help="Seeds per grid point.")
 @click.option("--grid", multiple=True, metavar="NAME=V1,V2",
               help="Vary a per-policy setting (repeatable): algo, lr, ent_coef, clip_eps, vf_coef, discount, "
                    "gae_lambda, l2, regressor, fqi_target, alpha, beta, gamma, p0, t_max, terminator, reward, "
@@ -149,7 +150,7 @@ def train_command(vectorized: bool, algo: str, cache_dir: Path | None, seeds: in
                                minibatch_questions=minibatch_questions)
     run_dir = out or Path("runs") / cache.name
     with directory_lock(run_dir, "train"):
-        existing = [p for p in run_dir.iterdir() if p.name != LOCK_FILE]
+        existing = claim_output(run_dir, "run")
         if existing and not (resume or overwrite):
             raise DersimError(f"{run_dir}: already holds a run; pass --resume to continue it or --overwrite to "
                               "replace it")
@@ -162,8 +163,7 @@ def train_command(vectorized: bool, algo: str, cache_dir: Path | None, seeds: in
             console.print(f"--steps {steps:,} rounds up to {chunks} chunk(s) of {chunk_steps:,}: "
                           f"{chunks * chunk_steps:,} env steps per PPO policy")
         if overwrite:
-            for path in existing:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            claim_output(run_dir, "run", overwrite=True)
         if not vectorized:
             from dersim.trainer.stepwise import train_stepwise
 
