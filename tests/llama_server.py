@@ -50,10 +50,10 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         # The server loads the model as the in-process backend does: without llama.cpp's extra buffer
-        # types on a CPU with AMX, whose AMX path crashes (dersim.builder.backends.llama_cpp).
-        serve = ("import runpy, sys; from dersim.builder.backends.llama_cpp import cpu_has_amx, without_extra_buffers; "
+        # types, whose layouts depend on the CPU (dersim.builder.backends.llama_cpp).
+        serve = ("import runpy, sys; from dersim.builder.backends.llama_cpp import without_extra_buffers; "
                  "sys.argv[0] = 'llama_cpp.server'\n"
-                 "with without_extra_buffers(cpu_has_amx()): runpy.run_module('llama_cpp.server', run_name='__main__')")
+                 "with without_extra_buffers(): runpy.run_module('llama_cpp.server', run_name='__main__')")
         cmd = [sys.executable, "-c", serve, "--model", str(self.model), "--host", HOST,
                "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
                "--n_threads_batch", str(self.n_threads)]

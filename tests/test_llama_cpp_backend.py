@@ -120,11 +120,23 @@ def test_chat_format_needs_a_chat_template() -> None:
         LlamaCppBackend(_spec(GEMMA), resolve_model(GEMMA))
 
 
-def test_amx_cpus_load_without_extra_buffers(tmp_path: Path) -> None:
-    """llama.cpp's AMX buffers crash on the first token: the backend turns them off where the CPU has AMX."""
-    from dersim.builder.backends.llama_cpp import cpu_has_amx
+def test_cpu_model_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    from dersim.builder.backends.llama_cpp import cpu_model
 
-    (tmp_path / "amx").write_text("flags\t: fpu avx2 avx512_vnni amx_bf16 amx_tile amx_int8\n", encoding="utf-8")
-    (tmp_path / "plain").write_text("flags\t: fpu avx2 avx512f\n", encoding="utf-8")
-    assert cpu_has_amx(tmp_path / "amx") and not cpu_has_amx(tmp_path / "plain")
-    assert not cpu_has_amx(tmp_path / "missing")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n", encoding="utf-8")
+    assert cpu_model(tmp_path / "cpuinfo") == "AMD EPYC 9R14"
+
+
+def test_the_kernel_fingerprint_describes_the_installed_build() -> None:
+    """The fingerprint lists llama.cpp's compiled CPU features; a build with native-only features
+    (AVX-512, AMX, weight repacking) is not the pinned portable kernel set."""
+    import llama_cpp
+
+    from dersim.builder.backends.llama_cpp import NATIVE_ONLY_FEATURES, kernel_fingerprint, replay_key
+
+    fingerprint = kernel_fingerprint()
+    info = llama_cpp.llama_print_system_info().decode()
+    assert fingerprint["llama_cpp_python"] == llama_cpp.__version__
+    assert fingerprint["features"] and all(f"{name} = 1" in info for name in fingerprint["features"])
+    assert fingerprint["portable"] == (not any(f"{name} = 1" in info for name in NATIVE_ONLY_FEATURES))
+    assert "cpu" not in replay_key(fingerprint) and replay_key(fingerprint)["features"] == fingerprint["features"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dersim import __version__
-from dersim.builder.backends import make_backend
+from dersim.builder.backends import backend_fingerprints, make_backend
 from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
 from dersim.builder.journal import CallJournal
@@ -23,6 +23,7 @@ from dersim.builder.sources import load_questions
 from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
 from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
 from dersim.locking import directory_lock
+from dersim.ownership import claim_output
 from dersim.recipe import Recipe
 
 JOURNAL_DIR = "journal"
@@ -82,6 +83,7 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
     """Build (or resume, or extend) the cache of `recipe` in `out`, holding its write lock (a
     second writer fails at once; see `dersim.locking`)."""
     with directory_lock(out, "build"):
+        claim_output(out, "cache")
         return _build(recipe, out, limit, depth, show_progress)
 
 
@@ -127,6 +129,7 @@ def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show
         "metric_columns": list(scores),
         "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},
         "build": {"limit": limit, "retries": recipe.build.retries, "concurrency": recipe.build.concurrency},
+        "backend_fingerprint": backend_fingerprints(recipe.experts),
         "recipe": recipe.to_manifest(),
     })
     finished = time.perf_counter()

@@ -22,3 +22,13 @@ def make_backend(spec: ExpertSpec) -> Backend:
 
         return OpenAIBackend(spec)
     raise BackendError(f"expert '{spec.name}': backend '{spec.backend}' is not available in this version")
+
+
+def backend_fingerprints(experts: list[ExpertSpec]) -> dict[str, dict]:
+    """The kernel fingerprint of each in-process backend the experts use (so far: llama_cpp), for the
+    manifest: what decides whether another machine's answers are byte-identical."""
+    if not any(e.backend == "llama_cpp" for e in experts):
+        return {}
+    from dersim.builder.backends.llama_cpp import kernel_fingerprint
+
+    return {"llama_cpp": kernel_fingerprint()}

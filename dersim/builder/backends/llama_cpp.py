@@ -5,17 +5,21 @@ repeat/frequency/presence penalties are neutral) and every call starts from an e
 a call's answer depends only on its prompt and the model, never on earlier calls: a resumed build
 reproduces exactly the answers an uninterrupted one would have produced.
 
-On a CPU with AMX, llama.cpp (as built by llama-cpp-python 0.3.36) puts the weights into its AMX
-buffers and crashes (a segfault) on the first token. There the backend loads models without
-llama.cpp's extra buffer types (AMX and weight repacking), which runs correctly; repacking
-changes the arithmetic slightly, so a few answers of a cache built on a CPU without AMX (the
-bundled ones) can differ there by a word: `dersim route --check` reports such differences.
+The answer also depends on the arithmetic llama.cpp runs, which it picks by CPU: a build tuned
+for the installing CPU (llama-cpp-python's default) uses AVX-512 or AMX kernels where they exist,
+and at load time it repacks weights into CPU-specific layouts ("extra buffer types"; on AMX CPUs
+this path crashes). So the same greedy call can give another answer on another CPU. dersim pins
+one kernel set: llama-cpp-python built for the x86-64-v3 baseline without weight repacking
+(`PORTABLE_CMAKE_ARGS`, as the README installs it), models loaded without extra buffer types on
+every CPU, and a fixed default thread count. `kernel_fingerprint()` describes what this process
+runs; the build records it in the manifest and `dersim route --check` compares it.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import os
+import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +34,14 @@ from dersim.errors import BackendError
 from dersim.recipe import ExpertSpec
 
 OPTIONS = ("n_ctx", "n_threads", "n_batch")
+# The thread count every call runs with unless the expert's options say otherwise: fixed, not the
+# machine's core count, so that no result can depend on how many cores a machine has.
+DEFAULT_THREADS = 2
+# How the README builds llama-cpp-python: the x86-64-v3 instruction set (AVX2, FMA, F16C, BMI2)
+# that every x86-64 machine of this project has, no native tuning, no runtime weight repacking.
+PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_CPU_REPACK=OFF"
+# Features of llama.cpp's system info that a portable build lacks (a build tuned for this CPU has them).
+NATIVE_ONLY_FEATURES = ("AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8", "REPACK")
 
 # Sampling settings that make llama-cpp-python decode greedily: temperature 0 selects the argmax
 # sampler; the rest keeps every other sampler stage (penalties, top-k/p, mirostat) a no-op.
@@ -49,22 +61,44 @@ _GREEDY: dict[str, Any] = {
 _LOAD_LOCK = threading.Lock()
 
 
-def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU advertises AMX (Linux; False where /proc/cpuinfo cannot be read)."""
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; the platform's processor string elsewhere)."""
     try:
-        return "amx_int8" in cpuinfo.read_text(encoding="utf-8", errors="replace")
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
     except OSError:
-        return False
+        pass
+    return platform.processor() or "unknown"
+
+
+@functools.cache
+def kernel_fingerprint() -> dict[str, Any]:
+    """What decides this process's llama.cpp arithmetic: llama-cpp-python's version (which pins the
+    llama.cpp it vendors), the compiled CPU features (llama.cpp's system info), the buffer types and
+    the default thread count; plus the CPU model, for the record (a portable build does not depend
+    on it). `portable` says whether the build is the pinned kernel set."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    features = sorted(part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
+                      if part.strip().endswith("= 1"))
+    return {"llama_cpp_python": llama_cpp.__version__, "features": features, "extra_buffer_types": False,
+            "default_threads": DEFAULT_THREADS, "portable": not set(features) & set(NATIVE_ONLY_FEATURES),
+            "cpu": cpu_model()}
+
+
+def replay_key(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """The part of a kernel fingerprint two machines must share for byte-identical answers."""
+    return {k: v for k, v in fingerprint.items() if k != "cpu"}
 
 
 @contextmanager
-def without_extra_buffers(enabled: bool) -> Iterator[None]:
+def without_extra_buffers() -> Iterator[None]:
     """While the body runs, make llama-cpp-python's default model params turn off llama.cpp's extra
-    buffer types (`use_extra_bufts`): its `Llama` has no argument for it. A no-op when not `enabled`.
-    Wrap a whole `llama_cpp.server` run in it to serve on a CPU with AMX."""
-    if not enabled:
-        yield
-        return
+    buffer types (`use_extra_bufts`: AMX and repacked weight layouts, chosen by CPU); its `Llama` has
+    no argument for it. Wrap a whole `llama_cpp.server` run in it to serve with the pinned kernels."""
     module = importlib.import_module("llama_cpp.llama_cpp")
     defaults = module.llama_model_default_params
 
@@ -105,10 +139,10 @@ class LlamaCppBackend:
         llama_cpp = _check_spec(spec)
         self.name = spec.name
         self.prompt_format = spec.prompt_format
-        n_threads = spec.options.get("n_threads", os.cpu_count() or 1)
+        n_threads = spec.options.get("n_threads", DEFAULT_THREADS)
         n_ctx = spec.options.get("n_ctx", 2048)
         try:
-            with without_extra_buffers(cpu_has_amx()):
+            with without_extra_buffers():
                 self._llm = llama_cpp.Llama(
                     model_path=str(model_path),
                     n_ctx=n_ctx,
