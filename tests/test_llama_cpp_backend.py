@@ -140,3 +140,26 @@ def test_the_kernel_fingerprint_describes_the_installed_build() -> None:
     assert fingerprint["features"] and all(f"{name} = 1" in info for name in fingerprint["features"])
     assert fingerprint["portable"] == (not any(f"{name} = 1" in info for name in NATIVE_ONLY_FEATURES))
     assert "cpu" not in replay_key(fingerprint) and replay_key(fingerprint)["features"] == fingerprint["features"]
+
+
+def test_the_installed_llama_cpp_is_the_portable_kernel_set() -> None:
+    """The README's install (CMAKE_ARGS, builders/portable_llama_cpp.sh) gives the x86-64-v3 kernels
+    without repacking, which are the same on every x86-64 CPU; a build tuned for this CPU is not."""
+    from dersim.builder.backends.llama_cpp import kernel_fingerprint
+
+    fingerprint = kernel_fingerprint()
+    assert fingerprint["portable"], f"llama-cpp-python has native-only kernels {fingerprint['features']}: run " \
+                                    "builders/portable_llama_cpp.sh"
+    assert {"AVX2", "FMA", "F16C"} <= set(fingerprint["features"])
+
+
+def test_answers_do_not_depend_on_the_thread_count(smol: LlamaCppBackend) -> None:
+    """With the pinned kernels each output element is computed whole by one thread, so a machine
+    running another thread count replays the same answers (the default is fixed anyway)."""
+    one = make_llama_cpp_backend(_spec(SMOL, n_threads=1))
+    try:
+        for prompt in ("Is a tomato a fruit? Answer yes or no, then explain.", "Name a prime number above 50."):
+            assert one.complete(_request(prompt, max_new_tokens=32)).text == \
+                smol.complete(_request(prompt, max_new_tokens=32)).text
+    finally:
+        one.close()
