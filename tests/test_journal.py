@@ -3,6 +3,7 @@ compacted, and a damaged shard is reported by name."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,21 @@ def test_damaged_shard_is_named_and_stale_temporaries_are_removed(tmp_path: Path
     (tmp_path / "shard-000001.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(CacheFormatError, match=r"shard-000001\.parquet: unreadable journal shard"):
         CallJournal(tmp_path)
+
+
+def test_a_journal_refuses_calls_from_another_kernel_set(tmp_path: Path) -> None:
+    """A build resumed on a machine whose llama.cpp arithmetic differs would mix two kernel sets'
+    answers in one cache; the CPU model alone is not a difference (the kernels are portable)."""
+    from dersim.builder.journal import KERNELS_FILE, check_kernels
+    from dersim.errors import BackendError
+
+    here = {"llama_cpp": {"llama_cpp_python": "0.3.36", "features": ["AVX2", "FMA"], "extra_buffer_types": False,
+                          "default_threads": 2, "portable": True, "cpu": "AMD EPYC"}}
+    check_kernels(tmp_path, here)
+    assert json.loads((tmp_path / KERNELS_FILE).read_text())["llama_cpp"]["features"] == ["AVX2", "FMA"]
+    check_kernels(tmp_path, {"llama_cpp": {**here["llama_cpp"], "cpu": "Intel(R) Xeon(R) Platinum 8488C"}})
+    native = {"llama_cpp": {**here["llama_cpp"], "features": ["AVX2", "AVX512", "FMA"], "portable": False}}
+    with pytest.raises(BackendError, match="its calls ran on other llama_cpp kernels .*features") as info:
+        check_kernels(tmp_path, native)
+    assert "\n" not in str(info.value)
+    check_kernels(tmp_path, {})  # a synthetic-only recipe has no in-process kernels to compare

@@ -18,7 +18,7 @@ from dersim import __version__
 from dersim.builder.backends import backend_fingerprints, make_backend
 from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
-from dersim.builder.journal import CallJournal
+from dersim.builder.journal import CallJournal, check_kernels
 from dersim.builder.sources import load_questions
 from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
 from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
@@ -97,6 +97,8 @@ def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show
     questions = load_questions(recipe.dataset, limit)
     embedder = make_embedder(recipe.embedding)
     journal = CallJournal(out / JOURNAL_DIR, recipe.build.flush_every)
+    fingerprints = backend_fingerprints(recipe.experts)
+    check_kernels(out / JOURNAL_DIR, fingerprints)
     runner = CallRunner(recipe.experts, recipe.prompt, recipe.build, journal, make_backend, show_progress)
     prepared = time.perf_counter()
     try:
@@ -129,7 +131,7 @@ def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show
         "metric_columns": list(scores),
         "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},
         "build": {"limit": limit, "retries": recipe.build.retries, "concurrency": recipe.build.concurrency},
-        "backend_fingerprint": backend_fingerprints(recipe.experts),
+        "backend_fingerprint": fingerprints,
         "recipe": recipe.to_manifest(),
     })
     finished = time.perf_counter()

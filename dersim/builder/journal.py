@@ -14,15 +14,18 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dersim.cache.schema import STATUS_OK, write_parquet_atomic
-from dersim.errors import CacheFormatError
+from dersim.errors import BackendError, CacheFormatError
 from dersim.recipe import ExpertSpec, PromptSpec
 
 SHARD_GLOB = "shard-*.parquet"
+# The kernel fingerprints (replay keys) of the in-process backends the journal's calls ran on.
+KERNELS_FILE = "kernels.json"
 FLUSH_SECONDS = 30.0
 COMPACT_ABOVE = 64  # shards; more are merged into one when a journal is opened
 
@@ -141,3 +144,24 @@ class CallJournal:
             self._next_shard += 1
             self._pending.clear()
         self._last_flush = time.monotonic()
+
+
+def check_kernels(directory: Path, fingerprints: dict[str, dict[str, Any]]) -> None:
+    """All calls of a journal come from one kernel set: the first build records its backends'
+    replay keys (`dersim.builder.backends.llama_cpp.replay_key`) beside the shards, and a build
+    resumed where llama.cpp's arithmetic differs is refused, since its cache would mix two
+    machines' answers. Raises `BackendError` naming what differs."""
+    from dersim.builder.backends.llama_cpp import replay_key
+
+    path = directory / KERNELS_FILE
+    keys = {name: replay_key(fingerprint) for name, fingerprint in fingerprints.items()}
+    recorded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    for name, key in keys.items():
+        if name in recorded and recorded[name] != key:
+            differing = ", ".join(f"{k} {recorded[name].get(k)!r} here {v!r}" for k, v in key.items()
+                                  if recorded[name].get(k) != v)
+            raise BackendError(f"{directory}: its calls ran on other {name} kernels ({differing}); resuming would "
+                               "mix two kernel sets' answers: install llama-cpp-python as the README says "
+                               "(builders/portable_llama_cpp.sh) or build into a new --out")
+    if keys.keys() - recorded.keys():
+        path.write_text(json.dumps({**recorded, **keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
