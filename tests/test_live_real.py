@@ -45,5 +45,8 @@ def test_live_routes_agree_with_the_replay_byte_for_byte(real_run: Path, policy:
     assert report["questions"] == 3 and report["full_agreement"], report["mismatches"]
     assert report["same_final_state"] == 3
     assert all(s["questions"] == s["same_expert"] == s["same_answer"] for s in report["steps"].values())
+    assert report["fingerprint"]["status"] == "match"  # built on this machine moments ago
+    assert all(e["compared"] == e["same_answer"] for e in report["experts"].values())
+    assert sum(e["compared"] for e in report["experts"].values()) == sum(report["latency"]["calls"].values())
     if policy == "0":
         assert sum(report["latency"]["calls"].values()) == 6  # every question routed through 2 real calls

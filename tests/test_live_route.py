@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jax
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dersim.builder.backends.base import CallRequest, Completion
+from dersim.builder.backends.synthetic import SyntheticBackend
 from dersim.cache.reader import open_cache
 from dersim.cli import main
 from dersim.env.tables import split_roots
@@ -104,19 +105,20 @@ def test_check_agrees_fully_on_the_synthetic_cache(run: tuple[Path, Path], polic
     assert embeddings["states_compared"] > 4 and embeddings["bitwise_equal"] == embeddings["states_compared"]
 
 
-def test_check_reports_each_mismatch_with_both_texts(run: tuple[Path, Path], tmp_path: Path) -> None:
-    cache, run_dir = run
-    other = tmp_path / "cache"
-    shutil.copytree(cache, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    for expert in manifest["experts"]:
-        expert["options"]["seed"] = 7  # the live experts now answer differently from the cached ones
-    (other / "manifest.json").write_text(json.dumps(manifest))
-    code, out, _ = route("--run", str(run_dir), "--cache", str(other), "--policy", str(NONE), "--check", "4")
+def test_check_reports_each_mismatch_with_both_texts(run: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, run_dir = run
+    complete = SyntheticBackend.complete
+
+    def reseeded(self: SyntheticBackend, request: CallRequest) -> Completion:
+        """The live experts now answer as if seeded otherwise: unlike the cached ones."""
+        out = complete(self, request)
+        return Completion(out.text + " (reseeded)", out.prompt_tokens, out.completion_tokens, out.latency_s)
+
+    monkeypatch.setattr(SyntheticBackend, "complete", reseeded)
+    code, out, _ = route("--run", str(run_dir), "--policy", str(NONE), "--check", "4")
     assert code == 1
     assert "mismatch" in out and "replay: " in out and "live:   " in out
-    code, out, _ = route("--run", str(run_dir), "--cache", str(other), "--policy", str(NONE), "--check", "4",
-                         "--json")
+    code, out, _ = route("--run", str(run_dir), "--policy", str(NONE), "--check", "4", "--json")
     mismatches = json.loads(out)["mismatches"]
     assert mismatches and all(m["replay"] != m["live"] for m in mismatches)
 

@@ -31,8 +31,10 @@ def eval_command(run_dir: Path, cache_dir: Path | None, split: str, top: int, as
     from dersim.evaluation.plots import plot_pareto
     from dersim.evaluation.report import evaluate
     from dersim.locking import directory_lock
+    from dersim.trainer.checkpoint import check_run_cache
     from dersim.trainer.run import CURVES, GridTrainer
 
+    check_run_cache(run_dir, cache_dir)  # another cache's answers would score the run's policies on other experts
     trainer = GridTrainer.from_run(run_dir, cache_dir, verify=not no_verify)
     own = cache_dir is None or cache_dir.resolve() == trainer.run_cache.resolve()
     with directory_lock(run_dir, "eval"):  # fails fast, before the work, if the run directory is read-only

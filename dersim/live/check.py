@@ -8,7 +8,11 @@ cache (`GridTrainer.greedy`): the same expert sequence (STOP included), byte-ide
 and the same final state (the question's cached state whose answer is the live final answer, up to
 whitespace, is the replay's final state). Any difference means the cache is not exact for this
 backend (say, an HTTP server whose sampling defaults differ); each one is reported with both
-texts. It also measures how far live state embeddings are from the cached ones.
+texts. It also measures how far live state embeddings are from the cached ones, counts per expert
+how many of its live calls answered byte for byte as the replay's (on the steps where both called
+it), and says whether this machine runs the llama.cpp kernels the cache was built with (the
+build's `backend_fingerprint` against this process's, by `replay_key`: the CPU model is shown,
+not compared).
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from dersim.builder.backends.llama_cpp import kernel_fingerprint, replay_key
 from dersim.builder.expand import normalise_answer
 from dersim.builder.sources.question import Question
-from dersim.cache.reader import open_cache
+from dersim.cache.reader import open_cache, read_manifest
 from dersim.env.tables import split_roots
 from dersim.live.observation import raw_state_embeddings
 from dersim.live.router import STOP, Route, Router
@@ -36,6 +41,14 @@ class StepAgreement:
 
     questions: int = 0
     same_expert: int = 0
+    same_answer: int = 0
+
+
+@dataclass
+class ExpertAgreement:
+    """Per expert: live calls on steps where the replay called it too, and how many answered byte for byte alike."""
+
+    compared: int = 0
     same_answer: int = 0
 
 
@@ -55,6 +68,8 @@ class CheckReport:
     max_embedding_diff: float = 0.0
     question_seconds: list[float] = field(default_factory=list)
     call_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    experts: dict[str, ExpertAgreement] = field(default_factory=dict)  # every expert (or pair), in the run's order
+    kernels: dict[str, Any] = field(default_factory=dict)  # `kernel_report` of the cache
 
     @property
     def full_agreement(self) -> bool:
@@ -65,7 +80,9 @@ class CheckReport:
         return {
             "policy": self.policy, "split": self.split, "questions": self.questions, "agreeing": self.agreeing,
             "same_final_state": self.same_final_state, "full_agreement": self.full_agreement,
-            "steps": {d: vars(a) for d, a in sorted(self.steps.items())}, "mismatches": self.mismatches,
+            "steps": {d: vars(a) for d, a in sorted(self.steps.items())},
+            "experts": {name: vars(a) for name, a in self.experts.items()}, "fingerprint": self.kernels,
+            "mismatches": self.mismatches,
             "embeddings": {"states_compared": self.states_compared, "bitwise_equal": self.embeddings_equal,
                            "max_abs_diff": self.max_embedding_diff},
             "latency": {"median_question_s": median(self.question_seconds) if self.question_seconds else None,
@@ -93,7 +110,8 @@ def sim_to_real(router: Router, n: int, split: str = "test") -> CheckReport:
             states_by_answer[qid][normalise_answer(answers[state])] = state
     names = trainer.tables.expert_names
     next_state = trainer.tables.next_state
-    report = CheckReport(policy.name, split)
+    report = CheckReport(policy.name, split, experts={name: ExpertAgreement() for name in names},
+                         kernels=kernel_report(read_manifest(trainer.cache)))
     for q, qid in enumerate(ids):
         row = rows[qid]
         question = Question(qid, row["question"], row["reference"], tuple(row["references"]), row["label"])
@@ -149,8 +167,11 @@ def _compare(report: CheckReport, route: Route, replay_tokens: list[str], replay
             counts.same_answer += 1
             continue
         cached, live = answers[replay_states[d]], route.steps[d - 1].answer
+        expert = report.experts[live_token]
+        expert.compared += 1
         if cached == live:
             counts.same_answer += 1
+            expert.same_answer += 1
             continue
         agree = False
         report.mismatches.append({"question_id": qid, "step": d, "what": "answer", "expert": live_token,
@@ -176,3 +197,69 @@ def _compare_embeddings(report: CheckReport, route: Route, live_states: list[int
         report.states_compared += 1
         report.embeddings_equal += diff == 0.0
         report.max_embedding_diff = max(report.max_embedding_diff, diff)
+
+
+def kernel_report(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Whether this machine runs the in-process kernels the cache was built with: `status` is match,
+    differs, unknown (a cache built before fingerprints were recorded) or not applicable (no expert
+    runs on this machine's kernels); per backend, both fingerprints, what differs and both CPUs."""
+    recorded = manifest.get("backend_fingerprint")
+    if recorded is None:
+        return {"status": "unknown", "backends": {}}
+    if not recorded:
+        return {"status": "not applicable", "backends": {}}
+    backends = {name: _compare_kernels(name, build) for name, build in recorded.items()}
+    return {"status": "differs" if any(b["differences"] for b in backends.values()) else "match",
+            "backends": backends}
+
+
+def _compare_kernels(backend: str, build: dict[str, Any]) -> dict[str, Any]:
+    here = _kernels_here(backend)
+    if here is None:
+        differences = {"backend": {"build": backend, "here": "not available here"}}
+    else:
+        mine, theirs = replay_key(here), replay_key(build)
+        differences = {k: {"build": theirs.get(k), "here": mine.get(k)} for k in sorted(set(mine) | set(theirs))
+                       if mine.get(k) != theirs.get(k)}
+    return {"build": build, "here": here, "differences": differences,
+            "cpu": {"build": build.get("cpu", "unknown"), "here": (here or {}).get("cpu", "unknown")}}
+
+
+def _kernels_here(backend: str) -> dict[str, Any] | None:
+    """This process's fingerprint of `backend` (None: a backend without one, or llama-cpp-python missing)."""
+    if backend != "llama_cpp":
+        return None
+    try:
+        return kernel_fingerprint()
+    except ImportError:
+        return None
+
+
+def describe_kernels(report: dict[str, Any]) -> list[str]:
+    """One line per backend of a `kernel_report`, for the terminal."""
+    status = report["status"]
+    if status == "unknown":
+        return ["kernels: unknown: the cache records no fingerprint (built by an older dersim)"]
+    if status == "not applicable":
+        return ["kernels: not applicable: no expert runs in this process on this machine's kernels (synthetic "
+                "answers are the same everywhere, HTTP experts answer on their servers)"]
+    lines = []
+    for backend, entry in report["backends"].items():
+        cpus = f"CPU here {entry['cpu']['here']!r}, build {entry['cpu']['build']!r}"
+        if not entry["differences"]:
+            build = entry["build"]
+            lines.append(f"kernels ({backend}): match the build's (llama-cpp-python {build.get('llama_cpp_python')}, "
+                         f"{' '.join(build.get('features', []))}); {cpus}")
+            continue
+        what = "; ".join(_difference(key, d["build"], d["here"]) for key, d in entry["differences"].items())
+        lines.append(f"kernels ({backend}): DIFFER from the build's: {what}; {cpus}: answers may differ")
+    return lines
+
+
+def _difference(key: str, build: Any, here: Any) -> str:
+    if isinstance(build, list) and isinstance(here, list):
+        parts = [f"{side} only {' '.join(sorted(set(a) - set(b)))}" for side, a, b in (("build", build, here),
+                                                                                      ("here", here, build))
+                 if set(a) - set(b)]
+        return f"{key}: {', '.join(parts)}"
+    return f"{key}: build {build}, here {here}"

@@ -4,9 +4,10 @@
 val, the judge, the embedding projection); `LiveRun.policy(i)` is one servable policy. A policy
 acts exactly as it does in the env's greedy episodes (`dersim.trainer.policy.action_scores`: the
 same network or linear head and masking, STOP only under the learned terminator), on an env whose
-embedding table is the live state's observed embedding. Policies that stop by the oracle
-terminator read the reference answer, which a live
-question does not have: they are refused.
+embedding table is the live state's observed embedding. Policies that read the reference answer,
+which a live question does not have, are refused: those that stop by the oracle terminator, and
+under the two-experts-per-step view those whose pairs keep the answer the reference prefers. The
+run's cache must be the one it trained on (`check_run_cache`: a moved copy passes).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 from dersim.env import DEPLOYABLE_TERMINATORS
 from dersim.env.der_env import EnvParams
 from dersim.env.judge import JUDGE_FILE, Judge
+from dersim.env.tables import EnvSpec, reads_reference
 from dersim.errors import DersimError
 from dersim.live.observation import ObservedEmbedding
-from dersim.trainer.checkpoint import load_checkpoint
+from dersim.trainer.checkpoint import check_run_cache, load_checkpoint
 from dersim.trainer.grid import policy_axes
 from dersim.trainer.policy import action_scores
 from dersim.trainer.run import GridTrainer, choose_policy
@@ -40,6 +42,7 @@ class LiveRun:
 
     def __init__(self, run_dir: Path, cache: Path | None = None) -> None:
         self.run_dir = Path(run_dir)
+        check_run_cache(self.run_dir, cache)
         self.trainer = GridTrainer.from_run(self.run_dir, cache)
         self.name = self.run_dir.resolve().name
         # The checkpoint restored into an abstract template: the trainer's own load() compiles and runs
@@ -48,7 +51,7 @@ class LiveRun:
         self.params = self.trainer.kept_params(state)
         self.best = self._best(state)
         self.observed = ObservedEmbedding(self.trainer.cache, self.trainer.spec)
-        judged = any(p["terminator"] == "judge" for p in self.trainer.policies)
+        judged = any(p["terminator"] == "judge" for p in self.trainer.policies) or picks_by_judge(self.trainer.spec)
         self.judge = Judge.load(self.run_dir / JUDGE_FILE) if judged else None
         network = self.trainer.network
         self.logits_fn = jax.jit(lambda params, env, rows, t, last: action_scores(
@@ -65,8 +68,9 @@ class LiveRun:
 
     @property
     def servable(self) -> list[int]:
-        """Indices of the policies that can run live (not stopped by the oracle)."""
-        return [i for i, p in enumerate(self.trainer.policies) if p["terminator"] in DEPLOYABLE_TERMINATORS]
+        """Indices of the policies that can run live (reading no reference answer)."""
+        spec = self.trainer.spec
+        return [i for i, p in enumerate(self.trainer.policies) if not reads_reference(spec, p["terminator"])]
 
     def model_names(self) -> dict[str, int]:
         """OpenAI model names: der-<run>-<policy> for each servable policy, der-<run> for the best."""
@@ -80,8 +84,10 @@ class LiveRun:
         n = len(self.trainer.policies)
         if index is None:
             if self.best is None:
-                raise DersimError(f"{self.run_dir}: every policy stops by the oracle terminator, which reads the "
-                                  "reference answer; none can route live")
+                why = ("keeps each pair's better answer by the reference (pair_pick 'reference')"
+                       if _pairs_by_reference(self.trainer.spec) else "stops by the oracle terminator")
+                raise DersimError(f"{self.run_dir}: every policy {why}, which reads the reference answer; none can "
+                                  "route live")
             index = self.best
         if not 0 <= index < n:
             raise DersimError(f"--policy {index}: the run has policies 0..{n - 1}")
@@ -89,7 +95,20 @@ class LiveRun:
         if settings["terminator"] not in DEPLOYABLE_TERMINATORS:
             raise DersimError(f"--policy {index} stops by the oracle terminator, which reads the reference answer; "
                               "a live question has none (choose a learned, judge or none policy)")
+        if _pairs_by_reference(self.trainer.spec):
+            raise DersimError(f"--policy {index} keeps each pair's better answer by the reference answer (pair_pick "
+                              "'reference'), which a live question does not have (a pairs run picked by the judge "
+                              "can route live)")
         return LivePolicy(self, index)
+
+
+def picks_by_judge(spec: EnvSpec) -> bool:
+    """Whether each step calls a pair of experts and keeps the answer the judge prefers."""
+    return spec.experts_per_step == 2 and spec.pair_pick == "judge"
+
+
+def _pairs_by_reference(spec: EnvSpec) -> bool:
+    return spec.experts_per_step == 2 and spec.pair_pick == "reference"
 
 
 class LivePolicy:
@@ -102,8 +121,10 @@ class LivePolicy:
         self.terminator: str = self.settings["terminator"]
         self.t_max = int(self.settings["t_max"])
         self.judge_threshold = float(self.settings["judge_threshold"])
-        self.n_experts = len(run.trainer.tables.expert_names)
+        self.n_experts = len(run.trainer.tables.expert_names)  # actions but STOP (pairs of experts, under pairs)
         self.max_depth = run.trainer.tables.max_depth
+        self.transfer = run.trainer.spec.transfer  # False: every call answers from the question alone (no KTP)
+        self.pairs = run.trainer.spec.experts_per_step == 2
         self._params = jax.tree.map(lambda x: x[index], run.params)
         self._env = per_policy(run.trainer.env_params, index)
 
@@ -132,6 +153,13 @@ class LivePolicy:
         if self.terminator != "judge" or self.run.judge is None:
             return None
         return float(self.run.judge.prob(raw_embedding[None, :])[0])
+
+    def prefers_second(self, first: np.ndarray, second: np.ndarray) -> bool:
+        """The pair view's pick between two answers' raw embeddings, as `dersim.env.views.with_pairs` makes
+        it: the second only when the judge gives it a strictly higher probability."""
+        assert self.run.judge is not None, "a pairs run picked by the judge has its judge"
+        prob = self.run.judge.prob
+        return bool(prob(second[None, :])[0] > prob(first[None, :])[0])
 
     def judge_stops(self, prob: float | None) -> bool:
         """The env's rule, in float32: stop when prob >= judge_threshold."""

@@ -10,6 +10,10 @@ The loop is the env's episode (`dersim.env`) with real calls in place of cache l
 max_calls defaults to the policy's T_max and may exceed the cache's depth D live: the route then
 says so (`beyond_cache_depth`), and from T_max on the policy is shown step T_max - 1 (see
 `LivePolicy.observed_step`). No step reads a reference answer.
+
+The run's view of the cache (`dersim.env.views`) is honoured: without transfer every call sees the
+question alone (no KTP); with two experts per step an action calls both experts of its pair from
+the same state and keeps the answer the judge prefers (the first on a tie), paying both calls.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from dersim.builder.backends.base import Completion
 from dersim.builder.embedding import state_text
 from dersim.builder.sources.question import Question
+from dersim.env.views import expert_pairs, pair_names
 from dersim.errors import DersimError
 from dersim.live.costs import CallPricer
 from dersim.live.policy import LivePolicy
@@ -99,10 +105,12 @@ class Router:
     """One policy over one expert pool; `route` is safe to call from several threads at once."""
 
     def __init__(self, policy: LivePolicy, pool: ExpertPool, pricer: CallPricer) -> None:
-        if pool.names != policy.run.trainer.tables.expert_names:
+        actions = pair_names(pool.names) if policy.pairs else pool.names
+        if actions != policy.run.trainer.tables.expert_names:
             raise DersimError(f"the run's experts {list(policy.run.trainer.tables.expert_names)} are not the "
-                              f"cache's {list(pool.names)}")
+                              f"cache's {list(actions)}")
         self.policy, self.pool, self.pricer = policy, pool, pricer
+        self.pairs = expert_pairs(len(pool.names)) if policy.pairs else None
 
     def route(self, question: Question, max_calls: int | None = None,
               on_step: Callable[[Step], None] | None = None) -> Route:
@@ -120,13 +128,14 @@ class Router:
             if action == n_experts:
                 route.stopped_by = STOP
                 break
-            call = self.pool.call(action, question, answer if route.steps else None)
-            answer, last = call.text.strip(), action
-            raw = self._embed(question, answer)
+            previous = answer if route.steps and self.policy.transfer else None
+            answer, raw, calls, cost = self._act(action, question, previous)
+            last = action
             route.embeddings.append(raw)
             prob = self.policy.judge_prob(raw)
-            step = Step(len(route.steps) + 1, self.pool.names[action], action, answer, call.prompt_tokens,
-                        call.completion_tokens, call.latency_s, self.pricer.cost(action, call), prob)
+            step = Step(len(route.steps) + 1, self.policy.run.trainer.tables.expert_names[action], action, answer,
+                        sum(c.prompt_tokens for c in calls), sum(c.completion_tokens for c in calls),
+                        sum(c.latency_s for c in calls), cost, prob)
             route.steps.append(step)
             if on_step is not None:
                 on_step(step)
@@ -138,6 +147,18 @@ class Router:
                 break
         route.wall_s = time.perf_counter() - started
         return route
+
+    def _act(self, action: int, question: Question,
+             previous: str | None) -> tuple[str, np.ndarray, list[Completion], float]:
+        """(answer, its state's raw embedding, the calls made, their cost) of one action: one expert's
+        call, or under the pairs view both experts' and the answer the judge prefers."""
+        experts = [action] if self.pairs is None else list(self.pairs[action])
+        calls = [self.pool.call(e, question, previous) for e in experts]
+        answers = [c.text.strip() for c in calls]
+        raws = [self._embed(question, a) for a in answers]
+        keep = int(len(raws) == 2 and self.policy.prefers_second(raws[0], raws[1]))
+        cost = sum(self.pricer.cost(e, c) for e, c in zip(experts, calls, strict=True))
+        return answers[keep], raws[keep], calls, cost
 
     def _embed(self, question: Question, answer: str) -> np.ndarray:
         return self.pool.embed([state_text(question.text, answer)])[0]

@@ -201,7 +201,12 @@ class GridTrainer:
         return {"groups": states, "best": bests, "chunk": 0}
 
     def run_record(self) -> dict[str, Any]:
-        return {"cache": str(self.cache), "env": asdict(self.spec), "ppo": asdict(self.config),
+        """What run.json holds: the settings to rebuild the trainer, and the cache's identity (its manifest
+        digest: `route`, `serve` and `eval` refuse another cache, a moved copy passes)."""
+        from dersim.cache.reader import manifest_digest
+
+        return {"cache": str(self.cache), "cache_digest": manifest_digest(self.cache), "env": asdict(self.spec),
+                "ppo": asdict(self.config),
                 "full_info": asdict(self.full_info), "policies": self.policies, "steps_per_policy": self.steps,
                 "n_chunks": self.n_chunks, "keep": self.keep, "cost_scale": self.tables.cost_scale}
 
