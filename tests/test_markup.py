@@ -49,8 +49,8 @@ def test_a_model_name_with_a_pipe_or_a_newline_keeps_the_routers_table_intact(tm
     runner = CliRunner()
     result = runner.invoke(main, ["cache", "import", "long", str(tmp_path / "answers.jsonl"), "--out",
                                   str(tmp_path / "cache"), "--question-id", "qid", "--question", "text", "--model",
-                                  "llm", "--answer", "out", "--score", "grade", "--cost", "usd", "--split", "split", "--embedding",
-                                  "hashing", "--dim", "16", "--max-calls", "1", "--quiet", "--json"])
+                                  "llm", "--answer", "out", "--score", "grade", "--cost", "usd", "--split", "split",
+                                  "--embedding", "hashing", "--dim", "16", "--max-calls", "1", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     names = json.loads((tmp_path / "cache" / "manifest.json").read_text())["experts"]
     assert {e["name"] for e in names} == set(ODD_MODELS)
