@@ -222,7 +222,7 @@ def test_bundled_routerbench_cache_has_a_cost_quality_story() -> None:
     assert verify_cache(cache) == []
     assert sum(f.stat().st_size for f in cache.iterdir()) < 8_000_000
     data = load_router_data(cache)
-    assert data.cost_mode == "usd" and data.n_experts == 11 and len(data.roots["test"]) == 90
+    assert data.cost_mode == "usd" and data.n_experts == 11 and len(data.roots["test"]) == 91
     result = compare(data, ["linear", "random-mix"], seeds=2, n_boot=50)
     linear, mix = (c.figures for c in result.curves)
     assert result.expert_names[result.strong] == "gpt-4-1106-preview"
