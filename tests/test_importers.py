@@ -18,7 +18,7 @@ from dersim.cache.schema import DEDUP_NONE
 from dersim.cache.verify import verify_cache
 from dersim.cli import DersimGroup
 from dersim.errors import DatasetError
-from dersim.importers.cli import import_group
+from dersim.importers.commands import import_group
 from dersim.importers.common import MISSING_EMPTY, MISSING_MALFORMED, random_split
 from dersim.importers.long import LongColumns, read_long
 from dersim.importers.routerbench import PARAMS_B, parse_listed_text, read_routerbench, shared_prefix
