@@ -24,3 +24,7 @@ class CacheFormatError(DersimError):
 class OutputError(DersimError):
     """An output directory that cannot be written: not creatable, read-only, locked by another
     writer, or holding a result that needs --overwrite (names the directory)."""
+
+
+class EnvError(DersimError):
+    """A bad environment setting (unknown metric, T_max beyond the built depth, ...)."""

@@ -54,10 +54,30 @@ paper's raw units (its alpha = 0.001 per billion parameters). Routes never step 
 depth: T_max > D is an error.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dersim.cache.costs import COST_MODES
 
 TERMINATORS = ("oracle", "learned", "none", "judge")
 REWARDS = ("paper", "final")
 DEPLOYABLE_TERMINATORS = ("learned", "judge", "none")  # the oracle reads the reference
 
-__all__ = ["COST_MODES", "DEPLOYABLE_TERMINATORS", "REWARDS", "TERMINATORS"]
+# The public API, imported on first use so that `import dersim.env` (every command does it for the
+# constants above) does not load JAX and Gymnasium.
+_API = {
+    "EnvSpec": "dersim.env.tables", "EnvTables": "dersim.env.tables", "load_tables": "dersim.env.tables",
+    "EnvParams": "dersim.env.der_env", "EnvState": "dersim.env.der_env", "make_params": "dersim.env.der_env",
+    "reset": "dersim.env.der_env", "step": "dersim.env.der_env", "DERGymEnv": "dersim.env.reference",
+    "EnvError": "dersim.errors",
+}
+
+__all__ = ["COST_MODES", "DEPLOYABLE_TERMINATORS", "REWARDS", "TERMINATORS", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'dersim.env' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)

@@ -23,11 +23,7 @@ from dersim.env import DEPLOYABLE_TERMINATORS, REWARDS, TERMINATORS
 from dersim.env.judge import Judge, fit_judge, oracle_noise
 from dersim.env.projection import project_states
 from dersim.env.views import PAIR_PICKS, pair_names, with_pairs, without_transfer
-from dersim.errors import DersimError
-
-
-class EnvError(DersimError):
-    """A bad environment setting (unknown metric, T_max beyond the built depth, ...)."""
+from dersim.errors import EnvError
 
 
 @dataclass(frozen=True)
