@@ -25,7 +25,7 @@ from dersim.cli import main
 from dersim.env.tables import EnvSpec
 from dersim.live.policy import LiveRun
 from dersim.live.pool import ExpertPool
-from dersim.live.router import Router
+from dersim.live.router import LiveRouter
 from dersim.trainer.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from dersim.trainer.run import RUN_FILE, GridTrainer
 
@@ -323,15 +323,15 @@ def test_output_is_written_atomically(run: tuple[Path, Path], tmp_path: Path, mo
     output = tmp_path / "out.jsonl"
     output.write_text("earlier routes\n", encoding="utf-8")
     questions = write_questions(tmp_path / "in.jsonl", ["Is water wet?", "Is fire hot?", "Can cats fly?"])
-    original, seen = Router.route, []
+    original, seen = LiveRouter.route, []
 
-    def route(self: Router, *args: object, **kwargs: object) -> object:
+    def route(self: LiveRouter, *args: object, **kwargs: object) -> object:
         seen.append(output.read_text(encoding="utf-8"))
         if len(seen) == 2 and interrupt:
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Router, "route", route)
+    monkeypatch.setattr(LiveRouter, "route", route)
     interrupt = True
     cli("route", "--run", run[1], "--policy", NONE, "--input", questions, "--output", output)
     assert output.read_text(encoding="utf-8") == "earlier routes\n"

@@ -31,7 +31,7 @@ from dersim.errors import DersimError
 from dersim.live.costs import CallPricer
 from dersim.live.policy import LiveRun
 from dersim.live.pool import ExpertPool
-from dersim.live.router import Router, live_question
+from dersim.live.router import LiveRouter, live_question
 from dersim.live.server import create_app, serve, uvicorn_server
 from dersim.recipe import load_recipe
 from dersim.trainer.run import GridTrainer
@@ -121,12 +121,12 @@ def server(run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def routers(run: tuple[Path, Path]) -> Iterator[dict[str, Router]]:
+def routers(run: tuple[Path, Path]) -> Iterator[dict[str, LiveRouter]]:
     """The same routes computed in this process, to compare the server's with."""
     live = LiveRun(run[1])
     pool = ExpertPool(live.trainer.cache)
     pricer = CallPricer(live.trainer.spec.cost_mode, pool.experts, live.trainer.cache)
-    yield {name: Router(live.policy(i), pool, pricer) for name, i in live.model_names().items()}
+    yield {name: LiveRouter(live.policy(i), pool, pricer) for name, i in live.model_names().items()}
     pool.close()
 
 
@@ -248,7 +248,7 @@ def test_models_lists_every_servable_policy_and_the_best(server: Server, run: tu
 
 
 def test_a_chat_completion_is_the_routed_answer_with_its_trace(server: Server, run: tuple[Path, Path],
-                                                               routers: dict[str, Router]) -> None:
+                                                               routers: dict[str, LiveRouter]) -> None:
     text = questions(run, 1)[0]
     status, body = server.request("POST", "/chat/completions", chat("der-run", text))
     assert status == 200, body
@@ -264,7 +264,7 @@ def test_a_chat_completion_is_the_routed_answer_with_its_trace(server: Server, r
 
 
 def test_concurrent_requests_each_get_their_own_route(server: Server, run: tuple[Path, Path],
-                                                      routers: dict[str, Router]) -> None:
+                                                      routers: dict[str, LiveRouter]) -> None:
     texts = questions(run, 8)
     models = ["der-run-0", "der-run-1", "der-run-2", "der-run"] * 2
     with ThreadPoolExecutor(8) as pool:
@@ -334,11 +334,12 @@ def test_the_docs_and_openapi_need_the_token(server: Server) -> None:
     assert "/v1/chat/completions" in call(server.root + "/openapi.json", token=TOKEN)[1]["paths"]
 
 
-def test_health_is_liveness_then_readiness_once_the_experts_load(server: Server, routers: dict[str, Router]) -> None:
+def test_health_is_liveness_then_readiness_once_the_experts_load(server: Server,
+                                                                 routers: dict[str, LiveRouter]) -> None:
     assert call(server.root + "/health")[:2] == (200, {"status": "ready", "running": 0, "queued": 0})
     loaded, closed = threading.Event(), threading.Event()
 
-    def load() -> tuple[dict[str, Router], Callable[[], None]]:
+    def load() -> tuple[dict[str, LiveRouter], Callable[[], None]]:
         loaded.wait()
         return {"der-test": routers["der-run"]}, closed.set
 
@@ -368,7 +369,7 @@ def test_health_is_liveness_then_readiness_once_the_experts_load(server: Server,
 
 
 def test_an_expert_that_fails_to_load_stops_the_server_with_its_error() -> None:
-    def load() -> tuple[dict[str, Router], Callable[[], None]]:
+    def load() -> tuple[dict[str, LiveRouter], Callable[[], None]]:
         raise DersimError("expert 'x': model file missing")
 
     failed: list[BaseException] = []
@@ -386,7 +387,7 @@ def test_an_expert_that_fails_to_load_stops_the_server_with_its_error() -> None:
 
 
 def test_streaming_with_the_openai_client_gives_the_answer_and_the_trace(server: Server, run: tuple[Path, Path],
-                                                                       routers: dict[str, Router]) -> None:
+                                                                       routers: dict[str, LiveRouter]) -> None:
     client = openai.OpenAI(base_url=server.base, api_key=TOKEN, max_retries=0)
     text = questions(run, 3)[2]
     messages = [{"role": "user", "content": text}]
@@ -459,7 +460,7 @@ def listening(port: int) -> bool:
 
 
 def test_the_openai_client_works_against_the_server(server: Server, run: tuple[Path, Path],
-                                                    routers: dict[str, Router]) -> None:
+                                                    routers: dict[str, LiveRouter]) -> None:
     client = openai.OpenAI(base_url=server.base, api_key=TOKEN, max_retries=0)
     assert "der-run" in [m.id for m in client.models.list()]
     text = questions(run, 2)[1]

@@ -30,7 +30,7 @@ from dersim.builder.sources.question import Question
 from dersim.cache.reader import open_cache, read_manifest
 from dersim.env.tables import split_roots
 from dersim.live.observation import raw_state_embeddings
-from dersim.live.router import STOP, Route, Router
+from dersim.live.router import STOP, LiveRouter, Route
 
 STOP_TOKEN = "STOP"
 
@@ -91,7 +91,7 @@ class CheckReport:
         }
 
 
-def sim_to_real(router: Router, n: int, split: str = "test") -> CheckReport:
+def sim_to_real(router: LiveRouter, n: int, split: str = "test") -> CheckReport:
     """Route the first `n` questions of `split` live and compare each with its cached replay."""
     policy = router.policy
     trainer = policy.run.trainer

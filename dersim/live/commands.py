@@ -201,7 +201,7 @@ def route_command(run_dir: Path, cache: Path | None, policy_index: int | None, i
     routes on N cached questions must replay the cached ones byte for byte (exit status 1 otherwise).
     HTTP experts are called only where --recipe, --base-url and --api-key-env say.
     """
-    from dersim.live.router import Router
+    from dersim.live.router import LiveRouter
 
     if check_n is not None and (input_path or output_path or max_calls):
         raise DersimError("--check compares with the cache's replay: it takes no --input, --output or --max-calls")
@@ -212,7 +212,7 @@ def route_command(run_dir: Path, cache: Path | None, policy_index: int | None, i
     with atomic_output(output_path) as out:
         live, pool, pricer = load_live(run_dir, cache, endpoints)
         try:
-            router = Router(live.policy(policy_index), pool, pricer)
+            router = LiveRouter(live.policy(policy_index), pool, pricer)
             console.print(f"policy {router.policy.name}: terminator {router.policy.terminator}, T_max "
                           f"{router.policy.t_max}; experts {', '.join(pool.names)}")
             if check_n is not None:
@@ -398,12 +398,12 @@ def _load_experts(live: Any, policies: dict[str, Any], endpoints: Endpoints) -> 
 
     from dersim.live.costs import CallPricer
     from dersim.live.pool import ExpertPool
-    from dersim.live.router import Router
+    from dersim.live.router import LiveRouter
 
     pool = ExpertPool(live.trainer.cache, endpoints)
     try:
         pricer = CallPricer(live.trainer.spec.cost_mode, pool.experts, live.trainer.cache)
-        routers = {name: Router(policy, pool, pricer) for name, policy in policies.items()}
+        routers = {name: LiveRouter(policy, pool, pricer) for name, policy in policies.items()}
         first = next(iter(policies.values()))
         first.logits(np.zeros(pool.embedder.dim, np.float32), 0, first.n_experts)
     except BaseException:

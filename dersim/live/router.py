@@ -101,7 +101,7 @@ class Route:
                 "steps": [asdict(s) for s in self.steps]}
 
 
-class Router:
+class LiveRouter:
     """One policy over one expert pool; `route` is safe to call from several threads at once."""
 
     def __init__(self, policy: LivePolicy, pool: ExpertPool, pricer: CallPricer) -> None:

@@ -55,7 +55,7 @@ from starlette.types import Message as ASGIMessage
 
 from dersim.builder.sources.question import Question
 from dersim.live.pool import ExpertCallError
-from dersim.live.router import Route, Router, live_question
+from dersim.live.router import LiveRouter, Route, live_question
 
 TOKEN_ENV = "DERSIM_SERVE_TOKEN"
 DEFAULT_MAX_INPUT_CHARS = 8000
@@ -66,7 +66,7 @@ HEALTH_PATH = "/health"
 LOADING_RETRY_S = 5
 
 T = TypeVar("T")
-Loaded = tuple[dict[str, Router], Callable[[], None]]  # the routers by model name, and what closes their experts
+Loaded = tuple[dict[str, LiveRouter], Callable[[], None]]  # the routers by model name, and what closes their experts
 
 
 class APIError(Exception):
@@ -189,7 +189,7 @@ class Service:
 
     def __init__(self, models: list[str], load: Callable[[], Loaded]) -> None:
         self.models = models
-        self.routers: dict[str, Router] = {}
+        self.routers: dict[str, LiveRouter] = {}
         self.error: Exception | None = None
         self.on_failure: Callable[[], None] = lambda: None  # `serve` stops the server with it
         self._load = load
@@ -212,7 +212,7 @@ class Service:
             return
         self.routers = routers
 
-    def router(self, model: str) -> Router:
+    def router(self, model: str) -> LiveRouter:
         """The router of a known model; a 503 while the experts are loading."""
         router = self.routers.get(model)
         if router is None:
@@ -256,7 +256,7 @@ class RouteQueue:
             self._request_s = 0.8 * self._request_s + 0.2 * (time.perf_counter() - started)
 
 
-def route_question(router: Router, question: Question, max_calls: int | None) -> Route:
+def route_question(router: LiveRouter, question: Question, max_calls: int | None) -> Route:
     """`router.route`, with an expert's failure as an API error (400 when it can never succeed, else 502)."""
     try:
         return router.route(question, max_calls)
