@@ -36,10 +36,11 @@ from dersim.cache.schema import (
 from dersim.errors import CacheFormatError
 
 SHOWN_ROWS = 3
-# The columns `check_cache` reads from each table (metric columns are added for states).
+# The columns `check_cache` reads from each table (metric columns, and the embedding unless the
+# caller checks the array it loads itself, are added for states).
 CHECKED_COLUMNS = {
     QUESTIONS: ("question_id", "root_state_id"),
-    STATES: ("state_id", "question_id", "depth", "embedding"),
+    STATES: ("state_id", "question_id", "depth"),
     TRANSITIONS: ("state_id", "expert_id", "next_state_id", "status"),
 }
 HASH_DIFFERS = "sha256 differs from the manifest (the file changed after the cache was written)"
@@ -97,12 +98,7 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
         problems.append(f"{path}: {_values(states['question_id'].null_count(), 'missing question_id')} "
                         f"({_rows(states['question_id'].is_null().to_numpy())})")
     if "embedding" in states.columns and states.height:
-        embeddings = np.asarray(states["embedding"].to_numpy(), dtype=np.float64).reshape(states.height, -1)
-        bad = ~np.isfinite(embeddings).all(axis=1)
-        if bad.any():
-            count = int(bad.sum())
-            problems.append(f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values "
-                            f"({_rows(bad)})")
+        problems += embedding_problems(path, np.asarray(states["embedding"].to_numpy()).reshape(states.height, -1))
     for metric in metrics:
         column = states[metric]
         values = column.to_numpy().astype(np.float64, copy=False)
@@ -113,6 +109,16 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
                 problems.append(f"{path}: {_values(int(bad.sum()), label)} in column '{metric}' ({_rows(bad)})")
                 break
     return problems
+
+
+def embedding_problems(path: Path, embeddings: np.ndarray) -> list[str]:
+    """Rows of the [S, d] `embeddings` (read from `path`) with NaN or infinite values: a policy fed
+    one would output NaN without an error."""
+    bad = ~np.isfinite(embeddings).all(axis=1)
+    if not bad.any():
+        return []
+    count = int(bad.sum())
+    return [f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values ({_rows(bad)})"]
 
 
 def question_codes(states: pl.DataFrame) -> np.ndarray:
@@ -196,14 +202,15 @@ def raise_first(problems: list[str]) -> None:
 
 
 def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, verify_hashes: bool = True,
-                metrics: Iterable[str] | None = None) -> dict[str, Any]:
+                metrics: Iterable[str] | None = None, embeddings: bool = True) -> dict[str, Any]:
     """Check the cache in `directory` before reading `files` (table file names) from it, and
     return its manifest. Raises a one-line `CacheFormatError` at the first problem.
 
     Checks the manifest; unless `verify_hashes` is False (the user's `--no-verify`), the sha256 of
     each of `files` against the manifest; then the `content_problems` checks, on the `metrics`
     columns of states.parquet (default: all; each must be one of the manifest's
-    `metric_columns`)."""
+    `metric_columns`) and, when `embeddings`, on its embeddings (a reader that loads them passes
+    False and runs `embedding_problems` on its own array, so the column is read once)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     files = tuple(files)
@@ -218,8 +225,8 @@ def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, ve
         raise_first(hash_problems(directory, manifest, files))
     dim = int(manifest.get("embedding", {}).get("dim", 0) or 0)
     schemas = {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, dim), TRANSITIONS: TRANSITIONS_SCHEMA}
-    tables = {name: pl.from_arrow(read_columns(directory / name, [*CHECKED_COLUMNS[name],
-                                                                   *(metrics if name == STATES else ())],
+    extra = {STATES: [*metrics, *(["embedding"] if embeddings else [])]}
+    tables = {name: pl.from_arrow(read_columns(directory / name, [*CHECKED_COLUMNS[name], *extra.get(name, ())],
                                                schemas[name]))
               for name in files}
     raise_first(content_problems(directory, manifest, tables, metrics))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from dersim.cache.check import check_cache
+from dersim.cache.check import check_cache, embedding_problems, raise_first
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
 from dersim.cache.reader import read_columns, read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS, is_imported
@@ -160,7 +160,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     cache is refused with one line before any work."""
     directory = Path(directory)
     spec = resolve_spec(spec, read_manifest(directory), directory)
-    manifest = check_cache(directory, verify_hashes=verify, metrics=[spec.metric])
+    manifest = check_cache(directory, verify_hashes=verify, metrics=[spec.metric], embeddings=False)
     n_experts = len(manifest["experts"])
     states = read_columns(directory / STATES, ["state_id", "question_id", "depth", spec.metric, "embedding"])
     questions = read_columns(directory / QUESTIONS, ["question_id", "split", "root_state_id"])
@@ -198,6 +198,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     embedding_column = states["embedding"].combine_chunks()
     dim = embedding_column.type.list_size
     embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
+    raise_first(embedding_problems(directory / STATES, embedding))
     score = states[spec.metric].to_numpy().astype(np.float32)
     judge = None
     needs_judge = spec.terminator == "judge" or (spec.experts_per_step == 2 and spec.pair_pick == "judge")

@@ -89,6 +89,6 @@ def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray
 
 def metric_scores(cache, metrics: list[str]) -> dict[str, np.ndarray]:
     """Every metric column of the cache's states (float32 [S] each), checked."""
-    check_cache(cache, (STATES,), verify_hashes=False, metrics=metrics)
+    check_cache(cache, (STATES,), verify_hashes=False, metrics=metrics, embeddings=False)
     states = read_columns(cache / STATES, metrics)
     return {m: states[m].to_numpy().astype(np.float32) for m in metrics}
