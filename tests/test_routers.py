@@ -40,7 +40,6 @@ from dersim.routers.data import load_router_data
 from dersim.routers.evaluate import choose, compare
 from dersim.routers.metrics import curve_points
 from dersim.routers.registry import ROUTERS, RouterOptions
-from dersim.routers.replay import replay
 
 from conftest import REPO, SHARED_DATA
 
@@ -156,8 +155,8 @@ def test_cascade_with_transfer_and_the_oracle_judge(clusters: Path) -> None:
         assert not a.transfer and b.transfer
         np.testing.assert_array_equal(a.calls, b.calls)
         # From an answer an expert repeats its own answer here, so with or without transfer is the same.
-        np.testing.assert_array_equal(replay(a, questions.roots, data.world, data.score).final_state,
-                                      replay(b, questions.roots, data.world, data.score).final_state)
+        np.testing.assert_array_equal(a.replay(questions.roots, data.world).final_state,
+                                      b.replay(questions.roots, data.world).final_state)
     oracle = compare(data, ["cascade"], options=RouterOptions(judge="oracle", judge_error=0.2), seeds=2, n_boot=20)
     curve = oracle.curves[0]
     assert curve.uses_reference and curve.stochastic and curve.score.shape[0] == 2
@@ -176,14 +175,14 @@ def test_replay_with_and_without_transfer(tmp_path: Path) -> None:
     data = load_router_data(write_cluster_cache(tmp_path / "c", n_questions=20))
     world, roots = data.world, data.roots["test"]
     calls = np.tile([0, 2], (len(roots), 1))
-    chained = replay(Routes(calls, transfer=True), roots, world, data.score)
-    scratch = replay(Routes(calls), roots, world, data.score)
+    chained = Routes(calls, transfer=True).replay(roots, world)
+    scratch = Routes(calls).replay(roots, world)
     np.testing.assert_array_equal(scratch.final_state, world.next_state[roots, 2])
     np.testing.assert_array_equal(chained.final_state, world.next_state[world.next_state[roots, 0], 2])
     np.testing.assert_allclose(scratch.cost, 1.0 + 10.0)
-    kept = replay(Routes(calls, keep=np.zeros(len(roots), np.int64)), roots, world, data.score)
+    kept = Routes(calls, keep=np.zeros(len(roots), np.int64)).replay(roots, world)
     np.testing.assert_array_equal(kept.final_state, world.next_state[roots, 0])
-    nothing = replay(Routes(np.full((len(roots), 1), -1)), roots, world, data.score)
+    nothing = Routes(np.full((len(roots), 1), -1)).replay(roots, world)
     np.testing.assert_array_equal(nothing.final_state, roots)
     assert (nothing.cost == 0).all() and (nothing.calls == 0).all()
 

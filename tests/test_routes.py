@@ -5,13 +5,23 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from dersim.builder.build import build_cache
 from dersim.cache.info import cache_summary
 from dersim.cache.reader import open_cache
-from dersim.cache.routes import all_routes, best_fixed_routes, expert_scores_by_step, next_state_matrix, replay
+from dersim.cache.routes import (
+    RouteTables,
+    all_routes,
+    best_fixed_routes,
+    expert_scores_by_step,
+    final_states,
+    next_state_matrix,
+    replay,
+    replay_from_root,
+)
 from dersim.errors import CacheFormatError
 from dersim.recipe import load_recipe
 
@@ -41,7 +51,7 @@ def test_replay_matches_a_plain_walk(cache) -> None:
     roots = cache.questions["root_state_id"].to_numpy()
     next_state = next_state_matrix(cache)
     for route in [(0,), (2, 1), (1, 1, 0), (2, 2, 2)]:
-        fast = replay(route, roots, next_state)
+        fast = final_states(route, roots, next_state)
         assert fast.tolist() == [walk(cache, int(r), route) for r in roots]
 
 
@@ -49,9 +59,44 @@ def test_routes_beyond_the_built_depth_end_where_nothing_was_built(cache) -> Non
     roots = cache.questions["root_state_id"].to_numpy()
     next_state = next_state_matrix(cache)
     route = (2, 1, 2, 0)
-    assert replay(route, roots, next_state).tolist() == [walk(cache, int(r), route) for r in roots]
-    four_calls = [replay(r, roots, next_state) for r in all_routes(3, 4) if len(r) == 4]
+    assert final_states(route, roots, next_state).tolist() == [walk(cache, int(r), route) for r in roots]
+    four_calls = [final_states(r, roots, next_state) for r in all_routes(3, 4) if len(r) == 4]
     assert any((final == -1).any() for final in four_calls), "depth-D states have no transitions"
+
+
+def test_a_batch_of_routes_replays_as_each_route_alone_with_its_path_and_cost(cache) -> None:
+    """Policies x questions x steps in one replay equal one question at a time along a plain walk."""
+    roots = cache.questions["root_state_id"].to_numpy()
+    next_state = next_state_matrix(cache)
+    cost = np.random.default_rng(0).random(next_state.shape).astype(np.float32)
+    routes = np.random.default_rng(1).integers(0, 3, size=(4, len(roots), 3))
+    routes[np.random.default_rng(2).random(routes.shape[:2]) < 0.3, 2] = -1  # some routes end after two calls
+    routes[0, :, :] = -1  # a policy that never calls
+    outcome = replay(routes, roots, RouteTables(next_state, cost=cost), with_path=True)
+    for p in range(routes.shape[0]):
+        for q, root in enumerate(roots):
+            route = tuple(int(e) for e in routes[p, q] if e >= 0)
+            path = [int(root)]
+            for expert in route:
+                path.append(int(next_state[path[-1], expert]))
+            assert outcome.final_state[p, q] == walk(cache, int(root), route) == path[-1]
+            assert outcome.calls[p, q] == len(route)
+            assert outcome.path[p, q, : len(route) + 1].tolist() == path
+            paid = sum(float(cost[s, e]) for s, e in zip(path[:-1], route, strict=True))
+            assert outcome.cost[p, q] == pytest.approx(paid)
+
+
+def test_a_route_without_transfer_answers_from_the_root_and_keeps_the_chosen_call(cache) -> None:
+    roots = cache.questions["root_state_id"].to_numpy()
+    next_state = next_state_matrix(cache)
+    cost = np.ones(next_state.shape, np.float32)
+    routes = np.tile([2, 0, 1], (len(roots), 1))
+    keep = np.arange(len(roots)) % 3
+    outcome = replay_from_root(routes, roots, RouteTables(next_state, cost=cost), keep)
+    assert outcome.final_state.tolist() == [int(next_state[r, routes[0, k]]) for r, k in zip(roots, keep, strict=True)]
+    assert (outcome.calls == 3).all() and (outcome.cost == 3.0).all()
+    last = replay_from_root(routes, roots, RouteTables(next_state))
+    assert last.final_state.tolist() == next_state[roots, 1].tolist() and (last.cost == 0).all()
 
 
 def test_best_fixed_route_beats_every_single_expert(cache) -> None:

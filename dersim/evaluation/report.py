@@ -20,9 +20,10 @@ import polars as pl
 from dersim.cache.check import check_cache
 from dersim.cache.costs import COST_UNITS
 from dersim.cache.reader import read_columns, read_manifest
+from dersim.cache.routes import RouteTables
 from dersim.cache.schema import STATES
 from dersim.env.tables import reads_reference, split_roots
-from dersim.evaluation.baselines import RouteTables, baselines
+from dersim.evaluation.baselines import baselines
 from dersim.evaluation.stats import mean_ci
 from dersim.trainer.run import GridTrainer, choose_policy
 
@@ -109,7 +110,7 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
                          policies[f"{chosen_on}_cost"].to_numpy(), trainer.spec)
     reference = policies.row(best if best is not None else 0, named=True)
     lengths = np.repeat([int(k) for k in reference["route_lengths"]], list(reference["route_lengths"].values()))
-    route_tables = RouteTables(tables.next_state, scores[metric], tables.cost)
+    route_tables = RouteTables(tables.next_state, cost=tables.cost, score=scores[metric])
     rows = [score_row(b.name, "reference" if b.uses_reference else "baseline", b.uses_reference,
                       b.outcome.final_state, b.outcome.calls, b.outcome.cost, scores, None, names, tables.max_depth)
             for b in baselines(route_tables, roots, train_roots, names, int(reference["t_max"]),

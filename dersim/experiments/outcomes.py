@@ -14,24 +14,13 @@ import numpy as np
 
 from dersim.cache.check import check_cache
 from dersim.cache.reader import read_columns
+from dersim.cache.routes import Outcome, RouteTables, policy_routes, replay, replay_from_root
 from dersim.cache.schema import STATES
 from dersim.env.tables import EnvSpec, EnvTables, load_tables
 from dersim.errors import DersimError
-from dersim.evaluation.baselines import RouteTables, run_routes
 from dersim.experiments.grids import TrainedGrid
 
 COSTS = ("cost", "params", "seconds")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """[K, Q] arrays: K seeds (1 for a deterministic rule) by Q test questions."""
-
-    final_state: np.ndarray
-    calls: np.ndarray
-    cost: np.ndarray  # the run's cost mode, raw unit
-    params: np.ndarray  # billions of parameters activated (NaN when the cache has no sizes)
-    seconds: np.ndarray  # summed cached latencies (NaN when the cache has none)
 
 
 @dataclass(frozen=True)
@@ -54,34 +43,30 @@ def cost_tables(tables: EnvTables, cache, spec: EnvSpec) -> CostTables:
     return CostTables(tables.next_state, tables.cost, other("params"), other("latency"))
 
 
-def replay(routes: np.ndarray, roots: np.ndarray, costs: CostTables, score: np.ndarray) -> Outcome:
-    """Routes [K, Q, L] (-1 = no more calls) from `roots`, costed three ways."""
-    def run(table: np.ndarray | None) -> list:
-        if table is None:
-            return [None] * len(routes)
-        return [run_routes(r, roots, RouteTables(costs.next_state, score, table)) for r in routes]
+def replay_costed(routes: np.ndarray, roots: np.ndarray, costs: CostTables, keep: np.ndarray | None = None) -> Outcome:
+    """Routes [K, Q, L] (K seeds, -1 = no more calls) from `roots` with knowledge transfer, or, with
+    `keep` ([Q], one seed), every call from the root keeping call keep[q]'s answer; costed three
+    ways: the outcome's `params` and `seconds` are [K, Q] (NaN where the cache does not know them)."""
+    def run(table: np.ndarray) -> Outcome:
+        tables = RouteTables(costs.next_state, cost=table)
+        if keep is None:
+            return replay(routes, roots, tables)
+        one = replay_from_root(routes[0], roots, tables, keep)
+        return Outcome(one.final_state[None], one.calls[None], one.cost[None])
 
-    main, params, seconds = run(costs.cost), run(costs.params), run(costs.seconds)
-    nan = np.full((len(routes), len(roots)), np.nan)
-    return Outcome(np.stack([o.final_state for o in main]), np.stack([o.calls for o in main]),
-                   np.stack([o.cost for o in main]),
-                   nan if params[0] is None else np.stack([o.cost for o in params]),
-                   nan if seconds[0] is None else np.stack([o.cost for o in seconds]))
+    def cost(table: np.ndarray | None) -> np.ndarray:
+        return np.full(routes.shape[:-1], np.nan) if table is None else run(table).cost
 
-
-def policy_routes(actions: np.ndarray, n_experts: int) -> np.ndarray:
-    """Greedy actions [..., D] as routes: STOP (action N) and the end are -1."""
-    return np.where((actions >= 0) & (actions < n_experts), actions, -1)
+    return replace(run(costs.cost), params=cost(costs.params), seconds=cost(costs.seconds))
 
 
-def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables,
-                    score: np.ndarray) -> Outcome:
+def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables) -> Outcome:
     """The seeds `policies` of a trained grid, greedy on `roots`, replayed and checked against the env;
     calls count LLM calls (two per step when a step calls a pair)."""
     trainer = trained.trainer
     result = trainer.greedy(trainer.kept_params(trained.state), trainer.env_params, roots)
     routes = policy_routes(result["actions"][policies], costs.next_state.shape[1])
-    outcome = replay(routes, roots, costs, score)
+    outcome = replay_costed(routes, roots, costs)
     if not np.array_equal(outcome.final_state, result["final_state"][policies]):
         raise AssertionError("replaying the greedy actions did not reach the env's final states")
     return replace(outcome, calls=outcome.calls * trainer.spec.experts_per_step)  # LLM calls, not steps

@@ -11,12 +11,12 @@ import numpy as np
 from rich.console import Console
 
 from dersim.cache.reader import read_manifest
+from dersim.cache.routes import Outcome, RouteTables, best_fixed_route, fixed_route, reachable_states
 from dersim.env.tables import EnvSpec, load_tables, split_roots
 from dersim.errors import DersimError
-from dersim.evaluation.baselines import RouteTables, best_fixed_route, fixed_route
 from dersim.experiments import paper
 from dersim.experiments.grids import TrainedGrid, train_grid
-from dersim.experiments.outcomes import CostTables, Outcome, cost_tables, metric_scores, replay, setting_outcome
+from dersim.experiments.outcomes import CostTables, cost_tables, metric_scores, replay_costed, setting_outcome
 from dersim.experiments.plan import FULL_INFORMATION, Plan, Setting, default_p0, make_plan
 from dersim.experiments.tables import Row, Table
 from dersim.routers.data import default_cost_mode, load_router_data
@@ -44,7 +44,8 @@ def resolve_plan(cache: Path, seeds: int, steps: int, compare: dict[str, Path], 
     tables = load_tables(cache, EnvSpec(metric=metric, cost_mode=cost_mode or default_cost_mode(manifest),
                                         terminator="none"), verify=verify)
     answers = tables.depth > 0
-    train_states = np.isin(np.arange(len(tables.depth)), reachable_states(tables))
+    train_states = np.isin(np.arange(len(tables.depth)), reachable_states(tables.roots, tables.next_state,
+                                                                          tables.max_depth))
     chosen_p0 = default_p0(tables.score[answers & train_states]) if p0 is None else p0
     reference_ids = set(split_roots(tables, cache, "all")[1])
     for name, path in compare.items():
@@ -54,16 +55,6 @@ def resolve_plan(cache: Path, seeds: int, steps: int, compare: dict[str, Path], 
             raise DersimError(f"--compare-cache {name}={path}: it must hold the same questions at the same depth "
                               f"as {cache}")
     return make_plan(cache, tables.metric, chosen_p0, tables.spec.cost_mode, tables.max_depth, seeds, steps, compare)
-
-
-def reachable_states(tables) -> np.ndarray:
-    """States reachable from the train questions' roots."""
-    found, frontier = [tables.roots], tables.roots
-    for _ in range(tables.max_depth):
-        frontier = np.unique(tables.next_state[frontier].ravel())
-        frontier = frontier[frontier >= 0]
-        found.append(frontier)
-    return np.unique(np.concatenate(found))
 
 
 def agent_parameters(trained: TrainedGrid, index: int) -> int:
@@ -85,11 +76,8 @@ def random_routes(calls: np.ndarray, n_experts: int, depth: int) -> np.ndarray:
 def all_experts(roots: np.ndarray, costs: CostTables, pick: np.ndarray) -> Outcome:
     """Every expert answers each question from scratch; the answer of expert `pick[q]` is kept; all
     N calls are paid."""
-    def paid(table: np.ndarray | None) -> np.ndarray:
-        return np.full((1, len(roots)), np.nan) if table is None else table[roots].sum(axis=1)[None]
-    n = costs.next_state.shape[1]
-    final = costs.next_state[roots, pick][None]
-    return Outcome(final, np.full((1, len(roots)), n), paid(costs.cost), paid(costs.params), paid(costs.seconds))
+    every = fixed_route(tuple(range(costs.next_state.shape[1])), len(roots))[None]
+    return replay_costed(every, roots, costs, keep=pick)
 
 
 def run_reproduction(plan: Plan, out: Path, console: Console, verify: bool = True) -> Reproduction:
@@ -115,9 +103,9 @@ def run_reproduction(plan: Plan, out: Path, console: Console, verify: bool = Tru
         grid_score = metric_scores(t.grid.cache, [plan.metric])[plan.metric] if t.grid.cache != plan.cache else score
         for setting in t.grid.settings:
             policies = plan.setting_policies(t.grid, setting)
-            outcome[setting.key] = setting_outcome(t, policies, test, views[name], grid_score)
+            outcome[setting.key] = setting_outcome(t, policies, test, views[name])
             if name == "main":
-                val = setting_outcome(t, policies, val_roots, views[name], grid_score)
+                val = setting_outcome(t, policies, val_roots, views[name])
                 on_val[setting.key] = (float(grid_score[val.final_state].mean()), float(val.cost.mean()))
     seconds["evaluate policies"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -145,16 +133,16 @@ def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.nda
     each DER's route lengths, and the two all-expert ensembles (pick by the reference; by agreement).
     Also returns the best fixed route (chosen on the train questions)."""
     n, depth = costs.next_state.shape[1], plan.depth
-    route_tables = RouteTables(costs.next_state, score, costs.cost)
+    route_tables = RouteTables(costs.next_state, cost=costs.cost, score=score)
     data = load_router_data(plan.cache, plan.metric, plan.cost_mode, verify=False)
     train_roots = data.split_roots("train")
-    rules = {f"single {e}": replay(fixed_route((e,), len(test))[None], test, costs, score) for e in range(n)}
+    rules = {f"single {e}": replay_costed(fixed_route((e,), len(test))[None], test, costs) for e in range(n)}
     best = best_fixed_route(route_tables, train_roots, depth, n)
-    rules["best fixed route"] = replay(fixed_route(best, len(test))[None], test, costs, score)
-    rules["round-robin"] = replay(fixed_route(tuple(i % n for i in range(depth)), len(test))[None], test, costs,
-                                  score)
+    rules["best fixed route"] = replay_costed(fixed_route(best, len(test))[None], test, costs)
+    rules["round-robin"] = replay_costed(fixed_route(tuple(i % n for i in range(depth)), len(test))[None], test,
+                                         costs)
     for key in dict.fromkeys((der_key(plan, "paper"), der_key(plan, "deployable"), chosen)):
-        rules[f"random {key}"] = replay(random_routes(outcome[key].calls, n, depth), test, costs, score)
+        rules[f"random {key}"] = replay_costed(random_routes(outcome[key].calls, n, depth), test, costs)
     answers = costs.next_state[test]
     rules["all experts: reference"] = all_experts(test, costs, score[answers].argmax(axis=1))
     voting = VotingRouter().fit(data.train_data("fit", plan.p0)).route(data.questions("test"), n)

@@ -28,6 +28,7 @@ from dersim.builder.backends.llama_cpp import kernel_fingerprint, replay_key
 from dersim.builder.expand import normalise_answer
 from dersim.builder.sources.question import Question
 from dersim.cache.reader import open_cache, read_manifest
+from dersim.cache.routes import RouteTables, policy_routes, replay
 from dersim.env.tables import split_roots
 from dersim.live.observation import raw_state_embeddings
 from dersim.live.router import STOP, LiveRouter, Route
@@ -129,16 +130,13 @@ def sim_to_real(router: LiveRouter, n: int, split: str = "test") -> CheckReport:
 def _walk_replay(actions: np.ndarray, root: int, next_state: np.ndarray,
                  names: tuple[str, ...]) -> tuple[list[str], list[int]]:
     """The replay's tokens (expert names, then STOP if it stopped so) and the states it visited."""
-    tokens, states = [], [root]
-    for action in actions:
-        if action < 0:
-            break
-        if action == len(names):
-            tokens.append(STOP_TOKEN)
-            break
-        tokens.append(names[action])
-        states.append(int(next_state[states[-1], action]))
-    return tokens, states
+    route = policy_routes(actions, len(names))
+    outcome = replay(route[None], np.array([root]), RouteTables(next_state), with_path=True)
+    calls = int(outcome.calls[0])
+    tokens = [names[e] for e in route[:calls]]
+    if calls < len(actions) and actions[calls] == len(names):
+        tokens.append(STOP_TOKEN)
+    return tokens, [int(s) for s in outcome.path[0, :calls + 1]]
 
 
 def _live_states(root: int, route: Route, by_answer: dict[str, int]) -> list[int]:

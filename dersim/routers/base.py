@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from dersim.cache.routes import Outcome, RouteTables, replay, replay_from_root
 from dersim.env.judge import fit_judge
 from dersim.errors import DersimError
 
@@ -103,6 +104,35 @@ class Routes:
     def single(cls, experts: np.ndarray) -> Routes:
         """One call per question."""
         return cls(np.asarray(experts, dtype=np.int64)[:, None])
+
+    def replay(self, roots: np.ndarray, world: World) -> Outcome:
+        """The outcome of these routes from `roots` (`dersim.cache.routes`); refuses a route the
+        cache cannot replay, so every router is judged on the same cached answers."""
+        calls = np.asarray(self.calls, dtype=np.int64)
+        if calls.ndim != 2 or calls.shape[0] != len(roots) or calls.shape[1] == 0:
+            raise RouterError(f"routes of shape {calls.shape} for {len(roots)} questions")
+        made = calls >= 0
+        if (made[:, 1:] & ~made[:, :-1]).any():
+            raise RouterError("a route has a gap before its last call")
+        if calls.max() >= world.n_experts:
+            raise RouterError(f"a route calls expert {calls.max()} of {world.n_experts}")
+        tables = RouteTables(world.next_state, cost=world.cost)
+        if self.transfer:
+            if self.keep is not None:
+                raise RouterError("a route with knowledge transfer keeps its last answer")
+            outcome = replay(calls, roots, tables)
+            if (outcome.final_state < 0).any():
+                raise RouterError("a route goes past the cache's built depth (or through a failed call)")
+            return outcome
+        n_calls = made.sum(axis=1)
+        if self.keep is not None:
+            keep = np.asarray(self.keep, dtype=np.int64)
+            if ((keep < -1) | (keep >= n_calls) | ((keep == -1) & (n_calls > 0))).any():
+                raise RouterError("a route keeps the answer of a call it did not make")
+        outcome = replay_from_root(calls, roots, tables, self.keep)
+        if (outcome.final_state < 0).any():
+            raise RouterError("a route calls an expert whose first answer is not in the cache (failed call)")
+        return outcome
 
 
 class Router:

@@ -14,6 +14,7 @@ import numpy as np
 
 from dersim.cache.costs import COST_UNITS
 from dersim.cache.reader import read_manifest
+from dersim.cache.routes import reachable_states
 from dersim.cache.splits import DEFAULT_VAL_FRACTION
 from dersim.env.tables import EnvSpec, load_tables, split_roots
 from dersim.routers.base import Questions, RouterError, TrainData, World
@@ -31,16 +32,6 @@ def default_p0(scores: np.ndarray) -> float:
     if np.isin(scores, (0.0, 1.0)).all():
         return 0.5
     return float(np.median(scores))
-
-
-def reachable(roots: np.ndarray, next_state: np.ndarray, depth: int) -> np.ndarray:
-    """int [K]: every state reachable from `roots` in 1..depth calls (the questions' answer states)."""
-    found, frontier = [], np.unique(roots)
-    for _ in range(depth):
-        frontier = np.unique(next_state[frontier].ravel())
-        frontier = frontier[frontier >= 0]
-        found.append(frontier)
-    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -86,7 +77,7 @@ class RouterData:
         """What a router fits on: the questions of `split` (train, or fit = train + val)."""
         roots = self.split_roots(split)
         score, cost = self.first_calls(roots)
-        answers = reachable(roots, self.world.next_state, self.depth)
+        answers = reachable_states(roots, self.world.next_state, self.depth)
         answer_score = self.score[answers]
         return TrainData(questions=Questions(roots, self.world.embedding[roots], self.world), score=score,
                          cost=cost, cost_scale=self.cost_scale, answer_states=answers, answer_score=answer_score,

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from dersim.cache.routes import RouteTables, policy_routes, replay
 from dersim.env import DEPLOYABLE_TERMINATORS
-from dersim.evaluation.baselines import RouteTables, run_routes
 from dersim.routers.base import RouterError
 from dersim.routers.data import RouterData
 from dersim.routers.evaluate import Curve, reference_on
@@ -63,15 +63,12 @@ def der_curves(run_dir: Path, data: RouterData, split: str, verify: bool = True,
 def policy_outcomes(trainer, params, roots: np.ndarray, data: RouterData) -> dict[str, np.ndarray]:
     """Every policy's greedy episodes on `roots`, replayed through the cache: score, cost, calls [P, Q]."""
     result = trainer.greedy(params, trainer.env_params, roots)
-    actions = np.asarray(result["actions"], dtype=np.int64)  # [P, Q, D]; STOP = N, -1 after the end
-    calls = np.where((actions >= 0) & (actions < data.n_experts), actions, -1)
-    tables = RouteTables(data.world.next_state, data.score, data.world.cost)
-    outcomes = [run_routes(policy_calls, roots, tables) for policy_calls in calls]
-    for outcome, final in zip(outcomes, result["final_state"], strict=True):
-        if not np.array_equal(outcome.final_state, np.asarray(final)):
-            raise RouterError(f"{trainer.out}: a policy's replayed route does not end where its episode did")
-    return {"score": np.stack([data.score[o.final_state] for o in outcomes]).astype(np.float64),
-            "cost": np.stack([o.cost for o in outcomes]), "calls": np.stack([o.calls for o in outcomes])}
+    routes = policy_routes(result["actions"], data.n_experts)  # [P, Q, D]
+    outcome = replay(routes, roots, RouteTables(data.world.next_state, cost=data.world.cost))
+    if not np.array_equal(outcome.final_state, np.asarray(result["final_state"])):
+        raise RouterError(f"{trainer.out}: a policy's replayed route does not end where its episode did")
+    return {"score": data.score[outcome.final_state].astype(np.float64), "cost": outcome.cost,
+            "calls": outcome.calls}
 
 
 def setting_of(policy: dict[str, Any]) -> tuple:

@@ -23,7 +23,6 @@ from dersim.routers.estimate import Bootstrap, Figure
 from dersim.routers.metrics import Reference, curve_metrics
 from dersim.routers.random_routing import weak_and_strong
 from dersim.routers.registry import CLASSES, RouterOptions, make, unavailable
-from dersim.routers.replay import replay
 
 
 @dataclass
@@ -67,7 +66,7 @@ class Comparison:
 
 def sweep_outcomes(router: Router, questions: Questions, data: RouterData) -> tuple[np.ndarray, ...]:
     """(score [P, Q], cost [P, Q], calls [P, Q]) of the router's routes at every grid value."""
-    outcomes = [replay(routes, questions.roots, data.world, data.score) for routes in router.sweep(questions)]
+    outcomes = [routes.replay(questions.roots, data.world) for routes in router.sweep(questions)]
     return (np.stack([data.score[o.final_state] for o in outcomes]).astype(np.float64),
             np.stack([o.cost for o in outcomes]), np.stack([o.calls for o in outcomes]))
 
