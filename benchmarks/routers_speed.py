@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
-from dersim.cache.reader import read_columns
+from dersim.cache.files import read_columns
 from dersim.cache.schema import TRANSITIONS
 from dersim.routers.data import load_router_data
 from dersim.routers.evaluate import compare

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dersim.builder.build import build_cache
-from dersim.cache.reader import manifest_digest
+from dersim.cache.files import manifest_digest
 from dersim.cache.schema import MANIFEST, write_manifest
 from dersim.env.tables import EnvSpec
 from dersim.recipe import load_recipe

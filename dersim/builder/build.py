@@ -20,8 +20,9 @@ from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
 from dersim.builder.journal import CallJournal, check_kernels
 from dersim.builder.sources import load_questions
+from dersim.builder.tables import questions_table, states_table, transitions_table
 from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
-from dersim.cache.writer import questions_table, states_table, transitions_table, write_cache
+from dersim.cache.writer import write_cache
 from dersim.locking import directory_lock
 from dersim.ownership import claim_output
 from dersim.recipe import Recipe

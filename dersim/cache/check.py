@@ -1,37 +1,36 @@
 """Checked reads of a cache: what every reader runs before it uses the tables.
 
-`check_cache` is the fast part of `dersim cache verify` that protects a result: the manifest, the
-sha256 of the table files the caller reads (skipped for `--no-verify`), and content checks on the
-columns a reader indexes with or averages: state ids 0..S-1, every id in range, no transition
-that crosses questions, finite scores in [0, 1]. Each problem is a one-line `CacheFormatError`
-naming the file. `read_columns` reads Parquet columns with the same kind of one-line errors.
+`read_checked` is the one checked read every reader of a cache uses, and the fast part of
+`dersim cache verify` that protects a result: the manifest, the sha256 of the table files the
+caller reads (skipped for `--no-verify`), and content checks on the columns a reader indexes with
+or averages: state ids 0..S-1, every id in range, no transition that crosses questions, finite
+scores in [0, 1], finite embeddings. It reads each table once, the checked columns with the
+caller's. Each problem is a one-line `CacheFormatError` naming the file.
 The per-table checks return lists of problems, so `cache verify` reports them all. Every check
 is vectorised (a 1M-state cache is checked in well under a second, hashing aside).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dersim.cache.reader import describe_error, read_columns, read_manifest
+from dersim.cache.files import describe_error, missing_column, read_columns, read_manifest, table_schemas
 from dersim.cache.schema import (
     MANIFEST,
     QUESTIONS,
-    QUESTIONS_SCHEMA,
     STATES,
     STATUS_FAILED,
     STATUS_OK,
     TABLE_FILES,
     TRANSITIONS,
-    TRANSITIONS_SCHEMA,
     file_sha256,
-    states_schema,
 )
 from dersim.errors import CacheFormatError
 
@@ -201,21 +200,22 @@ def raise_first(problems: list[str]) -> None:
         raise CacheFormatError(problems[0] + (NO_VERIFY_HINT if problems[0].endswith(HASH_DIFFERS) else ""))
 
 
-def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, verify_hashes: bool = True,
-                metrics: Iterable[str] | None = None, embeddings: bool = True) -> dict[str, Any]:
-    """Check the cache in `directory` before reading `files` (table file names) from it, and
-    return its manifest. Raises a one-line `CacheFormatError` at the first problem.
+def read_checked(directory: str | Path, columns: Mapping[str, Sequence[str] | None], *, verify_hashes: bool = True,
+                 metrics: Iterable[str] | None = None,
+                 embeddings: bool = True) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+    """The one checked read of the cache in `directory`: its manifest and, per table file named in
+    `columns`, the columns asked for (None: every column). Raises a one-line `CacheFormatError` at
+    the first problem.
 
     Checks the manifest; unless `verify_hashes` is False (the user's `--no-verify`), the sha256 of
-    each of `files` against the manifest; then the `content_problems` checks, on the `metrics`
-    columns of states.parquet (default: all; each must be one of the manifest's
-    `metric_columns`) and, when `embeddings`, on its embeddings (a reader that loads them passes
-    False and runs `embedding_problems` on its own array, so the column is read once)."""
+    each file read against the manifest; then the `content_problems` checks, on the `metrics`
+    columns of states.parquet (default: all; each must be one of the manifest's `metric_columns`)
+    and, when `embeddings`, on its embeddings. Each table is read once."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    files = tuple(files)
+    files = tuple(columns)
     if not set(files) <= set(TABLE_FILES):
-        raise ValueError(f"check_cache: files must be among {', '.join(TABLE_FILES)}, got {files}")
+        raise ValueError(f"read_checked: files must be among {', '.join(TABLE_FILES)}, got {files}")
     metrics = list(manifest["metric_columns"] if metrics is None else metrics)
     unknown = [m for m in metrics if m not in manifest["metric_columns"]]
     if unknown:
@@ -223,11 +223,25 @@ def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, ve
                                f"{', '.join(manifest['metric_columns'])})")
     if verify_hashes:
         raise_first(hash_problems(directory, manifest, files))
-    dim = int(manifest.get("embedding", {}).get("dim", 0) or 0)
-    schemas = {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, dim), TRANSITIONS: TRANSITIONS_SCHEMA}
+    schemas = table_schemas(manifest, metrics)
     extra = {STATES: [*metrics, *(["embedding"] if embeddings else [])]}
-    tables = {name: pl.from_arrow(read_columns(directory / name, [*CHECKED_COLUMNS[name], *extra.get(name, ())],
-                                               schemas[name]))
-              for name in files}
-    raise_first(content_problems(directory, manifest, tables, metrics))  # type: ignore[arg-type]
-    return manifest
+    tables, checked = {}, {}
+    for name in files:
+        needed = [*CHECKED_COLUMNS[name], *extra.get(name, ())]
+        wanted = columns[name]
+        table = read_columns(directory / name, None if wanted is None else list(dict.fromkeys([*needed, *wanted])),
+                             schemas[name])
+        absent = [c for c in needed if c not in table.column_names]
+        if absent:
+            raise CacheFormatError(missing_column(directory / name, absent[0]))
+        checked[name] = pl.from_arrow(table.select(needed))
+        tables[name] = table if wanted is None else table.select(list(wanted))
+    raise_first(content_problems(directory, manifest, checked, metrics))  # type: ignore[arg-type]
+    return manifest, tables
+
+
+def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, verify_hashes: bool = True,
+                metrics: Iterable[str] | None = None, embeddings: bool = True) -> dict[str, Any]:
+    """`read_checked` of `files` (table file names) for its checks alone: the manifest."""
+    return read_checked(directory, dict.fromkeys(files, ()), verify_hashes=verify_hashes, metrics=metrics,
+                        embeddings=embeddings)[0]

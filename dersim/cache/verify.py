@@ -20,7 +20,8 @@ from dersim.cache.check import (
     states_problems,
     transitions_problems,
 )
-from dersim.cache.reader import Cache, open_cache, read_manifest
+from dersim.cache.files import read_manifest
+from dersim.cache.reader import Cache, open_cache
 from dersim.cache.schema import (
     DEDUP_BY_ANSWER,
     QUESTIONS,

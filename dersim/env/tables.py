@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from dersim.cache.check import check_cache, embedding_problems, raise_first
+from dersim.cache.check import read_checked
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
-from dersim.cache.reader import read_columns, read_manifest
+from dersim.cache.files import embedding_matrix, read_manifest
 from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS, is_imported
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
 from dersim.env import DEPLOYABLE_TERMINATORS, REWARDS, TERMINATORS
@@ -24,6 +24,8 @@ from dersim.env.judge import Judge, fit_judge, oracle_noise
 from dersim.env.projection import project_states
 from dersim.env.views import PAIR_PICKS, pair_names, with_pairs, without_transfer
 from dersim.errors import EnvError
+
+QUESTION_COLUMNS = ("question_id", "split", "root_state_id")
 
 
 @dataclass(frozen=True)
@@ -156,18 +158,17 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
                 verify: bool = True) -> EnvTables:
     """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge is
     fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked first
-    (`dersim.cache.check`: hashes unless not `verify`, ids, finite scores of the metric), so a damaged
-    cache is refused with one line before any work."""
+    (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids, finite scores of the metric,
+    finite embeddings), so a damaged cache is refused with one line before any work."""
     directory = Path(directory)
     spec = resolve_spec(spec, read_manifest(directory), directory)
-    manifest = check_cache(directory, verify_hashes=verify, metrics=[spec.metric], embeddings=False)
+    manifest, read = read_checked(directory, {STATES: ["question_id", "depth", spec.metric, "embedding"],
+                                              QUESTIONS: QUESTION_COLUMNS, TRANSITIONS: None},
+                                  verify_hashes=verify, metrics=[spec.metric])
     n_experts = len(manifest["experts"])
-    states = read_columns(directory / STATES, ["state_id", "question_id", "depth", spec.metric, "embedding"])
-    questions = read_columns(directory / QUESTIONS, ["question_id", "split", "root_state_id"])
-    transitions = read_columns(directory / TRANSITIONS).filter(pc.equal(pc.field("status"), STATUS_OK))
+    states, questions = read[STATES], read[QUESTIONS]
+    transitions = read[TRANSITIONS].filter(pc.equal(pc.field("status"), STATUS_OK))
     n_states = states.num_rows
-    if not np.array_equal(states["state_id"].to_numpy(), np.arange(n_states)):
-        raise EnvError(f"{directory / STATES}: state_id is not 0..S-1 (run dersim cache verify)")
 
     rows = transitions["state_id"].to_numpy().astype(np.int64)
     cols = transitions["expert_id"].to_numpy().astype(np.int64)
@@ -195,10 +196,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
                                                                 spec.cost_mode, str(directory)), str(directory))
     train_states = np.isin(state_questions, question_ids[assigned == "train"])
 
-    embedding_column = states["embedding"].combine_chunks()
-    dim = embedding_column.type.list_size
-    embedding = embedding_column.flatten().to_numpy().astype(np.float32).reshape(n_states, dim)
-    raise_first(embedding_problems(directory / STATES, embedding))
+    embedding = embedding_matrix(states)
     score = states[spec.metric].to_numpy().astype(np.float32)
     judge = None
     needs_judge = spec.terminator == "judge" or (spec.experts_per_step == 2 and spec.pair_pick == "judge")
@@ -231,7 +229,7 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
 
 def split_roots(tables: EnvTables, directory: Path, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
     """Root states and question ids of another split of the same cache, under the tables' spec."""
-    questions = read_columns(directory / QUESTIONS, ["question_id", "split", "root_state_id"])
+    questions = read_checked(directory, {QUESTIONS: QUESTION_COLUMNS}, verify_hashes=False)[1][QUESTIONS]
     assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), tables.spec)
     chosen = chosen_questions(assigned, split, directory)
     ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))[chosen]

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dersim.cache.check import check_cache
+from dersim.cache.check import read_checked
 from dersim.cache.costs import COST_UNITS
-from dersim.cache.reader import read_columns, read_manifest
+from dersim.cache.files import embedding_matrix, read_manifest
 from dersim.cache.routes import RouteTables
 from dersim.cache.schema import STATES
 from dersim.env.tables import reads_reference, split_roots
@@ -78,8 +78,7 @@ def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluat
     metric = tables.metric
     columns = [metric, *[m for m in REPORTED_METRICS if m in manifest["metric_columns"] and m != metric]]
     # The tables' load checked the hashes and the embeddings.
-    check_cache(cache, (STATES,), verify_hashes=False, metrics=columns, embeddings=False)
-    states = read_columns(cache / STATES, columns)
+    states = read_checked(cache, {STATES: columns}, verify_hashes=False, metrics=columns, embeddings=False)[1][STATES]
     scores = {m: states[m].to_numpy() for m in columns}
     names = list(tables.expert_names)
     has_val = trainer.val_roots is not None
@@ -126,9 +125,9 @@ def judge_accuracy(trainer: GridTrainer, split: str) -> dict[str, dict[str, floa
     tables = trainer.tables
     if tables.judge is None:
         return None
-    cache_embedding = read_columns(trainer.cache / STATES, ["question_id", "embedding"])
-    column = cache_embedding["embedding"].combine_chunks()
-    embedding = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    cache_embedding = read_checked(trainer.cache, {STATES: ["question_id", "embedding"]}, verify_hashes=False,
+                                   metrics=[])[1][STATES]
+    embedding = embedding_matrix(cache_embedding)
     state_questions = np.asarray(cache_embedding["question_id"].to_numpy(zero_copy_only=False))
     out = {}
     for name in dict.fromkeys(("val", split) if trainer.val_roots is not None else (split,)):

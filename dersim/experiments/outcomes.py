@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dersim.cache.check import check_cache
-from dersim.cache.reader import read_columns
+from dersim.cache.check import read_checked
 from dersim.cache.routes import Outcome, RouteTables, policy_routes, replay, replay_from_root
 from dersim.cache.schema import STATES
 from dersim.env.tables import EnvSpec, EnvTables, load_tables
@@ -74,6 +73,5 @@ def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray
 
 def metric_scores(cache, metrics: list[str]) -> dict[str, np.ndarray]:
     """Every metric column of the cache's states (float32 [S] each), checked."""
-    check_cache(cache, (STATES,), verify_hashes=False, metrics=metrics, embeddings=False)
-    states = read_columns(cache / STATES, metrics)
+    states = read_checked(cache, {STATES: metrics}, verify_hashes=False, metrics=metrics, embeddings=False)[1][STATES]
     return {m: states[m].to_numpy().astype(np.float32) for m in metrics}

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from rich.console import Console
 
-from dersim.cache.reader import read_manifest
+from dersim.cache.files import read_manifest
 from dersim.cache.routes import Outcome, RouteTables, best_fixed_route, fixed_route, reachable_states
 from dersim.env.tables import EnvSpec, load_tables, split_roots
 from dersim.errors import DersimError

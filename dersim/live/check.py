@@ -27,7 +27,8 @@ import numpy as np
 from dersim.builder.backends.llama_cpp import kernel_fingerprint, replay_key
 from dersim.builder.expand import normalise_answer
 from dersim.builder.sources.question import Question
-from dersim.cache.reader import open_cache, read_manifest
+from dersim.cache.files import read_manifest
+from dersim.cache.reader import open_cache
 from dersim.cache.routes import RouteTables, policy_routes, replay
 from dersim.env.tables import split_roots
 from dersim.live.observation import raw_state_embeddings

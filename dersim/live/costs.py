@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from dersim.builder.backends.base import Completion
+from dersim.cache.check import read_checked
 from dersim.cache.costs import COST_MODES, COST_UNITS
-from dersim.cache.reader import read_columns
 from dersim.cache.schema import STATUS_OK, TRANSITIONS
 from dersim.errors import DersimError
 from dersim.recipe import ExpertSpec
@@ -31,7 +31,8 @@ class CallPricer:
         self.medians = self._median_latencies(cache) if mode == "latency_norm" else None
 
     def _median_latencies(self, cache: Path) -> np.ndarray:
-        table = read_columns(cache / TRANSITIONS, ["expert_id", "latency_s", "status"])
+        columns = ["expert_id", "latency_s", "status"]
+        table = read_checked(cache, {TRANSITIONS: columns}, verify_hashes=False)[1][TRANSITIONS]
         ok = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == STATUS_OK
         experts = table["expert_id"].to_numpy()[ok]
         latency = table["latency_s"].to_numpy()[ok].astype(np.float32)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dersim.cache.reader import read_columns
+from dersim.cache.check import read_checked
+from dersim.cache.files import embedding_matrix
 from dersim.cache.schema import QUESTIONS, STATES
 from dersim.env.projection import Projection, fit_projection
 from dersim.env.tables import EnvSpec, question_assignment
@@ -21,10 +22,8 @@ from dersim.env.tables import EnvSpec, question_assignment
 
 def raw_state_embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """float32 [S, d] cached state embeddings (state id order) and each state's question id."""
-    states = read_columns(cache / STATES, ["question_id", "embedding"])
-    column = states["embedding"].combine_chunks()
-    embedding = column.flatten().to_numpy().astype(np.float32).reshape(states.num_rows, column.type.list_size)
-    return embedding, np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
+    states = read_checked(cache, {STATES: ["question_id", "embedding"]}, verify_hashes=False, metrics=[])[1][STATES]
+    return embedding_matrix(states), np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
 
 
 class ObservedEmbedding:
@@ -35,7 +34,7 @@ class ObservedEmbedding:
         if spec.embedding_dim is None:
             return
         embedding, state_questions = raw_state_embeddings(cache)
-        questions = read_columns(cache / QUESTIONS, ["question_id", "split"])
+        questions = read_checked(cache, {QUESTIONS: ["question_id", "split"]}, verify_hashes=False)[1][QUESTIONS]
         ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
         assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), spec)
         self.projection = fit_projection(embedding, np.isin(state_questions, ids[assigned == "train"]),

@@ -31,7 +31,7 @@ from dersim.builder.embedding import Embedder, make_embedder
 from dersim.builder.journal import RUN_ONLY_OPTIONS
 from dersim.builder.prompts import render_request
 from dersim.builder.sources.question import Question
-from dersim.cache.reader import read_manifest
+from dersim.cache.files import read_manifest
 from dersim.cache.schema import is_imported
 from dersim.errors import DersimError
 from dersim.recipe import EmbeddingSpec, ExpertSpec, PromptSpec, Recipe

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dersim.cache.costs import COST_UNITS
-from dersim.cache.reader import read_manifest
+from dersim.cache.files import read_manifest
 from dersim.cache.routes import reachable_states
 from dersim.cache.splits import DEFAULT_VAL_FRACTION
 from dersim.env.tables import EnvSpec, load_tables, split_roots

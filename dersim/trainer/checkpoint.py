@@ -100,11 +100,11 @@ def _non_finite(tree: Any, where: str = "") -> str | None:
 
 def check_run_cache(run_dir: Path, cache: Path | None) -> None:
     """Refuse a cache other than the one the run trained on: its manifest digest
-    (`dersim.cache.reader.manifest_digest`) must be the one run.json records, so a moved copy of
+    (`dersim.cache.files.manifest_digest`) must be the one run.json records, so a moved copy of
     the run's cache passes and a rebuilt or different one does not. `cache` is the --cache option
     (None: the cache at the path run.json records). A run.json that does not read is left to the
     trainer's `from_run`, which reports it."""
-    from dersim.cache.reader import manifest_digest
+    from dersim.cache.files import manifest_digest
     from dersim.trainer.run import RUN_FILE
 
     record_path = run_dir / RUN_FILE

@@ -203,7 +203,7 @@ class GridTrainer:
     def run_record(self) -> dict[str, Any]:
         """What run.json holds: the settings to rebuild the trainer, and the cache's identity (its manifest
         digest: `route`, `serve` and `eval` refuse another cache, a moved copy passes)."""
-        from dersim.cache.reader import manifest_digest
+        from dersim.cache.files import manifest_digest
 
         return {"cache": str(self.cache), "cache_digest": manifest_digest(self.cache), "env": asdict(self.spec),
                 "ppo": asdict(self.config),
