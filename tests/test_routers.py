@@ -34,12 +34,13 @@ from dersim.cli import main
 from dersim.importers.common import import_answer_set
 from dersim.importers.routerbench import read_routerbench
 from dersim.recipe import EmbeddingSpec
-from dersim.routers.base import Routes
+from dersim.routers.base import Router, RouterOptions, Routes
 from dersim.routers.cascade import CascadeKTPRouter, CascadeRouter
 from dersim.routers.data import load_router_data
 from dersim.routers.evaluate import choose, compare
 from dersim.routers.metrics import curve_points
-from dersim.routers.registry import ROUTERS, RouterOptions
+from dersim.routers.reference import OracleRouter
+from dersim.routers.registry import ROUTERS
 
 from conftest import REPO, SHARED_DATA
 
@@ -214,6 +215,21 @@ def test_random_mix_apgr_is_one_half_on_a_real_import(tmp_path: Path) -> None:
     result = compare(data, ["random-mix"], seeds=50, n_boot=20)  # seed std ~0.06: the mean is within 0.01
     assert result.n_questions >= 40
     assert result.curves[0].figures["apgr"].mean == pytest.approx(0.5, abs=0.03)
+
+
+def test_capabilities_are_read_from_the_class_before_a_router_is_made(clusters: Path) -> None:
+    """Transfer needs knowledge-transfer answers: refused on an import (and at depth 1), allowed on a
+    built depth-2 cache; the reference rows get the reference through their class."""
+    routerbench = load_router_data(REPO / "cache" / "routerbench-mbpp")
+    data = load_router_data(clusters)
+    assert "imported cache" in CascadeKTPRouter.unavailable(routerbench)
+    assert "depth 1" in CascadeKTPRouter.unavailable(replace(data, depth=1, imported=False))
+    assert CascadeKTPRouter.unavailable(data) is None and CascadeRouter.unavailable(routerbench) is None
+    assert OracleRouter.fixed_settings(data, RouterOptions())["reference"] is data.score
+    assert CascadeRouter.fixed_settings(data, RouterOptions())["reference"] is None
+    assert CascadeRouter.fixed_settings(data, RouterOptions(judge="oracle"))["reference"] is data.score
+    with pytest.raises(TypeError, match="abstract"):
+        Router()  # type: ignore[abstract]
 
 
 def test_bundled_routerbench_cache_has_a_cost_quality_story() -> None:

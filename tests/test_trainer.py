@@ -105,11 +105,11 @@ def test_policies_reach_95_percent_of_the_oracle_return(cache: Path, tmp_path: P
 
 
 def test_training_is_deterministic_bit_for_bit(cache: Path, tmp_path: Path) -> None:
-    first = trainer(cache, tmp_path / "a").train(show_progress=False)[0]["groups"][0]
-    second = trainer(cache, tmp_path / "b").train(show_progress=False)[0]["groups"][0]
+    first = trainer(cache, tmp_path / "a").train(show_progress=False)[0].groups[0]
+    second = trainer(cache, tmp_path / "b").train(show_progress=False)[0].groups[0]
     for x, y in zip(leaves(first), leaves(second), strict=True):
         assert np.array_equal(x, y)
-    other_seed = trainer(cache, tmp_path / "c", seeds=3).train(show_progress=False)[0]["groups"][0]
+    other_seed = trainer(cache, tmp_path / "c", seeds=3).train(show_progress=False)[0].groups[0]
     assert not np.array_equal(leaves(other_seed)[0][2], leaves(first)[0][0])
 
 
@@ -135,9 +135,9 @@ def test_nan_rewards_skip_updates_instead_of_poisoning_the_policy(cache: Path, t
     run = trainer(cache, tmp_path / "nan", seeds=1, steps=640)
     ppo = run.groups[0].algorithm
     ppo.env_params = ppo.env_params.replace(score=ppo.env_params.score * np.nan)
-    start = leaves(run.initial_state()["groups"][0])
+    start = leaves(run.initial_state().groups[0])
     state, curves = run.train(show_progress=False)
-    runner = state["groups"][0]
+    runner = state.groups[0]
     assert curves["skipped_updates"].sum() == SMALL.updates_per_chunk * SMALL.update_epochs * SMALL.num_minibatches
     for x, y in zip(start, leaves(runner), strict=True):
         assert np.isfinite(y).all() and np.array_equal(x, y)
@@ -172,7 +172,7 @@ from test_trainer import trainer
 from pathlib import Path
 assert jax.device_count() == 4
 run = trainer(Path({str(cache)!r}), Path({str(tmp_path / 'sharded')!r}), seeds=4, steps=640)
-runner = run.train(show_progress=False)[0]["groups"][0]
+runner = run.train(show_progress=False)[0].groups[0]
 leaf = jax.tree.leaves(runner.params)[0]
 print(len(leaf.sharding.device_set))
 np.save({str(tmp_path / 'sharded.npy')!r}, np.asarray(leaf))
@@ -181,7 +181,7 @@ np.save({str(tmp_path / 'sharded.npy')!r}, np.asarray(leaf))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "4", "the policy axis must be spread over the 4 devices"
-    single = trainer(cache, tmp_path / "single", seeds=4, steps=640).train(show_progress=False)[0]["groups"][0]
+    single = trainer(cache, tmp_path / "single", seeds=4, steps=640).train(show_progress=False)[0].groups[0]
     np.testing.assert_allclose(np.load(tmp_path / "sharded.npy"), np.asarray(jax.tree.leaves(single.params)[0]),
                                rtol=1e-5, atol=1e-6)
 

@@ -25,7 +25,8 @@ from dersim.cache.schema import STATES
 from dersim.env.tables import reads_reference, split_roots
 from dersim.evaluation.baselines import baselines
 from dersim.evaluation.stats import mean_ci
-from dersim.trainer.run import GridTrainer, choose_policy
+from dersim.trainer.run import GridTrainer
+from dersim.trainer.selection import choose_policy
 
 REPORTED_METRICS = ("bertscore_f1", "accuracy", "exact_match")  # beside the training metric, when cached
 

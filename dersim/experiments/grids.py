@@ -8,7 +8,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -16,7 +15,7 @@ from dersim.errors import DersimError
 from dersim.experiments.plan import Grid, Plan
 from dersim.trainer.checkpoint import CHECKPOINT
 from dersim.trainer.ppo import PPOConfig
-from dersim.trainer.run import RUN_FILE, GridTrainer
+from dersim.trainer.run import RUN_FILE, GridTrainer, TrainState
 
 GRIDS = "grids"
 
@@ -25,7 +24,7 @@ GRIDS = "grids"
 class TrainedGrid:
     grid: Grid
     trainer: GridTrainer
-    state: dict[str, Any]
+    state: TrainState
     seconds: float  # training time in this process (0 when loaded finished)
 
 
@@ -46,10 +45,10 @@ def train_grid(plan: Plan, grid: Grid, out: Path, console: Console, verify: bool
                               "--overwrite")
         if (run_dir / CHECKPOINT).exists():
             state = trainer.load()
-            if int(state["chunk"]) == trainer.n_chunks:
+            if int(state.chunk) == trainer.n_chunks:
                 console.print(f"grid {grid.name}: finished earlier, loaded")
                 return TrainedGrid(grid, trainer, state, 0.0)
-            console.print(f"grid {grid.name}: resuming after chunk {int(state['chunk'])} of {trainer.n_chunks}")
+            console.print(f"grid {grid.name}: resuming after chunk {int(state.chunk)} of {trainer.n_chunks}")
             state, _ = trainer.train(resume=True, show_progress=console.is_terminal)
             return TrainedGrid(grid, trainer, state, time.perf_counter() - started)
     per_chunk = trainer.config.steps_per_chunk

@@ -22,6 +22,7 @@ from dersim.experiments.tables import Row, Table
 from dersim.routers.data import default_cost_mode, load_router_data
 from dersim.routers.voting import VotingRouter
 from dersim.trainer.policy import LINEAR
+from dersim.trainer.selection import best_candidate
 
 REPORTED = ("bertscore_f1", "accuracy", "exact_match", "rouge_l", "token_f1")  # in this order, when cached
 
@@ -124,7 +125,7 @@ def choose_setting(main: TrainedGrid, on_val: dict[str, tuple[float, float]], de
     best mean val score over its seeds, the lower val cost breaking ties: never chosen on test."""
     deployable = [s.key for s in main.grid.settings if not s.uses_reference and s.t_max == depth
                   and (algos is None or s.algo in algos)]
-    return max(deployable, key=lambda k: (on_val[k][0], -on_val[k][1]))
+    return best_candidate(deployable, [on_val[k][0] for k in deployable], [on_val[k][1] for k in deployable])
 
 
 def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.ndarray,

@@ -13,7 +13,6 @@ run's cache must be the one it trained on (`check_run_cache`: a moved copy passe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,8 @@ from dersim.live.observation import ObservedEmbedding
 from dersim.trainer.checkpoint import check_run_cache, load_checkpoint
 from dersim.trainer.grid import policy_axes
 from dersim.trainer.policy import action_scores
-from dersim.trainer.run import GridTrainer, choose_policy
+from dersim.trainer.run import GridTrainer, TrainState
+from dersim.trainer.selection import choose_policy
 
 
 def per_policy(env_params: EnvParams, index: int) -> EnvParams:
@@ -57,7 +57,7 @@ class LiveRun:
         self.logits_fn = jax.jit(lambda params, env, rows, t, last: action_scores(
             network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last)[0])
 
-    def _best(self, state: dict[str, Any]) -> int | None:
+    def _best(self, state: TrainState) -> int | None:
         """The best deployable policy on val (on train when the run has no val split)."""
         chosen = self.trainer.best_on_val(state)
         if chosen is not None:

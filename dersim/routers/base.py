@@ -15,15 +15,19 @@ they say so with `uses_reference`.
 from __future__ import annotations
 
 import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
 from dersim.cache.routes import Outcome, RouteTables, replay, replay_from_root
 from dersim.env.judge import fit_judge
 from dersim.errors import DersimError
+
+if TYPE_CHECKING:
+    from dersim.routers.data import RouterData
 
 
 class RouterError(DersimError):
@@ -135,17 +139,49 @@ class Routes:
         return outcome
 
 
-class Router:
+@dataclass(frozen=True)
+class RouterOptions:
+    """Command-line settings shared by the routers that use them (`Router.fixed_settings`)."""
+
+    judge: str = "learned"  # the cascades' judge: learned (deployable) or oracle (reads the reference)
+    judge_error: float = 0.0  # the cascades' judge decision is flipped on this share of answer states
+    p0: float | None = None  # the learned judge's good-enough threshold (default: `data.default_p0`)
+
+
+class Router(ABC):
     """Base class. Subclasses set `name`, implement `fit`, `grid` and `route`, and list the
-    hyperparameter values to choose among on the val split in `search`."""
+    hyperparameter values to choose among on the val split in `search`.
+
+    Capabilities are declared on the class, so the comparison reads them before it makes a router:
+    `transfer` (its routes call later experts through the Knowledge Transfer Prompt, so it needs a
+    built cache of depth >= 2), `uses_reference` (it reads the reference scores to decide: a
+    reference row, never deployable) and `stochastic` (results vary with `seed`: reported as the
+    mean +- std over seeds). A router whose instance settings change the last two (the cascades'
+    oracle judge and judge error) sets them in `__init__`."""
 
     name: ClassVar[str]
     search: ClassVar[dict[str, tuple]] = {}
-    stochastic: bool = False  # results vary with `seed`: reported as mean +- std over seeds
-    uses_reference: bool = False  # the router reads the reference answer (scores) to decide
+    transfer: ClassVar[bool] = False
+    stochastic: bool = False
+    uses_reference: bool = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+
+    @classmethod
+    def unavailable(cls, data: RouterData) -> str | None:
+        """Why this router cannot run on the cache of `data`, or None."""
+        if cls.transfer and data.imported:
+            return "an imported cache holds no knowledge-transfer answers (its routes replay as independent calls)"
+        if cls.transfer and data.depth < 2:
+            return f"the cache is built to depth {data.depth}; routes with knowledge transfer need depth >= 2"
+        return None
+
+    @classmethod
+    def fixed_settings(cls, data: RouterData, options: RouterOptions) -> dict[str, Any]:
+        """Constructor arguments that are not hyperparameters (a judge, the reference of a reference
+        row), from the command line's `options` and the cache."""
+        return {}
 
     @classmethod
     def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
@@ -154,15 +190,18 @@ class Router:
         keys = list(cls.search)
         return [dict(zip(keys, values, strict=True)) for values in itertools.product(*cls.search.values())]
 
+    @abstractmethod
     def fit(self, train: TrainData) -> Self:
-        raise NotImplementedError
+        """Learn from the train questions (their root embeddings and every expert's first-answer
+        score and cost); returns the router."""
 
+    @abstractmethod
     def grid(self) -> np.ndarray:
         """The willingness-to-pay values the curve sweeps (known after `fit`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
-        raise NotImplementedError
+        """A route for every question in `questions` at one willingness to pay."""
 
     def sweep(self, questions: Questions) -> list[Routes]:
         """Routes at every grid value (routers with costly inference override this to infer once)."""
@@ -194,12 +233,13 @@ class QualityRouter(Router):
         self.learn(train)
         return self
 
+    @abstractmethod
     def learn(self, train: TrainData) -> None:
-        raise NotImplementedError
+        """Fit the quality model."""
 
+    @abstractmethod
     def quality(self, questions: Questions) -> np.ndarray:
         """float [Q, N]: predicted quality (a score, or a win rate against the other experts)."""
-        raise NotImplementedError
 
     def grid(self) -> np.ndarray:
         return LAMBDAS

@@ -20,11 +20,14 @@ the previous answer through the Knowledge Transfer Prompt, which only a DER cach
 from __future__ import annotations
 
 import itertools
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from dersim.routers.base import Questions, Router, RouterError, Routes, TrainData
+from dersim.routers.base import Questions, Router, RouterError, RouterOptions, Routes, TrainData
+
+if TYPE_CHECKING:
+    from dersim.routers.data import RouterData
 
 JUDGES = ("learned", "oracle")
 POOL = 4
@@ -56,6 +59,12 @@ class CascadeRouter(Router):
         self.chain, self.judge, self.judge_error, self.reference = tuple(chain), judge, judge_error, reference
         self.uses_reference = judge == "oracle"
         self.stochastic = judge_error > 0
+
+    @classmethod
+    def fixed_settings(cls, data: RouterData, options: RouterOptions) -> dict[str, Any]:
+        """The command line's judge (and the reference, for the oracle judge)."""
+        return {"judge": options.judge, "judge_error": options.judge_error,
+                "reference": data.score if options.judge == "oracle" else None}
 
     @classmethod
     def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:

@@ -54,12 +54,13 @@ def routers_command(cache_dir: Path, names: str | None, run_dirs: tuple[Path, ..
     """
     from dersim.locking import directory_lock
     from dersim.ownership import claim_output
+    from dersim.routers.base import RouterOptions
     from dersim.routers.data import load_router_data
     from dersim.routers.der import der_curves
     from dersim.routers.evaluate import compare
     from dersim.routers.outputs import JSON, PLOT, print_table, write_results
     from dersim.routers.plots import plot_curves
-    from dersim.routers.registry import RouterOptions, parse_names
+    from dersim.routers.registry import parse_names
 
     chosen = parse_names(names)
     out = out or Path("runs") / "routers" / cache_dir.name

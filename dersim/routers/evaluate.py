@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dersim.routers.base import Questions, Router, TrainData
+from dersim.routers.base import Questions, Router, RouterOptions, TrainData
 from dersim.routers.data import RouterData
 from dersim.routers.estimate import Bootstrap, Figure
 from dersim.routers.metrics import Reference, curve_metrics
 from dersim.routers.random_routing import weak_and_strong
-from dersim.routers.registry import CLASSES, RouterOptions, make, unavailable
+from dersim.routers.registry import CLASSES, make
 
 
 @dataclass
@@ -123,7 +123,7 @@ def compare(data: RouterData, names: list[str], split: str = "test", options: Ro
     curves, skipped = [], {}
     with threadpool_limits(1):  # small matrices: one BLAS thread is several times faster on a busy CPU
         for name in names:
-            why = unavailable(name, data)
+            why = CLASSES[name].unavailable(data)
             if why:
                 skipped[name] = why
                 continue

@@ -9,12 +9,15 @@ point every router is measured against.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from dersim.routers.base import LAMBDAS, Questions, Router, Routes, TrainData, tradeoff
+from dersim.routers.base import LAMBDAS, Questions, Router, RouterOptions, Routes, TrainData, tradeoff
 from dersim.routers.random_routing import weak_and_strong
+
+if TYPE_CHECKING:
+    from dersim.routers.data import RouterData
 
 
 class OracleRouter(Router):
@@ -24,6 +27,11 @@ class OracleRouter(Router):
     def __init__(self, reference: np.ndarray, seed: int = 0) -> None:
         super().__init__(seed)
         self.reference = reference
+
+    @classmethod
+    def fixed_settings(cls, data: RouterData, options: RouterOptions) -> dict[str, Any]:
+        """The reference scores it routes by."""
+        return {"reference": data.score}
 
     def fit(self, train: TrainData) -> Self:
         self.cost_scale_ = train.cost_scale

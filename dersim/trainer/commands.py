@@ -171,7 +171,7 @@ def train_command(vectorized: bool, algo: str, cache_dir: Path | None, seeds: in
         else:
             state, curves = trainer.train(resume=resume, show_progress=not quiet, stop_after=stop_after_chunks)
         if vectorized and not trainer.finished:
-            console.print(f"stopped after chunk {state['chunk']} of {trainer.n_chunks}; continue with --resume")
+            console.print(f"stopped after chunk {int(state.chunk)} of {trainer.n_chunks}; continue with --resume")
             return
         best = trainer.best_on_val(state)
         plot_curves(curves, [best["policy"]] if best else [], run_dir / "curves.png")

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.judge import JUDGE_FILE
-from dersim.env.tables import EnvSpec, load_tables, reads_reference, split_roots
+from dersim.env.tables import EnvSpec, load_tables, split_roots
 from dersim.errors import DersimError
 from dersim.trainer.algorithms import DEFAULT_ALGO, Group, group_key, group_label, make_algorithm
 from dersim.trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -39,6 +39,7 @@ from dersim.trainer.greedy import make_greedy
 from dersim.trainer.grid import expand_policies, policy_axes, stack_env_params, stack_hyper
 from dersim.trainer.policy import PolicyParams
 from dersim.trainer.ppo import PPOConfig, make_network
+from dersim.trainer.selection import choose_policy
 
 RUN_FILE = "run.json"
 CURVES = "curves.parquet"
@@ -56,15 +57,14 @@ class Best:
     chunk: jax.Array  # int32 [P], -1 before the first evaluation
 
 
-def choose_policy(policies: list[dict[str, Any]], score: np.ndarray, cost: np.ndarray,
-                  spec: EnvSpec | None = None) -> int | None:
-    """The deployable policy with the best score, the lower cost breaking ties, then the lower index;
-    None when every policy reads the reference (the oracle terminator, or under `spec` pairs picked
-    by the reference). Callers pass val figures (or train ones when a run has no val split), never
-    the evaluation split's."""
-    deployable = [i for i, p in enumerate(policies)
-                  if not reads_reference(spec or EnvSpec(), p["terminator"])]
-    return min(deployable, key=lambda i: (-float(score[i]), float(cost[i]), i), default=None)
+@struct.dataclass
+class TrainState:
+    """What a checkpoint holds: each group's algorithm state and best-by-val record (in group
+    order), and how many chunks of the run are done (over all groups, in training order)."""
+
+    groups: list[Any]
+    best: list[Best]
+    chunk: int
 
 
 def base_settings(spec: EnvSpec, algo: str = DEFAULT_ALGO) -> dict[str, Any]:
@@ -186,9 +186,8 @@ class GridTrainer:
         sharding = self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
         return tree if sharding is None else jax.device_put(tree, sharding)
 
-    def initial_state(self) -> dict[str, Any]:
-        """What a checkpoint holds, before training: each group's algorithm state and best-by-val record,
-        and the chunks done (over all groups, in order)."""
+    def initial_state(self) -> TrainState:
+        """The state before training: each group's initial algorithm state, no val record, no chunk done."""
         states, bests = [], []
         for group in self.groups:
             # Policies that share a seed share their initial weights (and PPO's env draws): grid points compare fairly.
@@ -198,7 +197,7 @@ class GridTrainer:
             n = len(group.indices)
             bests.append(Best(params=jax.tree.map(jnp.copy, group.algorithm.policy_params(state)),
                               val_return=jnp.full(n, -jnp.inf, jnp.float32), chunk=jnp.full(n, -1, jnp.int32)))
-        return {"groups": states, "best": bests, "chunk": 0}
+        return TrainState(groups=states, best=bests, chunk=0)
 
     def run_record(self) -> dict[str, Any]:
         """What run.json holds: the settings to rebuild the trainer, and the cache's identity (its manifest
@@ -210,15 +209,15 @@ class GridTrainer:
                 "full_info": asdict(self.full_info), "policies": self.policies, "steps_per_policy": self.steps,
                 "n_chunks": self.n_chunks, "keep": self.keep, "cost_scale": self.tables.cost_scale}
 
-    def load(self) -> dict[str, Any]:
-        """The run directory's last checkpoint (groups, best, chunk)."""
+    def load(self) -> TrainState:
+        """The run directory's last checkpoint."""
         return load_checkpoint(self.out, self.initial_state())
 
-    def kept_params(self, state: dict[str, Any]) -> PolicyParams:
+    def kept_params(self, state: TrainState) -> PolicyParams:
         """The parameters to evaluate and deploy, for every policy in run order: each policy's best by val
         return, or its last."""
         parts = []
-        for group, group_state, best in zip(self.groups, state["groups"], state["best"], strict=True):
+        for group, group_state, best in zip(self.groups, state.groups, state.best, strict=True):
             last = group.algorithm.policy_params(group_state)
             if self.keep == "best":
                 last = prefer_evaluated(best, last)
@@ -226,7 +225,7 @@ class GridTrainer:
         order = np.argsort(np.concatenate([g.indices for g in self.groups]), kind="stable")
         return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[order], *parts)
 
-    def _resume(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _resume(self) -> tuple[TrainState, list[dict[str, Any]]]:
         """The last checkpoint and the curves up to it; the run must be the same (settings compared
         through their JSON form)."""
         path = self.out / RUN_FILE
@@ -237,7 +236,7 @@ class GridTrainer:
             raise DersimError(f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the run "
                               "being resumed")
         state = self.load()
-        chunk = int(state["chunk"])
+        chunk = int(state.chunk)
         curves = pl.read_parquet(self.out / CURVES).filter(pl.col("run_chunk") < chunk).to_dicts() \
             if (self.out / CURVES).exists() else []
         return state, curves
@@ -252,7 +251,7 @@ class GridTrainer:
                 "val_score": self.tables.score[result["final_state"]].mean(axis=1),
                 "val_cost": result["env_cost"].mean(axis=1), "val_calls": result["calls"].mean(axis=1)}
 
-    def best_on_val(self, state: dict[str, Any]) -> dict[str, float] | None:
+    def best_on_val(self, state: TrainState) -> dict[str, float] | None:
         """The chosen policy and its val figures (kept parameters), or None without val or deployable policies."""
         val = self.validate(self.kept_params(state))
         if val is None:
@@ -273,7 +272,7 @@ class GridTrainer:
         return [(g, c) for g, group in enumerate(self.groups) for c in range(group.algorithm.n_chunks)]
 
     def train(self, resume: bool = False, show_progress: bool = True,
-              stop_after: int | None = None) -> tuple[dict[str, Any], pl.DataFrame]:
+              stop_after: int | None = None) -> tuple[TrainState, pl.DataFrame]:
         """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
         returns the final checkpoint state and the learning curves (one row per policy per chunk)."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -281,8 +280,8 @@ class GridTrainer:
         if self.tables.judge is not None:
             self.tables.judge.save(self.out / JUDGE_FILE)
         (self.out / RUN_FILE).write_text(json.dumps(self.run_record(), indent=2), encoding="utf-8")
-        plan, first_chunk = self.chunk_plan(), int(state["chunk"])
-        groups, bests = list(state["groups"]), list(state["best"])
+        plan, first_chunk = self.chunk_plan(), int(state.chunk)
+        groups, bests = list(state.groups), list(state.best)
         with Progress(TextColumn("[bold]training {task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[val]}"), TimeElapsedColumn(),
                       TimeRemainingColumn(), disable=not show_progress) as progress:
@@ -304,7 +303,7 @@ class GridTrainer:
                                   (chunk + 1) * algorithm.updates_per_chunk, (chunk + 1) * algorithm.steps_per_chunk)
                 curves.extend({**row, "run_chunk": run_chunk} for row in rows)
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
-                save_checkpoint(self.out, {"groups": groups, "best": bests, "chunk": run_chunk + 1})
+                save_checkpoint(self.out, TrainState(groups=groups, best=bests, chunk=run_chunk + 1))
                 rate = (f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k env-steps/s"
                         if algorithm.steps_per_chunk else f"{len(group.indices) / seconds:,.1f} policy-chunks/s")
                 progress.update(task, advance=1, label=f"{len(group.indices)} {group.label} policies", rate=rate,

@@ -23,7 +23,7 @@ from dersim.errors import DersimError
 from dersim.trainer.checkpoint import save_checkpoint
 from dersim.trainer.policy import acting_by_actor, actor
 from dersim.trainer.ppo import Runner, Transition, chunk_summary, init_runner, make_ppo
-from dersim.trainer.run import CURVES, RUN_FILE, GridTrainer, curve_rows
+from dersim.trainer.run import CURVES, RUN_FILE, GridTrainer, TrainState, curve_rows
 
 OUTCOME_KEYS = ("final_score", "calls", "cost", "return", "success")
 
@@ -61,7 +61,7 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
     curves: list[dict] = []
     env_seconds, env_steps = 0.0, 0
     group = trainer.groups[0]
-    best = trainer.initial_state()["best"][0]
+    best = trainer.initial_state().best[0]
     trainer.out.mkdir(parents=True, exist_ok=True)
     (trainer.out / RUN_FILE).write_text(json.dumps(trainer.run_record(), indent=2), encoding="utf-8")
     with Progress(TextColumn("[bold]step-by-step (Gymnasium)"), BarColumn(), MofNCompleteColumn(),
@@ -117,8 +117,8 @@ def train_stepwise(trainer: GridTrainer, show_progress: bool = True) -> tuple[di
                 (chunk + 1) * config.updates_per_chunk, (chunk + 1) * config.steps_per_chunk))
             progress.update(task, advance=1, rate=f"{env_steps / max(env_seconds, 1e-9):,.0f} env-steps/s (env only)")
     runner = Runner(params=params, opt_state=opt_state, env=runner.env, key=key, updates=runner.updates)
-    state = {"groups": [jax.tree.map(lambda x: jnp.asarray(x)[None], runner)], "best": [best],
-             "chunk": trainer.n_chunks}
+    state = TrainState(groups=[jax.tree.map(lambda x: jnp.asarray(x)[None], runner)], best=[best],
+                       chunk=trainer.n_chunks)
     save_checkpoint(trainer.out, state)
     frame = pl.DataFrame(curves)
     frame.write_parquet(trainer.out / CURVES)
