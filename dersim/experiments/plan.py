@@ -127,7 +127,7 @@ def make_plan(cache: Path, metric: str, p0: float, cost_mode: str, depth: int, s
     return Plan(cache, metric, p0, cost_mode, depth, seeds, steps, tuple(grids))
 
 
-def default_p0(train_answer_scores: np.ndarray) -> float:
+def quantile_p0(train_answer_scores: np.ndarray) -> float:
     """The P0_QUANTILE quantile of the train answer scores (0.5 for 0/1 scores)."""
     scores = np.asarray(train_answer_scores, dtype=np.float64)
     if np.isin(scores, (0.0, 1.0)).all():

@@ -17,7 +17,7 @@ from dersim.errors import DersimError
 from dersim.experiments import paper
 from dersim.experiments.grids import TrainedGrid, train_grid
 from dersim.experiments.outcomes import CostTables, cost_tables, metric_scores, replay_costed, setting_outcome
-from dersim.experiments.plan import FULL_INFORMATION, Plan, Setting, default_p0, make_plan
+from dersim.experiments.plan import FULL_INFORMATION, Plan, Setting, make_plan, quantile_p0
 from dersim.experiments.tables import Row, Table
 from dersim.routers.data import default_cost_mode, load_router_data
 from dersim.routers.voting import VotingRouter
@@ -47,7 +47,7 @@ def resolve_plan(cache: Path, seeds: int, steps: int, compare: dict[str, Path], 
     answers = tables.depth > 0
     train_states = np.isin(np.arange(len(tables.depth)), reachable_states(tables.roots, tables.next_state,
                                                                           tables.max_depth))
-    chosen_p0 = default_p0(tables.score[answers & train_states]) if p0 is None else p0
+    chosen_p0 = quantile_p0(tables.score[answers & train_states]) if p0 is None else p0
     reference_ids = set(split_roots(tables, cache, "all")[1])
     for name, path in compare.items():
         other = load_tables(path, EnvSpec(metric=tables.metric, cost_mode=tables.spec.cost_mode, terminator="none"),
@@ -112,10 +112,10 @@ def run_reproduction(plan: Plan, out: Path, console: Console, verify: bool = Tru
     started = time.perf_counter()
     chosen = choose_setting(trained["main"], on_val, plan.depth)
     full_information = choose_setting(trained["main"], on_val, plan.depth, FULL_INFORMATION)
-    rules, best_route = rule_outcomes(plan, views["main"], test, score, outcome, chosen)
+    rules = rule_outcomes(plan, views["main"], test, score, outcome, chosen)
     seconds["evaluate rules"] = time.perf_counter() - started
-    built = build_tables(plan, trained, outcome, chosen, full_information, rules, best_route, metrics,
-                         tables.expert_names, score)
+    built = build_tables(plan, trained, outcome, chosen, full_information, rules, metrics, tables.expert_names,
+                         score)
     return Reproduction(plan, built, scores, tables.expert_names, len(test), seconds)
 
 
@@ -128,27 +128,41 @@ def choose_setting(main: TrainedGrid, on_val: dict[str, tuple[float, float]], de
     return best_candidate(deployable, [on_val[k][0] for k in deployable], [on_val[k][1] for k in deployable])
 
 
+@dataclass(frozen=True)
+class Rules:
+    """The untrained rows' outcomes on the test questions."""
+
+    single: list[Outcome]  # per expert
+    best_route: tuple[int, ...]  # the best fixed route, chosen on the train questions
+    best_fixed: Outcome  # that route
+    round_robin: Outcome
+    random: dict[str, Outcome]  # DER setting key -> random routing with that setting's route lengths
+    all_reference: Outcome  # every expert answers, the reference picks
+    all_voting: Outcome  # every expert answers, agreement picks
+
+
 def rule_outcomes(plan: Plan, costs: CostTables, test: np.ndarray, score: np.ndarray,
-                  outcome: dict[str, Outcome], chosen: str) -> tuple[dict[str, Outcome], tuple[int, ...]]:
+                  outcome: dict[str, Outcome], chosen: str) -> Rules:
     """The untrained rows: single experts, the best fixed route and round-robin, random routing with
-    each DER's route lengths, and the two all-expert ensembles (pick by the reference; by agreement).
-    Also returns the best fixed route (chosen on the train questions)."""
+    each DER's route lengths, and the two all-expert ensembles (pick by the reference; by agreement)."""
     n, depth = costs.next_state.shape[1], plan.depth
     route_tables = RouteTables(costs.next_state, cost=costs.cost, score=score)
     data = load_router_data(plan.cache, plan.metric, plan.cost_mode, verify=False)
     train_roots = data.split_roots("train")
-    rules = {f"single {e}": replay_costed(fixed_route((e,), len(test))[None], test, costs) for e in range(n)}
+
+    def fixed(route: tuple[int, ...]) -> Outcome:
+        return replay_costed(fixed_route(route, len(test))[None], test, costs)
+
     best = best_fixed_route(route_tables, train_roots, depth, n)
-    rules["best fixed route"] = replay_costed(fixed_route(best, len(test))[None], test, costs)
-    rules["round-robin"] = replay_costed(fixed_route(tuple(i % n for i in range(depth)), len(test))[None], test,
-                                         costs)
-    for key in dict.fromkeys((der_key(plan, "paper"), der_key(plan, "deployable"), chosen)):
-        rules[f"random {key}"] = replay_costed(random_routes(outcome[key].calls, n, depth), test, costs)
     answers = costs.next_state[test]
-    rules["all experts: reference"] = all_experts(test, costs, score[answers].argmax(axis=1))
     voting = VotingRouter().fit(data.train_data("fit", plan.p0)).route(data.questions("test"), n)
-    rules["all experts: voting"] = all_experts(test, costs, voting.calls[np.arange(len(test)), voting.keep])
-    return rules, best
+    return Rules(
+        single=[fixed((e,)) for e in range(n)], best_route=best, best_fixed=fixed(best),
+        round_robin=fixed(tuple(i % n for i in range(depth))),
+        random={key: replay_costed(random_routes(outcome[key].calls, n, depth), test, costs)
+                for key in dict.fromkeys((der_key(plan, "paper"), der_key(plan, "deployable"), chosen))},
+        all_reference=all_experts(test, costs, score[answers].argmax(axis=1)),
+        all_voting=all_experts(test, costs, voting.calls[np.arange(len(test)), voting.keep]))
 
 
 def der_key(plan: Plan, family: str, grid: str = "main", t_max: int | None = None) -> str:
@@ -157,8 +171,8 @@ def der_key(plan: Plan, family: str, grid: str = "main", t_max: int | None = Non
 
 
 def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str, Outcome],
-                 chosen: str, full_information: str, rules: dict[str, Outcome], best_route: tuple[int, ...],
-                 metrics: list[str], names: tuple[str, ...], score: np.ndarray) -> list[Table]:
+                 chosen: str, full_information: str, rules: Rules, metrics: list[str], names: tuple[str, ...],
+                 score: np.ndarray) -> list[Table]:
     """Every table of the paper that a cache can replay, each row with the row it is compared with."""
     depth, shown = plan.depth, metrics[:2]
     settings = {s.key: s for t in trained.values() for s in t.grid.settings}
@@ -176,23 +190,23 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
     der_label = (f"DER, chosen on val ({settings[chosen].family}, {settings[chosen].algo}: "
                  f"{settings[chosen].terminator} terminator)")
     paper_label = "DER, the paper's setting (PPO, oracle terminator)"
-    best_single = int(np.argmax([score[rules[f"single {e}"].final_state].mean() for e in range(len(names))]))
+    best_single = int(np.argmax([score[single.final_state].mean() for single in rules.single]))
     main_rows = [trained_row(chosen, der_label), trained_row(der("paper"), paper_label, vs=der_label)]
     for key, label in ((der("deployable"), "DER deployable, the paper's algorithm (PPO)"),
                        (full_information, "DER deployable, full information (the better of fqi and exact-pg on val)")):
         if key != chosen:
             main_rows.append(trained_row(key, f"{label}: {settings[key].label}", vs=der_label))
-    main_rows += [Row(f"single: {name}", rules[f"single {e}"], False, vs=der_label,
+    main_rows += [Row(f"single: {name}", rules.single[e], False, vs=der_label,
                       paper=paper.MAIN["single"] if e == best_single else "") for e, name in enumerate(names)]
     main_rows += [
-        Row("best fixed route (train): " + " > ".join(names[e] for e in best_route), rules["best fixed route"],
+        Row("best fixed route (train): " + " > ".join(names[e] for e in rules.best_route), rules.best_fixed,
             False, vs=der_label),
-        Row(f"round-robin x{depth}", rules["round-robin"], False, vs=der_label),
-        Row("random routing (the chosen DER's route lengths)", rules[f"random {chosen}"], False,
+        Row(f"round-robin x{depth}", rules.round_robin, False, vs=der_label),
+        Row("random routing (the chosen DER's route lengths)", rules.random[chosen], False,
             vs=der_label, paper=paper.MAIN["random"]),
-        Row("all experts, the reference picks the answer", rules["all experts: reference"], True, vs=der_label,
+        Row("all experts, the reference picks the answer", rules.all_reference, True, vs=der_label,
             paper=paper.MAIN["all-reference"], calls_per_step=len(names)),
-        Row("all experts, agreement picks the answer (voting)", rules["all experts: voting"], False, vs=der_label,
+        Row("all experts, agreement picks the answer (voting)", rules.all_voting, False, vs=der_label,
             paper=paper.MAIN["voting"], calls_per_step=len(names)),
     ]
     tables = [Table("main", "Main table: DER beside single experts and all-expert ensembles", main_rows, metrics,
@@ -231,7 +245,7 @@ def build_tables(plan: Plan, trained: dict[str, TrainedGrid], outcome: dict[str,
     for family in ("paper", "deployable"):
         routing_rows.append(trained_row(der(family)))
         routing_rows.append(Row(f"random routing, the same route lengths as DER {family}",
-                                rules[f"random {der(family)}"], settings[der(family)].uses_reference,
+                                rules.random[der(family)], settings[der(family)].uses_reference,
                                 vs=settings[der(family)].label, paper=paper.RANDOM if family == "paper" else ""))
     tables.append(Table("routing", "Learned routing against random routing with the same route lengths",
                         routing_rows, shown))

@@ -145,7 +145,7 @@ class RouterOptions:
 
     judge: str = "learned"  # the cascades' judge: learned (deployable) or oracle (reads the reference)
     judge_error: float = 0.0  # the cascades' judge decision is flipped on this share of answer states
-    p0: float | None = None  # the learned judge's good-enough threshold (default: `data.default_p0`)
+    p0: float | None = None  # the learned judge's good-enough threshold (default: `data.median_p0`)
 
 
 class Router(ABC):

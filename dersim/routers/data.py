@@ -25,7 +25,7 @@ def default_cost_mode(manifest: dict) -> str:
     return "params" if all(e.get("params_b") is not None for e in manifest["experts"]) else "usd"
 
 
-def default_p0(scores: np.ndarray) -> float:
+def median_p0(scores: np.ndarray) -> float:
     """The judge's good-enough threshold: 0.5 for 0/1 scores (right or wrong), else the median answer
     score, so that the judge learns to tell the better half of the answers."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -81,7 +81,7 @@ class RouterData:
         answer_score = self.score[answers]
         return TrainData(questions=Questions(roots, self.world.embedding[roots], self.world), score=score,
                          cost=cost, cost_scale=self.cost_scale, answer_states=answers, answer_score=answer_score,
-                         metric=self.metric, p0=default_p0(answer_score) if p0 is None else p0)
+                         metric=self.metric, p0=median_p0(answer_score) if p0 is None else p0)
 
 
 def load_router_data(cache: Path, metric: str | None = None, cost_mode: str | None = None,
