@@ -51,18 +51,30 @@ def synthetic_recipe(directory: Path, latency_ms: float) -> Path:
 
 
 def row(table: Table, label: str, report: BuildReport) -> None:
-    rates = ", ".join(f"{name} {calls / report.seconds_per_expert[name]:.2f}"
-                      for name, calls in report.calls_per_expert.items())
-    table.add_row(label, str(report.questions), str(report.calls_made), f"{report.seconds['total']:.1f}",
-                  f"{report.backend_seconds:.1f}", f"{report.setup_seconds:.1f}",
-                  f"{report.seconds['score'] + report.seconds['embed']:.1f}", f"{report.overhead:.2%}",
-                  f"{report.outside_calls:.1%}",
-                  f"{report.dedup_saving:.1%} ({report.transitions}/{report.full_tree_calls})", rates)
+    rates = ", ".join(
+        f"{name} {calls / report.seconds_per_expert[name]:.2f}"
+        for name, calls in report.calls_per_expert.items()
+    )
+    table.add_row(
+        label,
+        str(report.questions),
+        str(report.calls_made),
+        f"{report.seconds['total']:.1f}",
+        f"{report.backend_seconds:.1f}",
+        f"{report.setup_seconds:.1f}",
+        f"{report.seconds['score'] + report.seconds['embed']:.1f}",
+        f"{report.overhead:.2%}",
+        f"{report.outside_calls:.1%}",
+        f"{report.dedup_saving:.1%} ({report.transitions}/{report.full_tree_calls})",
+        rates,
+    )
 
 
 def state_texts(cache: Path, limit: int) -> tuple[list[str], list[str], list[str]]:
     """(state texts, their questions, their answers) of the first `limit` states of `cache`."""
-    states = pl.read_parquet(cache / "states.parquet", columns=["question_id", "answer"]).head(limit)
+    states = pl.read_parquet(cache / "states.parquet", columns=["question_id", "answer"]).head(
+        limit
+    )
     questions = pl.read_parquet(cache / "questions.parquet", columns=["question_id", "question"])
     rows = states.join(questions, on="question_id", how="left", maintain_order="left")
     asked, answers = rows["question"].to_list(), rows["answer"].to_list()
@@ -75,47 +87,85 @@ def embedding_rows(cache: Path, limit: int, store_root: Path) -> Table:
     minilm = make_embedder(EmbeddingSpec(model="all-MiniLM-L6-v2", dim=384))
     hashing = make_embedder(EmbeddingSpec(model="hashing", dim=384))
     minilm.embed(texts[:8])  # load and warm the model outside the timings
-    minilm_store, hashing_store = EmbeddingStore(minilm, store_root), EmbeddingStore(hashing, store_root)
+    minilm_store, hashing_store = (
+        EmbeddingStore(minilm, store_root),
+        EmbeddingStore(hashing, store_root),
+    )
     distinct = list(dict.fromkeys(asked))
     runs = [
         ("MiniLM, new texts (baseline)", lambda: embed_texts(minilm, texts, store=minilm_store)),
         ("MiniLM, embedding store hits", lambda: embed_texts(minilm, texts, store=minilm_store)),
-        (f"MiniLM, each question once ({len(distinct)}) + each answer alone",
-         lambda: (minilm.embed([f"Q: {q}" for q in distinct]), minilm.embed([f"A: {a}" for a in answers]))),
+        (
+            f"MiniLM, each question once ({len(distinct)}) + each answer alone",
+            lambda: (
+                minilm.embed([f"Q: {q}" for q in distinct]),
+                minilm.embed([f"A: {a}" for a in answers]),
+            ),
+        ),
         ("hashing (not stored by default)", lambda: embed_texts(hashing, texts)),
         ("hashing, into a store", lambda: embed_texts(hashing, texts, store=hashing_store)),
         ("hashing, embedding store hits", lambda: embed_texts(hashing, texts, store=hashing_store)),
     ]
-    table = Table("run", "texts", "s", "texts/s", "x baseline",
-                  title=f"embeddings per second: {len(texts)} state texts of {cache} "
-                        f"({len(texts) / max(len(distinct), 1):.1f} states per question)")
+    table = Table(
+        "run",
+        "texts",
+        "s",
+        "texts/s",
+        "x baseline",
+        title=f"embeddings per second: {len(texts)} state texts of {cache} "
+        f"({len(texts) / max(len(distinct), 1):.1f} states per question)",
+    )
     baseline, results = None, []
     for label, run in runs:
         started = time.perf_counter()
         results.append(run())
         rate = len(texts) / (time.perf_counter() - started)
         baseline = baseline or rate
-        table.add_row(label, str(len(texts)), f"{len(texts) / rate:.2f}", f"{rate:,.0f}", f"{rate / baseline:.2f}")
-    assert np.array_equal(results[0], results[1]) and np.array_equal(results[4], results[5]), "store hits differ"
+        table.add_row(
+            label,
+            str(len(texts)),
+            f"{len(texts) / rate:.2f}",
+            f"{rate:,.0f}",
+            f"{rate / baseline:.2f}",
+        )
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[4], results[5]), (
+        "store hits differ"
+    )
     return table
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--questions", type=int, default=3, help="real-expert questions")
     parser.add_argument("--depth", type=int, default=2, help="real-expert depth")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="synthetic per-call latency")
     parser.add_argument("--skip-real", action="store_true", help="only the synthetic run")
-    parser.add_argument("--embed-cache", type=Path, default=REPO / "cache" / "strategyqa",
-                        help="cache whose state texts are embedded")
+    parser.add_argument(
+        "--embed-cache",
+        type=Path,
+        default=REPO / "cache" / "strategyqa",
+        help="cache whose state texts are embedded",
+    )
     parser.add_argument("--embed-texts", type=int, default=1000, help="how many state texts")
     parser.add_argument("--skip-embedding", action="store_true", help="no embedding speeds")
     args = parser.parse_args()
 
-    table = Table("run", "questions", "calls", "wall s", "in calls s", "loading s", "score+embed s",
-                  "builder overhead", "outside calls (whole build)", "dedup saving (calls/full tree)",
-                  "calls/s per expert",
-                  title="build overhead (target: overhead < 5%)")
+    table = Table(
+        "run",
+        "questions",
+        "calls",
+        "wall s",
+        "in calls s",
+        "loading s",
+        "score+embed s",
+        "builder overhead",
+        "outside calls (whole build)",
+        "dedup saving (calls/full tree)",
+        "calls/s per expert",
+        title="build overhead (target: overhead < 5%)",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         os.environ[STORE_ENV] = str(tmp_path / "embedding-store")  # cold, and not the user's store
@@ -128,7 +178,9 @@ def main() -> None:
             row(table, f"llama.cpp x3, depth {args.depth}", report)
         Console(width=200).print(table)
         if not args.skip_embedding:
-            Console(width=200).print(embedding_rows(args.embed_cache, args.embed_texts, tmp_path / "bench-store"))
+            Console(width=200).print(
+                embedding_rows(args.embed_cache, args.embed_texts, tmp_path / "bench-store")
+            )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def default_cache(tmp: Path) -> Path:
     return out
 
 
-def make_rollout(n_envs: int, n_steps: int, n_actions: int, with_obs: bool, shared_key: bool = False):
+def make_rollout(
+    n_envs: int, n_steps: int, n_actions: int, with_obs: bool, shared_key: bool = False
+):
     """jit(rollout(params, states, key) -> (states, checksum)): `n_steps` steps of `n_envs` envs."""
     batched_step = jax.vmap(step, in_axes=(None if shared_key else 0, 0, 0, None))
 
@@ -73,18 +75,23 @@ def make_rollout(n_envs: int, n_steps: int, n_actions: int, with_obs: bool, shar
             total = total + reward.sum() + (obs.sum() if with_obs else 0.0)
             return (states, total), None
 
-        (states, total), _ = jax.lax.scan(one_step, (states, jnp.float32(0)), jax.random.split(key, n_steps))
+        (states, total), _ = jax.lax.scan(
+            one_step, (states, jnp.float32(0)), jax.random.split(key, n_steps)
+        )
         return states, total
 
     return jax.jit(rollout)
 
 
-def time_jax(params: EnvParams, n_envs: int, with_obs: bool, seconds: float,
-             shared_key: bool = False) -> tuple[int, float]:
+def time_jax(
+    params: EnvParams, n_envs: int, with_obs: bool, seconds: float, shared_key: bool = False
+) -> tuple[int, float]:
     """(steps, seconds) of at least `seconds` of timed rollouts, after a warm-up call."""
     n_steps = max(16, min(20_000, (1 << 20) // n_envs))
     rollout = make_rollout(n_envs, n_steps, params.n_experts, with_obs, shared_key)
-    _, states = jax.vmap(reset, in_axes=(0, None))(jax.random.split(jax.random.key(0), n_envs), params)
+    _, states = jax.vmap(reset, in_axes=(0, None))(
+        jax.random.split(jax.random.key(0), n_envs), params
+    )
     key = jax.random.key(1)
     states, total = rollout(params, states, key)  # compile and warm up
     jax.block_until_ready((states, total))
@@ -119,10 +126,16 @@ def time_gym(cache: Path, seconds: float) -> tuple[int, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="cache directory (default: cache/strategyqa if built, else builders/synthetic.toml "
-                             "built into a temp dir)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache directory (default: cache/strategyqa if built, else builders/synthetic.toml "
+        "built into a temp dir)",
+    )
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timed seconds per row")
     parser.add_argument("--batches", default="1,64,1024,16384", help="parallel env counts")
     args = parser.parse_args()
@@ -135,13 +148,17 @@ def main() -> None:
         cache = args.cache or default_cache(Path(tmp))
         tables = load_tables(cache, EnvSpec())
         params = make_params(tables)
-        console.print(f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
-                      f"{len(tables.roots)} train questions, embedding dim {tables.embedding.shape[1]}, "
-                      f"obs dim {params.obs_dim}; metric {tables.metric}, terminator {tables.spec.terminator}, "
-                      f"T_max {tables.spec.t_max}")
-        console.print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
-                      f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-                      f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        console.print(
+            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
+            f"{len(tables.roots)} train questions, embedding dim {tables.embedding.shape[1]}, "
+            f"obs dim {params.obs_dim}; metric {tables.metric}, terminator {tables.spec.terminator}, "
+            f"T_max {tables.spec.t_max}"
+        )
+        console.print(
+            f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
+            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
 
         gym_steps, gym_seconds = time_gym(cache, args.seconds)
         gym_rate = gym_steps / gym_seconds
@@ -150,26 +167,49 @@ def main() -> None:
             for n_envs in batches:
                 steps, seconds = time_jax(params, n_envs, with_obs, args.seconds)
                 results.append((with_obs, n_envs, steps, seconds, steps / seconds))
-        diag_steps, diag_seconds = time_jax(params, batches[-1], False, args.seconds, shared_key=True)
+        diag_steps, diag_seconds = time_jax(
+            params, batches[-1], False, args.seconds, shared_key=True
+        )
 
     table = Table("env", "parallel envs", "steps timed", "seconds", "steps/s", "x gymnasium")
-    table.add_row("gymnasium reference (python loop)", "1", f"{gym_steps:,}", f"{gym_seconds:.2f}",
-                  f"{gym_rate:,.0f}", "1.0")
+    table.add_row(
+        "gymnasium reference (python loop)",
+        "1",
+        f"{gym_steps:,}",
+        f"{gym_seconds:.2f}",
+        f"{gym_rate:,.0f}",
+        "1.0",
+    )
     for with_obs, n_envs, steps, seconds, rate in results:
         label = "jax, obs reduced (sum) each step" if with_obs else "jax, ids only (obs unused)"
-        table.add_row(label, f"{n_envs:,}", f"{steps:,}", f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / gym_rate:,.0f}")
+        table.add_row(
+            label,
+            f"{n_envs:,}",
+            f"{steps:,}",
+            f"{seconds:.2f}",
+            f"{rate:,.0f}",
+            f"{rate / gym_rate:,.0f}",
+        )
     diag_rate = diag_steps / diag_seconds
-    table.add_row("jax, ids only, shared reset key (diagnostic)", f"{batches[-1]:,}", f"{diag_steps:,}",
-                  f"{diag_seconds:.2f}", f"{diag_rate:,.0f}", f"{diag_rate / gym_rate:,.0f}")
+    table.add_row(
+        "jax, ids only, shared reset key (diagnostic)",
+        f"{batches[-1]:,}",
+        f"{diag_steps:,}",
+        f"{diag_seconds:.2f}",
+        f"{diag_rate:,.0f}",
+        f"{diag_rate / gym_rate:,.0f}",
+    )
     console.print(table)
     for with_obs in (False, True):
         rows = [r for r in results if r[0] == with_obs]
         best = max(rows, key=lambda r: r[4])
         label = "obs reduced" if with_obs else "ids only"
-        console.print(f"best {label}: {best[4]:,.0f} steps/s at {best[1]:,} envs = {best[4] / gym_rate:,.0f}x the "
-                      f"gymnasium env (targets: >= {TARGET_STEPS_PER_S:,.0f} steps/s "
-                      f"{'met' if best[4] >= TARGET_STEPS_PER_S else 'NOT met'}, >= {TARGET_RATIO}x "
-                      f"{'met' if best[4] / gym_rate >= TARGET_RATIO else 'NOT met'})")
+        console.print(
+            f"best {label}: {best[4]:,.0f} steps/s at {best[1]:,} envs = {best[4] / gym_rate:,.0f}x the "
+            f"gymnasium env (targets: >= {TARGET_STEPS_PER_S:,.0f} steps/s "
+            f"{'met' if best[4] >= TARGET_STEPS_PER_S else 'NOT met'}, >= {TARGET_RATIO}x "
+            f"{'met' if best[4] / gym_rate >= TARGET_RATIO else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

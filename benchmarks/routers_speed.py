@@ -44,27 +44,41 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     console = Console()
-    console.print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                  f"load average {os.getloadavg()[0]:.1f}")
+    console.print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     for cache in map(Path, args.caches.split(",")):
         started = time.perf_counter()
         data = load_router_data(cache)
         loaded = time.perf_counter() - started
         result = compare(data, list(ROUTERS), seeds=args.seeds)
         per_call = seconds_per_call(cache)
-        table = Table("router", "seconds", "test calls replayed", "live LLM seconds (est.)", "x faster than live",
-                      title=f"{cache}: {result.n_questions} test questions, {data.n_experts} experts")
+        table = Table(
+            "router",
+            "seconds",
+            "test calls replayed",
+            "live LLM seconds (est.)",
+            "x faster than live",
+            title=f"{cache}: {result.n_questions} test questions, {data.n_experts} experts",
+        )
         for curve in result.curves:
             calls = float(curve.calls.sum())
             live = calls * per_call
-            table.add_row(curve.name, f"{curve.seconds:.2f}", f"{calls:,.0f}",
-                          f"{live:,.0f}" if per_call else "n/a",
-                          f"{live / curve.seconds:,.0f}" if per_call and curve.seconds > 0 else "n/a")
+            table.add_row(
+                curve.name,
+                f"{curve.seconds:.2f}",
+                f"{calls:,.0f}",
+                f"{live:,.0f}" if per_call else "n/a",
+                f"{live / curve.seconds:,.0f}" if per_call and curve.seconds > 0 else "n/a",
+            )
         console.print(table)
         routing = sum(c.seconds for c in result.curves)
-        console.print(f"load {loaded:.1f} s, routing {routing:.1f} s, bootstrap {result.bootstrap_seconds:.1f} s "
-                      f"({result.n_boot} resamples); the bootstrap is {result.bootstrap_seconds / routing:.2f}x "
-                      f"the routing; skipped: {', '.join(result.skipped) or 'none'}")
+        console.print(
+            f"load {loaded:.1f} s, routing {routing:.1f} s, bootstrap {result.bootstrap_seconds:.1f} s "
+            f"({result.n_boot} resamples); the bootstrap is {result.bootstrap_seconds / routing:.2f}x "
+            f"the routing; skipped: {', '.join(result.skipped) or 'none'}"
+        )
         if np.isfinite(per_call) and per_call:
             console.print(f"recorded seconds per call: {per_call:.3f}")
 

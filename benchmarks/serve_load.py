@@ -66,8 +66,12 @@ class CannedExpert(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
         digest = hashlib.sha256(f"{body['model']}\n{prompt}".encode()).digest()
-        payload = json.dumps({"choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
-                              "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2}}).encode()
+        payload = json.dumps(
+            {
+                "choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
+                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -80,7 +84,9 @@ class CannedExpert(BaseHTTPRequestHandler):
 
 def serve_experts(ports: list[int]) -> None:
     """One canned expert server per port, until the process is terminated."""
-    ThreadingHTTPServer.request_queue_size = 256  # the listen backlog (default 5): 64 clients connect at once
+    ThreadingHTTPServer.request_queue_size = (
+        256  # the listen backlog (default 5): 64 clients connect at once
+    )
     servers = [ThreadingHTTPServer((HOST, port), CannedExpert) for port in ports]
     for server in servers[1:]:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -109,7 +115,9 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"dersim serve exited with status {process.returncode}: {log.read_text()}")
+            raise SystemExit(
+                f"dersim serve exited with status {process.returncode}: {log.read_text()}"
+            )
         try:
             with opener.open(url, timeout=5) as response:
                 if response.status == 200:
@@ -127,7 +135,8 @@ def build_run(root: Path, ports: list[int]) -> Path:
     from dersim.trainer.ppo import PPOConfig
     from dersim.trainer.run import GridTrainer
 
-    experts = "".join(f"""
+    experts = "".join(
+        f"""
 [[experts]]
 name = "{name}"
 backend = "openai"
@@ -135,9 +144,12 @@ params_b = {1 + 2 * i}
 model = "{name}"
 max_new_tokens = 8
 options = {{ base_url = "http://{HOST}:{port}/v1", max_concurrency = 64 }}
-""" for i, (name, port) in enumerate(zip(EXPERTS, ports, strict=True)))
+"""
+        for i, (name, port) in enumerate(zip(EXPERTS, ports, strict=True))
+    )
     recipe = root / "recipe.toml"
-    recipe.write_text(f"""
+    recipe.write_text(
+        f"""
 name = "serve-load"
 [dataset]
 source = "bigbench"
@@ -154,11 +166,22 @@ names = ["token_f1"]
 [embedding]
 model = "hashing"
 dim = 64
-{experts}""", encoding="utf-8")
+{experts}""",
+        encoding="utf-8",
+    )
     build_cache(load_recipe(recipe), root / "cache", show_progress=False)
-    config = PPOConfig(num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10)
-    trainer = GridTrainer.from_grid(root / "cache", root / "run", EnvSpec(metric="token_f1", p0=0.5), config,
-                                    {"terminator": ["none"]}, seeds=1, steps=config.steps_per_chunk)
+    config = PPOConfig(
+        num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10
+    )
+    trainer = GridTrainer.from_grid(
+        root / "cache",
+        root / "run",
+        EnvSpec(metric="token_f1", p0=0.5),
+        config,
+        {"terminator": ["none"]},
+        seeds=1,
+        steps=config.steps_per_chunk,
+    )
     trainer.train(show_progress=False)
     return root / "run"
 
@@ -226,12 +249,22 @@ def dersim_call(port: int, questions: list[str]) -> Callable[[dict], Sample | No
     counter = iter(range(10**9))
 
     def one(state: dict) -> Sample | None:
-        connection = state.setdefault("connection", http.client.HTTPConnection(HOST, port, timeout=120))
-        body = json.dumps({"model": MODEL, "messages": [{"role": "user",
-                                                         "content": questions[next(counter) % len(questions)]}]})
+        connection = state.setdefault(
+            "connection", http.client.HTTPConnection(HOST, port, timeout=120)
+        )
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "messages": [
+                    {"role": "user", "content": questions[next(counter) % len(questions)]}
+                ],
+            }
+        )
         started = time.perf_counter()
         try:
-            connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
             raw = response.read()
         except (OSError, http.client.HTTPException):
@@ -248,15 +281,23 @@ def dersim_call(port: int, questions: list[str]) -> Callable[[dict], Sample | No
 
 def direct_call(ports: list[int], calls: int) -> Callable[[dict], Sample | None]:
     """`calls` chat completions straight to the canned experts, a new connection each (as dersim's backend)."""
-    body = json.dumps({"model": EXPERTS[0], "messages": [{"role": "user", "content": "Is water wet?"}],
-                       "max_tokens": 8, "temperature": 0.0})
+    body = json.dumps(
+        {
+            "model": EXPERTS[0],
+            "messages": [{"role": "user", "content": "Is water wet?"}],
+            "max_tokens": 8,
+            "temperature": 0.0,
+        }
+    )
 
     def one(_state: dict) -> Sample | None:
         started = time.perf_counter()
         for i in range(calls):
             connection = http.client.HTTPConnection(HOST, ports[i % len(ports)], timeout=120)
             try:
-                connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                connection.request(
+                    "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}
+                )
                 response = connection.getresponse()
                 response.read()
             except (OSError, http.client.HTTPException):
@@ -273,8 +314,12 @@ def direct_call(ports: list[int], calls: int) -> Callable[[dict], Sample | None]
 def calls_per_route(port: int, question: str) -> int:
     """The calls one route makes (the baseline makes as many)."""
     connection = http.client.HTTPConnection(HOST, port, timeout=120)
-    connection.request("POST", "/v1/chat/completions", json.dumps(
-        {"model": MODEL, "messages": [{"role": "user", "content": question}]}), {"Content-Type": "application/json"})
+    connection.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": MODEL, "messages": [{"role": "user", "content": question}]}),
+        {"Content-Type": "application/json"},
+    )
     route = json.loads(connection.getresponse().read())["route"]
     connection.close()
     return int(route["calls"])
@@ -282,21 +327,32 @@ def calls_per_route(port: int, question: str) -> int:
 
 def figures(row: Row) -> list[str]:
     """requests, errors, requests/s, p50 and p99 ms."""
-    return [f"{len(row.samples):,}", str(row.errors), f"{len(row.samples) / row.seconds:,.1f}",
-            f"{1000 * row.latency(0.5):.1f}", f"{1000 * row.latency(0.99):.1f}"]
+    return [
+        f"{len(row.samples):,}",
+        str(row.errors),
+        f"{len(row.samples) / row.seconds:,.1f}",
+        f"{1000 * row.latency(0.5):.1f}",
+        f"{1000 * row.latency(0.99):.1f}",
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", default="1,8,64", help="concurrency levels")
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each row")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured seconds before each row"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     console = Console(width=max(Console().width, 170))
 
     ports = [free_port() for _ in EXPERTS]
-    experts = multiprocessing.get_context("spawn").Process(target=serve_experts, args=(ports,), daemon=True)
+    experts = multiprocessing.get_context("spawn").Process(
+        target=serve_experts, args=(ports,), daemon=True
+    )
     experts.start()
     server: subprocess.Popen | None = None
     try:
@@ -312,15 +368,33 @@ def main() -> None:
             port = free_port()
             log = tmp / "serve.log"
             with log.open("wb") as handle:
-                endpoints = [f"--base-url={name}=http://{HOST}:{p}/v1" for name, p in zip(EXPERTS, ports, strict=True)]
-                server = subprocess.Popen([sys.executable, "-m", "dersim", "serve", "--run", str(run), "--port",
-                                           str(port), *endpoints], stdout=handle, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "DERSIM_SERVE_TOKEN": ""})
+                endpoints = [
+                    f"--base-url={name}=http://{HOST}:{p}/v1"
+                    for name, p in zip(EXPERTS, ports, strict=True)
+                ]
+                server = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dersim",
+                        "serve",
+                        "--run",
+                        str(run),
+                        "--port",
+                        str(port),
+                        *endpoints,
+                    ],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "DERSIM_SERVE_TOKEN": ""},
+                )
             started = time.perf_counter()
             wait_ready(f"http://{HOST}:{port}/health", server, log)
-            console.print(f"dersim serve ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, "
-                          f"{platform.processor() or platform.machine()}; load average "
-                          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            console.print(
+                f"dersim serve ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, "
+                f"{platform.processor() or platform.machine()}; load average "
+                f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            )
             calls = calls_per_route(port, questions[0])
             rows: list[tuple[Row, Row]] = []
             for clients in levels:
@@ -328,7 +402,9 @@ def main() -> None:
                 served = load(clients, args.seconds, dersim_call(port, questions), "dersim serve")
                 direct = load(clients, args.seconds, direct_call(ports, calls), "direct")
                 rows.append((served, direct))
-                console.print(f"  {clients} clients: {len(served.samples) / served.seconds:,.0f} requests/s")
+                console.print(
+                    f"  {clients} clients: {len(served.samples) / served.seconds:,.0f} requests/s"
+                )
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=120)
     finally:
@@ -337,15 +413,32 @@ def main() -> None:
         experts.terminate()
         experts.join()
 
-    table = Table("clients", "row", "requests", "errors", "requests/s", "p50 ms", "p99 ms", "experts ms p50",
-                  "overhead ms p50", "overhead ms p99", "in route ms p50", "x direct p50",
-                  title=f"dersim serve under load: {calls} expert calls per route, canned HTTP experts on loopback")
+    table = Table(
+        "clients",
+        "row",
+        "requests",
+        "errors",
+        "requests/s",
+        "p50 ms",
+        "p99 ms",
+        "experts ms p50",
+        "overhead ms p50",
+        "overhead ms p99",
+        "in route ms p50",
+        "x direct p50",
+        title=f"dersim serve under load: {calls} expert calls per route, canned HTTP experts on loopback",
+    )
     for served, direct in rows:
-        table.add_row(str(served.clients), served.name, *figures(served),
-                      f"{1000 * served.median(lambda s: s.expert_s):.1f}", f"{1000 * served.overhead(0.5):.1f}",
-                      f"{1000 * served.overhead(0.99):.1f}",
-                      f"{1000 * served.median(lambda s: s.route_s - s.expert_s):.1f}",
-                      f"{served.latency(0.5) / direct.latency(0.5):.1f}")
+        table.add_row(
+            str(served.clients),
+            served.name,
+            *figures(served),
+            f"{1000 * served.median(lambda s: s.expert_s):.1f}",
+            f"{1000 * served.overhead(0.5):.1f}",
+            f"{1000 * served.overhead(0.99):.1f}",
+            f"{1000 * served.median(lambda s: s.route_s - s.expert_s):.1f}",
+            f"{served.latency(0.5) / direct.latency(0.5):.1f}",
+        )
         table.add_row(str(direct.clients), direct.name, *figures(direct), "", "", "", "", "")
     console.print(table)
     console.print(f"load average after: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")

@@ -113,7 +113,9 @@ class ChunkClock(Progress):
         super().update(task_id, **kwargs)
 
 
-def clocked(train: Callable[[], Any], module: Any, n_policies: int, label: str, config: PPOConfig) -> Row:
+def clocked(
+    train: Callable[[], Any], module: Any, n_policies: int, label: str, config: PPOConfig
+) -> Row:
     """Run `train` (1 warm-up chunk + timed chunks) with `module.Progress` clocked; the first chunk's
     time minus the median steady chunk is the compile time."""
     ChunkClock.ends = []
@@ -123,8 +125,14 @@ def clocked(train: Callable[[], Any], module: Any, n_policies: int, label: str, 
     ends = ChunkClock.ends
     chunk_s = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     timed = ends[-1] - ends[0]
-    return Row(label, n_policies, n_policies * len(chunk_s) * config.steps_per_chunk, timed,
-               max(0.0, ends[0] - started - statistics.median(chunk_s)), chunk_s)
+    return Row(
+        label,
+        n_policies,
+        n_policies * len(chunk_s) * config.steps_per_chunk,
+        timed,
+        max(0.0, ends[0] - started - statistics.median(chunk_s)),
+        chunk_s,
+    )
 
 
 def default_cache(tmp: Path) -> tuple[Path, bool]:
@@ -140,13 +148,28 @@ def default_cache(tmp: Path) -> tuple[Path, bool]:
     return out, True
 
 
-def time_grid(cache: Path, spec: EnvSpec, config: PPOConfig, n_policies: int, chunks: int, tmp: Path) -> Row:
+def time_grid(
+    cache: Path, spec: EnvSpec, config: PPOConfig, n_policies: int, chunks: int, tmp: Path
+) -> Row:
     """`GridTrainer.train` over 1 + `chunks` chunks; the first compiles and is not timed."""
     out = tmp / f"grid-{n_policies}"
-    trainer = GridTrainer.from_grid(cache, out, spec, config, {}, seeds=n_policies,
-                                    steps=(1 + chunks) * config.steps_per_chunk, algo="ppo")
-    row = clocked(lambda: trainer.train(show_progress=False), run_module, n_policies, "grid trainer (JAX env)",
-                  config)
+    trainer = GridTrainer.from_grid(
+        cache,
+        out,
+        spec,
+        config,
+        {},
+        seeds=n_policies,
+        steps=(1 + chunks) * config.steps_per_chunk,
+        algo="ppo",
+    )
+    row = clocked(
+        lambda: trainer.train(show_progress=False),
+        run_module,
+        n_policies,
+        "grid trainer (JAX env)",
+        config,
+    )
     shutil.rmtree(out, ignore_errors=True)
     return row
 
@@ -154,15 +177,30 @@ def time_grid(cache: Path, spec: EnvSpec, config: PPOConfig, n_policies: int, ch
 def time_stepwise(cache: Path, spec: EnvSpec, config: PPOConfig, chunks: int, tmp: Path) -> Row:
     """`train_stepwise` over 1 + `chunks` chunks; the first (env construction, compilation) is not timed."""
     out = tmp / "stepwise"
-    trainer = GridTrainer.from_grid(cache, out, spec, config, {}, seeds=1, steps=(1 + chunks) * config.steps_per_chunk,
-                                    algo="ppo")
-    row = clocked(lambda: stepwise_module.train_stepwise(trainer, show_progress=False), stepwise_module, 1,
-                  "stepwise (Gymnasium env, same PPO)", config)
+    trainer = GridTrainer.from_grid(
+        cache,
+        out,
+        spec,
+        config,
+        {},
+        seeds=1,
+        steps=(1 + chunks) * config.steps_per_chunk,
+        algo="ppo",
+    )
+    row = clocked(
+        lambda: stepwise_module.train_stepwise(trainer, show_progress=False),
+        stepwise_module,
+        1,
+        "stepwise (Gymnasium env, same PPO)",
+        config,
+    )
     shutil.rmtree(out, ignore_errors=True)
     return row
 
 
-def time_sb3(cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds: float, threads: int) -> Row:
+def time_sb3(
+    cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds: float, threads: int
+) -> Row:
     """stable-baselines3 PPO on DummyVecEnv x num_envs of the reference env, settings matched to `config`;
     `steps` env steps or `seconds`, whichever comes first, with `threads` torch threads."""
     from stable_baselines3 import PPO
@@ -182,33 +220,55 @@ def time_sb3(cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds:
     torch.set_num_threads(threads)
     try:
         env = DummyVecEnv([lambda: DERGymEnv(cache, spec) for _ in range(config.num_envs)])
-        model = PPO("MlpPolicy", env, learning_rate=HYPER_DEFAULTS["lr"], n_steps=config.num_steps,
-                    batch_size=config.minibatch_size, n_epochs=config.update_epochs,
-                    gamma=HYPER_DEFAULTS["discount"], gae_lambda=HYPER_DEFAULTS["gae_lambda"],
-                    clip_range=HYPER_DEFAULTS["clip_eps"], clip_range_vf=HYPER_DEFAULTS["clip_eps"],
-                    ent_coef=HYPER_DEFAULTS["ent_coef"], vf_coef=HYPER_DEFAULTS["vf_coef"],
-                    max_grad_norm=config.max_grad_norm,
-                    policy_kwargs={"net_arch": {"pi": [config.hidden] * 2, "vf": [config.hidden] * 2},
-                                   "activation_fn": torch.nn.Tanh},
-                    device="cpu", seed=0, verbose=0)
-        model.set_logger(Logger(folder=None, output_formats=[]))  # the default writes a folder in the temp dir
+        model = PPO(
+            "MlpPolicy",
+            env,
+            learning_rate=HYPER_DEFAULTS["lr"],
+            n_steps=config.num_steps,
+            batch_size=config.minibatch_size,
+            n_epochs=config.update_epochs,
+            gamma=HYPER_DEFAULTS["discount"],
+            gae_lambda=HYPER_DEFAULTS["gae_lambda"],
+            clip_range=HYPER_DEFAULTS["clip_eps"],
+            clip_range_vf=HYPER_DEFAULTS["clip_eps"],
+            ent_coef=HYPER_DEFAULTS["ent_coef"],
+            vf_coef=HYPER_DEFAULTS["vf_coef"],
+            max_grad_norm=config.max_grad_norm,
+            policy_kwargs={
+                "net_arch": {"pi": [config.hidden] * 2, "vf": [config.hidden] * 2},
+                "activation_fn": torch.nn.Tanh,
+            },
+            device="cpu",
+            seed=0,
+            verbose=0,
+        )
+        model.set_logger(
+            Logger(folder=None, output_formats=[])
+        )  # the default writes a folder in the temp dir
         model.learn(total_timesteps=config.batch_size)  # warm-up: one rollout and one update
         before = model.num_timesteps
         started = time.perf_counter()
-        model.learn(total_timesteps=steps, reset_num_timesteps=False, callback=Deadline(started + seconds))
+        model.learn(
+            total_timesteps=steps, reset_num_timesteps=False, callback=Deadline(started + seconds)
+        )
         elapsed = time.perf_counter() - started
         env.close()
     finally:
         torch.set_num_threads(previous)
-    return Row(f"stable-baselines3 PPO ({threads} torch thread{'s' if threads > 1 else ''})", 1,
-               model.num_timesteps - before, elapsed)
+    return Row(
+        f"stable-baselines3 PPO ({threads} torch thread{'s' if threads > 1 else ''})",
+        1,
+        model.num_timesteps - before,
+        elapsed,
+    )
 
 
 def full_run(cache: Path, spec: EnvSpec, config: PPOConfig, tmp: Path) -> float:
     """Wall seconds of a real 1024 x 50,000 run: trainer construction, compile, every chunk and checkpoint."""
     started = time.perf_counter()
-    trainer = GridTrainer.from_grid(cache, tmp / "full", spec, config, {}, seeds=TARGET_POLICIES, steps=TARGET_STEPS,
-                                    algo="ppo")
+    trainer = GridTrainer.from_grid(
+        cache, tmp / "full", spec, config, {}, seeds=TARGET_POLICIES, steps=TARGET_STEPS, algo="ppo"
+    )
     trainer.train(show_progress=False)
     seconds = time.perf_counter() - started
     shutil.rmtree(tmp / "full", ignore_errors=True)
@@ -224,7 +284,9 @@ class Convergence:
     algo: str
     policies: int
     seconds: float  # construction to the last checkpoint
-    to_one_percent: float  # median over policies: seconds until val return is within 1% of its final value
+    to_one_percent: (
+        float  # median over policies: seconds until val return is within 1% of its final value
+    )
     chunk_ends: list[float]
     val: np.ndarray  # [policies, chunks] val return after each chunk
     settings: list[dict]
@@ -258,90 +320,181 @@ def converge(cache: Path, spec: EnvSpec, algo: str, n_policies: int, tmp: Path) 
     out = tmp / f"{algo}-{n_policies}"
     ChunkClock.ends = []
     started = time.perf_counter()
-    trainer = GridTrainer.from_grid(cache, out, spec, PPOConfig(), grid, seeds=seeds, steps=TARGET_STEPS, algo=algo)
+    trainer = GridTrainer.from_grid(
+        cache, out, spec, PPOConfig(), grid, seeds=seeds, steps=TARGET_STEPS, algo=algo
+    )
     with mock.patch.object(run_module, "Progress", ChunkClock):
         _, curves = trainer.train(show_progress=False)
     seconds = time.perf_counter() - started
     ends = [end - started for end in ChunkClock.ends]
-    val = np.stack([curves.filter(pl.col("policy") == i).sort("run_chunk")["val_return"].to_numpy()
-                    for i in range(len(trainer.policies))])
+    val = np.stack(
+        [
+            curves.filter(pl.col("policy") == i).sort("run_chunk")["val_return"].to_numpy()
+            for i in range(len(trainer.policies))
+        ]
+    )
     final = val[:, -1:]
     within = val >= final - 0.01 * np.abs(final) - 1e-6
     first = within.argmax(axis=1)
     shutil.rmtree(out, ignore_errors=True)
-    return Convergence(algo, len(trainer.policies), seconds, float(np.median([ends[c] for c in first])), ends, val,
-                       trainer.policies)
+    return Convergence(
+        algo,
+        len(trainer.policies),
+        seconds,
+        float(np.median([ends[c] for c in first])),
+        ends,
+        val,
+        trainer.policies,
+    )
 
 
-def full_information_part(cache: Path, spec: EnvSpec, counts: list[int], console: Console, tmp: Path) -> None:
-    for algo in ("ppo", "exact-pg", "fqi"):  # warm-up: what every process pays once (imports, shared compiles)
+def full_information_part(
+    cache: Path, spec: EnvSpec, counts: list[int], console: Console, tmp: Path
+) -> None:
+    for algo in (
+        "ppo",
+        "exact-pg",
+        "fqi",
+    ):  # warm-up: what every process pays once (imports, shared compiles)
         converge(cache, spec, algo, 1, tmp)
     rows: dict[tuple[str, int], Convergence] = {}
     for n_policies in counts:
         for algo in ("ppo", "exact-pg", "fqi"):
             rows[algo, n_policies] = row = converge(cache, spec, algo, n_policies, tmp)
-            console.print(f"  {algo} x {row.policies}: {row.seconds:.1f} s, within 1% of the final val return after "
-                          f"{row.to_one_percent:.1f} s (median)")
-    table = Table("algorithm", "policies", "seconds (all chunks)", "to within 1% of final val return (s)",
-                  "policies / min", "x PPO (time to 1%)", "x PPO (policies / min)", "x PPO to PPO's val return",
-                  title="full-information trainers against PPO (same cache, same run, construction included)")
+            console.print(
+                f"  {algo} x {row.policies}: {row.seconds:.1f} s, within 1% of the final val return after "
+                f"{row.to_one_percent:.1f} s (median)"
+            )
+    table = Table(
+        "algorithm",
+        "policies",
+        "seconds (all chunks)",
+        "to within 1% of final val return (s)",
+        "policies / min",
+        "x PPO (time to 1%)",
+        "x PPO (policies / min)",
+        "x PPO to PPO's val return",
+        title="full-information trainers against PPO (same cache, same run, construction included)",
+    )
     for (algo, n_policies), row in rows.items():
         ppo = rows["ppo", n_policies]
         same_return = ""
         if algo == "exact-pg":  # policy i of both runs has the same alpha and seed
             targets = [ppo.val[i, -1] - 0.01 * abs(ppo.val[i, -1]) for i in range(row.policies)]
-            ratios = [ppo.time_to_reach(i, target) / row.time_to_reach(i, target) for i, target in enumerate(targets)]
+            ratios = [
+                ppo.time_to_reach(i, target) / row.time_to_reach(i, target)
+                for i, target in enumerate(targets)
+            ]
             reached = np.mean([r > 0 for r in ratios])
             same_return = f"{np.median(ratios):.1f} (reached by {reached:.0%})"
-        table.add_row(algo, f"{row.policies:,}", f"{row.seconds:.1f}", f"{row.to_one_percent:.1f}",
-                      f"{row.per_minute:,.0f}", f"{ppo.to_one_percent / row.to_one_percent:.1f}",
-                      f"{row.per_minute / ppo.per_minute:.1f}", same_return)
+        table.add_row(
+            algo,
+            f"{row.policies:,}",
+            f"{row.seconds:.1f}",
+            f"{row.to_one_percent:.1f}",
+            f"{row.per_minute:,.0f}",
+            f"{ppo.to_one_percent / row.to_one_percent:.1f}",
+            f"{row.per_minute / ppo.per_minute:.1f}",
+            same_return,
+        )
     console.print(table)
     largest = rows.get(("fqi", TARGET_POLICIES))
     if largest is not None:
         verdict = "met" if largest.seconds < FQI_TARGET_SECONDS else "NOT met"
-        console.print(f"{largest.policies:,} fqi policies: {largest.seconds:.1f} s (target < {FQI_TARGET_SECONDS:.0f} "
-                      f"s: {verdict})")
+        console.print(
+            f"{largest.policies:,} fqi policies: {largest.seconds:.1f} s (target < {FQI_TARGET_SECONDS:.0f} "
+            f"s: {verdict})"
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="cache directory (default: cache/strategyqa if built, else builders/synthetic.toml "
-                             "built into a temp dir)")
-    parser.add_argument("--policies", default="1,16,256,1024", help="policy counts of the grid trainer rows")
-    parser.add_argument("--chunks", type=int, default=3, help="timed chunks per grid row (after a warm-up chunk)")
-    parser.add_argument("--stepwise-chunks", type=int, default=2, help="timed chunks of the Gymnasium-env PPO")
-    parser.add_argument("--sb3-steps", type=int, default=16_384, help="timed env steps of stable-baselines3")
-    parser.add_argument("--sb3-seconds", type=float, default=30.0, help="at most this long per SB3 row")
-    parser.add_argument("--sb3-threads", default="1,0",
-                        help="torch thread counts to time SB3 with (0: torch's default); the fastest is the baseline")
-    parser.add_argument("--full", action="store_true",
-                        help=f"also run {TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps end to end")
-    parser.add_argument("--metric", default=None, help="score P (default: the cache's; accuracy on the synthetic "
-                                                       "cache built here)")
-    parser.add_argument("--p0", type=float, default=None,
-                        help=f"threshold (default: {EnvSpec.p0}; 0.5 on the synthetic cache built here)")
-    parser.add_argument("--embedding-dim", type=int, default=None,
-                        help="observe the top K principal components of the embeddings (every row, SB3 included)")
-    parser.add_argument("--hidden", type=int, default=PPOConfig.hidden,
-                        help="MLP width of every row, SB3 included (default: the trainer's)")
-    parser.add_argument("--part", choices=("ppo", "full-information", "both"), default="both",
-                        help="ppo: PPO's env-steps/s against SB3 and the Gymnasium path; full-information: fqi and "
-                             "exact-pg against PPO to a trained policy")
-    parser.add_argument("--algo-policies", default="1,16,256,1024",
-                        help="policy counts of the full-information rows (each algorithm, PPO included)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache directory (default: cache/strategyqa if built, else builders/synthetic.toml "
+        "built into a temp dir)",
+    )
+    parser.add_argument(
+        "--policies", default="1,16,256,1024", help="policy counts of the grid trainer rows"
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=3, help="timed chunks per grid row (after a warm-up chunk)"
+    )
+    parser.add_argument(
+        "--stepwise-chunks", type=int, default=2, help="timed chunks of the Gymnasium-env PPO"
+    )
+    parser.add_argument(
+        "--sb3-steps", type=int, default=16_384, help="timed env steps of stable-baselines3"
+    )
+    parser.add_argument(
+        "--sb3-seconds", type=float, default=30.0, help="at most this long per SB3 row"
+    )
+    parser.add_argument(
+        "--sb3-threads",
+        default="1,0",
+        help="torch thread counts to time SB3 with (0: torch's default); the fastest is the baseline",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help=f"also run {TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps end to end",
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="score P (default: the cache's; accuracy on the synthetic cache built here)",
+    )
+    parser.add_argument(
+        "--p0",
+        type=float,
+        default=None,
+        help=f"threshold (default: {EnvSpec.p0}; 0.5 on the synthetic cache built here)",
+    )
+    parser.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=None,
+        help="observe the top K principal components of the embeddings (every row, SB3 included)",
+    )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=PPOConfig.hidden,
+        help="MLP width of every row, SB3 included (default: the trainer's)",
+    )
+    parser.add_argument(
+        "--part",
+        choices=("ppo", "full-information", "both"),
+        default="both",
+        help="ppo: PPO's env-steps/s against SB3 and the Gymnasium path; full-information: fqi and "
+        "exact-pg against PPO to a trained policy",
+    )
+    parser.add_argument(
+        "--algo-policies",
+        default="1,16,256,1024",
+        help="policy counts of the full-information rows (each algorithm, PPO included)",
+    )
     args = parser.parse_args()
     if args.part == "full-information":
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             cache, built = (args.cache, False) if args.cache else default_cache(tmp)
-            spec = EnvSpec(metric=args.metric or ("accuracy" if built else None),
-                           p0=args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0))
+            spec = EnvSpec(
+                metric=args.metric or ("accuracy" if built else None),
+                p0=args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0),
+            )
             console = Console(width=180)
-            console.print(f"cache {cache}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; load "
-                          f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-            full_information_part(cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp)
+            console.print(
+                f"cache {cache}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; load "
+                f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            )
+            full_information_part(
+                cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp
+            )
         return
     policy_counts = [int(p) for p in args.policies.split(",")]
     if min(args.chunks, args.stepwise_chunks, *policy_counts) < 1:
@@ -362,62 +515,102 @@ def main() -> None:
         metric = args.metric or ("accuracy" if built else None)
         p0 = args.p0 if args.p0 is not None else (0.5 if built else EnvSpec.p0)
         spec = EnvSpec(metric=metric, p0=p0, embedding_dim=args.embedding_dim)
-        probe = GridTrainer.from_grid(cache, tmp / "probe", spec, config, {}, seeds=1, steps=1, algo="ppo")
+        probe = GridTrainer.from_grid(
+            cache, tmp / "probe", spec, config, {}, seeds=1, steps=1, algo="ppo"
+        )
         tables = probe.tables
-        console.print(f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
-                      f"{len(tables.roots)} train questions, observed embedding dim "
-                      f"{tables.embedding.shape[1]}; metric "
-                      f"{tables.metric}, p0 {p0}, terminator {probe.spec.terminator}, T_max {probe.spec.t_max}")
-        console.print(f"PPO: {config.num_envs} envs x {config.num_steps} steps per update, {config.update_epochs} "
-                      f"epochs x {config.num_minibatches} minibatches, hidden {config.hidden}, "
-                      f"{config.updates_per_chunk} updates per chunk = {config.steps_per_chunk:,} env steps per "
-                      "policy per chunk")
-        console.print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
-                      f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-                      f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        console.print(
+            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
+            f"{len(tables.roots)} train questions, observed embedding dim "
+            f"{tables.embedding.shape[1]}; metric "
+            f"{tables.metric}, p0 {p0}, terminator {probe.spec.terminator}, T_max {probe.spec.t_max}"
+        )
+        console.print(
+            f"PPO: {config.num_envs} envs x {config.num_steps} steps per update, {config.update_epochs} "
+            f"epochs x {config.num_minibatches} minibatches, hidden {config.hidden}, "
+            f"{config.updates_per_chunk} updates per chunk = {config.steps_per_chunk:,} env steps per "
+            "policy per chunk"
+        )
+        console.print(
+            f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
+            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
 
-        sb3_rows = [time_sb3(cache, spec, config, args.sb3_steps, args.sb3_seconds, int(n) or default_threads)
-                    for n in args.sb3_threads.split(",")]
+        sb3_rows = [
+            time_sb3(
+                cache, spec, config, args.sb3_steps, args.sb3_seconds, int(n) or default_threads
+            )
+            for n in args.sb3_threads.split(",")
+        ]
         sb3 = max(sb3_rows, key=lambda r: r.rate)
         stepwise = time_stepwise(cache, spec, config, args.stepwise_chunks, tmp)
         grid = []
         for n_policies in policy_counts:
             grid.append(time_grid(cache, spec, config, n_policies, args.chunks, tmp))
-            console.print(f"  {n_policies} policies: {grid[-1].rate:,.0f} env-steps/s "
-                          f"(compile {grid[-1].compile_s:.1f} s)")
+            console.print(
+                f"  {n_policies} policies: {grid[-1].rate:,.0f} env-steps/s "
+                f"(compile {grid[-1].compile_s:.1f} s)"
+            )
         full_seconds = full_run(cache, spec, config, tmp) if args.full else None
         load_after = os.getloadavg()
         if args.part == "both":
-            full_information_part(cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp)
+            full_information_part(
+                cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp
+            )
 
-    table = Table("run", "policies", "env steps timed", "seconds", "aggregate env-steps/s", "per policy",
-                  "s per chunk (min-max)", "compile s", "x SB3",
-                  title="whole-PPO training throughput (rollout + update)")
+    table = Table(
+        "run",
+        "policies",
+        "env steps timed",
+        "seconds",
+        "aggregate env-steps/s",
+        "per policy",
+        "s per chunk (min-max)",
+        "compile s",
+        "x SB3",
+        title="whole-PPO training throughput (rollout + update)",
+    )
     for row in [*sb3_rows, stepwise, *grid]:
         spread = f"{min(row.chunk_s):.2f}-{max(row.chunk_s):.2f}" if row.chunk_s else ""
-        table.add_row(row.run, f"{row.policies:,}", f"{row.steps:,}", f"{row.seconds:.2f}", f"{row.rate:,.0f}",
-                      f"{row.rate / row.policies:,.0f}", spread,
-                      "" if row.compile_s is None else f"{row.compile_s:.1f}", f"{row.rate / sb3.rate:,.1f}")
+        table.add_row(
+            row.run,
+            f"{row.policies:,}",
+            f"{row.steps:,}",
+            f"{row.seconds:.2f}",
+            f"{row.rate:,.0f}",
+            f"{row.rate / row.policies:,.0f}",
+            spread,
+            "" if row.compile_s is None else f"{row.compile_s:.1f}",
+            f"{row.rate / sb3.rate:,.1f}",
+        )
     console.print(table)
     console.print(f"load average after: {', '.join(f'{x:.1f}' for x in load_after)}")
 
     best = max(grid, key=lambda r: r.rate)
     ratio = best.rate / sb3.rate
-    console.print(f"best aggregate: {best.rate:,.0f} env-steps/s at {best.policies:,} policies = {ratio:,.1f}x "
-                  f"the fastest stable-baselines3 row (target >= {TARGET_RATIO}x: "
-                  f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
-    basis = next((r for r in grid if r.policies == TARGET_POLICIES), max(grid, key=lambda r: r.policies))
+    console.print(
+        f"best aggregate: {best.rate:,.0f} env-steps/s at {best.policies:,} policies = {ratio:,.1f}x "
+        f"the fastest stable-baselines3 row (target >= {TARGET_RATIO}x: "
+        f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+    )
+    basis = next(
+        (r for r in grid if r.policies == TARGET_POLICIES), max(grid, key=lambda r: r.policies)
+    )
     n_chunks = math.ceil(TARGET_STEPS / config.steps_per_chunk)
     projected = basis.compile_s + TARGET_POLICIES * n_chunks * config.steps_per_chunk / basis.rate
     verdict = "met" if projected < TARGET_SECONDS else "NOT met"
-    console.print(f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps ({n_chunks} chunks = "
-                  f"{n_chunks * config.steps_per_chunk:,} steps each): projected {projected:,.0f} s from the "
-                  f"{basis.policies:,}-policy row (compile {basis.compile_s:.1f} s + chunks at {basis.rate:,.0f} "
-                  f"env-steps/s; target < {TARGET_SECONDS:.0f} s: {verdict})")
+    console.print(
+        f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps ({n_chunks} chunks = "
+        f"{n_chunks * config.steps_per_chunk:,} steps each): projected {projected:,.0f} s from the "
+        f"{basis.policies:,}-policy row (compile {basis.compile_s:.1f} s + chunks at {basis.rate:,.0f} "
+        f"env-steps/s; target < {TARGET_SECONDS:.0f} s: {verdict})"
+    )
     if full_seconds is not None:
-        console.print(f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps measured: {full_seconds:,.0f} s end to "
-                      f"end (target < {TARGET_SECONDS:.0f} s: {'met' if full_seconds < TARGET_SECONDS else 'NOT met'})")
-
+        console.print(
+            f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps measured: {full_seconds:,.0f} s end to "
+            f"end (target < {TARGET_SECONDS:.0f} s: {'met' if full_seconds < TARGET_SECONDS else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

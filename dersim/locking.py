@@ -39,7 +39,9 @@ def prepare_directory(directory: Path) -> Path:
     except (FileExistsError, NotADirectoryError):
         blocker = _file_ancestor(directory)
         where = "" if blocker in (None, directory) else f" ({blocker} is a file)"
-        raise OutputError(f"{directory}: {'not a directory' if where else 'a file, not a directory'}{where}") from None
+        raise OutputError(
+            f"{directory}: {'not a directory' if where else 'a file, not a directory'}{where}"
+        ) from None
     except OSError as exc:
         raise OutputError(f"{directory}: cannot create the directory ({exc.strerror})") from None
     try:
@@ -80,8 +82,10 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"{directory}: another writer ({_holder(path)}) is using this directory; "
-                              "wait for it to finish or stop it") from None
+            raise OutputError(
+                f"{directory}: another writer ({_holder(path)}) is using this directory; "
+                "wait for it to finish or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {what}\n".encode(), 0)
         try:

@@ -5,9 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-_LATEX = (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$"),
-          ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"), (">", r"$>$"),
-          ("<", r"$<$"), ("±", r"$\pm$"), ("Δ", r"$\Delta$"))
+_LATEX = (
+    ("\\", r"\textbackslash{}"),
+    ("&", r"\&"),
+    ("%", r"\%"),
+    ("_", r"\_"),
+    ("#", r"\#"),
+    ("$", r"\$"),
+    ("{", r"\{"),
+    ("}", r"\}"),
+    ("~", r"\textasciitilde{}"),
+    ("^", r"\textasciicircum{}"),
+    (">", r"$>$"),
+    ("<", r"$<$"),
+    ("±", r"$\pm$"),
+    ("Δ", r"$\Delta$"),
+)
 
 
 def _one_line(text: str) -> str:

@@ -22,10 +22,28 @@ MARKER = ".dersim-output"
 
 # What each kind of output directory may hold (names or glob patterns); everything else is the user's.
 OUTPUT_FILES: dict[str, tuple[str, ...]] = {
-    "cache": ("manifest.json", "manifest.sha256", "questions.parquet", "states.parquet", "transitions.parquet",
-              ".writing", ".tmp-*", "journal"),
-    "run": ("run.json", "checkpoint.msgpack", "checkpoint.msgpack.*", "curves.parquet", "curves.png", "judge.json",
-            "runs.parquet", "summary.md", "pareto_*.png", ".tmp-*"),
+    "cache": (
+        "manifest.json",
+        "manifest.sha256",
+        "questions.parquet",
+        "states.parquet",
+        "transitions.parquet",
+        ".writing",
+        ".tmp-*",
+        "journal",
+    ),
+    "run": (
+        "run.json",
+        "checkpoint.msgpack",
+        "checkpoint.msgpack.*",
+        "curves.parquet",
+        "curves.png",
+        "judge.json",
+        "runs.parquet",
+        "summary.md",
+        "pareto_*.png",
+        ".tmp-*",
+    ),
     "reproduction": ("grids", "tables.md", "tables.tex", "results.parquet", "*.png", ".tmp-*"),
     "routers": ("routers.md", "routers.json", "curves.parquet", "routers.png"),
 }
@@ -55,15 +73,21 @@ def claim_output(directory: Path, kind: str, *, overwrite: bool = False) -> list
     entries = sorted(p for p in directory.iterdir() if p.name not in (LOCK_FILE, MARKER))
     marked = _kind_of(directory)
     if marked is not None and marked != kind:
-        raise OutputError(f"{directory}: holds a dersim {marked}, not a {kind}; choose another --out")
+        raise OutputError(
+            f"{directory}: holds a dersim {marked}, not a {kind}; choose another --out"
+        )
     foreign = [p for p in entries if not _is_known(p.name, kind)]
     if foreign:
-        raise OutputError(f"{directory}: holds {foreign[0].name}, which dersim does not write in a {kind} "
-                          "directory; choose an empty or new --out (nothing was changed)")
+        raise OutputError(
+            f"{directory}: holds {foreign[0].name}, which dersim does not write in a {kind} "
+            "directory; choose an empty or new --out (nothing was changed)"
+        )
     if overwrite and entries:
         if marked is None:
-            raise OutputError(f"{directory}: not marked as a dersim {kind} ({MARKER} is missing: written by an "
-                              "older dersim, or not by dersim); remove it yourself or choose another --out")
+            raise OutputError(
+                f"{directory}: not marked as a dersim {kind} ({MARKER} is missing: written by an "
+                "older dersim, or not by dersim); remove it yourself or choose another --out"
+            )
         for path in entries:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         entries = []

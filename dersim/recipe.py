@@ -119,7 +119,9 @@ class Recipe:
         return data
 
 
-def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any) -> Any:
+def _take(
+    table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any
+) -> Any:
     """Pop `key` from `table`, checking its type; `where` names the file and table for errors."""
     if key not in table:
         if default is _REQUIRED:
@@ -131,7 +133,9 @@ def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
         value = float(value)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = "/".join(k.__name__ for k in kinds)
-        raise RecipeError(f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
+        raise RecipeError(
+            f"{where}: key '{key}' must be {names}, got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -145,21 +149,31 @@ def _reject_leftovers(table: dict[str, Any], where: str) -> None:
 
 def _positive(value: int | float, key: str, where: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
-        raise RecipeError(f"{where}: key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        raise RecipeError(
+            f"{where}: key '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}"
+        )
 
 
 def _parse_dataset(raw: dict[str, Any], base: Path, where: str) -> DatasetSpec:
     t = dict(raw)
     source = _take(t, "source", str, where, _REQUIRED)
     if source not in KNOWN_SOURCES:
-        raise RecipeError(f"{where}: key 'source' must be one of {', '.join(KNOWN_SOURCES)}, got '{source}'")
+        raise RecipeError(
+            f"{where}: key 'source' must be one of {', '.join(KNOWN_SOURCES)}, got '{source}'"
+        )
     path = base / _take(t, "path", str, where, "" if source == "synthetic" else _REQUIRED)
     task = _take(t, "task", str, where, "")
     topics = _take(t, "topics", list, where, [])
-    if source == "synthetic" and (not topics or not all(isinstance(w, str) and w.isalpha() for w in topics)):
-        raise RecipeError(f"{where}: key 'topics' must list the kinds of generated question (words of letters)")
+    if source == "synthetic" and (
+        not topics or not all(isinstance(w, str) and w.isalpha() for w in topics)
+    ):
+        raise RecipeError(
+            f"{where}: key 'topics' must list the kinds of generated question (words of letters)"
+        )
     if source == "bigbench" and task not in KNOWN_TASKS:
-        raise RecipeError(f"{where}: key 'task' must be one of {', '.join(KNOWN_TASKS)}, got '{task}'")
+        raise RecipeError(
+            f"{where}: key 'task' must be one of {', '.join(KNOWN_TASKS)}, got '{task}'"
+        )
     columns = _take(t, "columns", dict, where, {})
     if source == "table" and "question" not in columns:
         raise RecipeError(f"{where}: key 'columns' must map at least 'question' to a column name")
@@ -186,11 +200,15 @@ def _parse_expert(raw: dict[str, Any], where: str) -> ExpertSpec:
     name = _take(t, "name", str, where, _REQUIRED)
     backend = _take(t, "backend", str, where, _REQUIRED)
     if backend not in KNOWN_BACKENDS:
-        raise RecipeError(f"{where}: expert '{name}': unknown backend '{backend}' "
-                          f"(known: {', '.join(KNOWN_BACKENDS)})")
+        raise RecipeError(
+            f"{where}: expert '{name}': unknown backend '{backend}' "
+            f"(known: {', '.join(KNOWN_BACKENDS)})"
+        )
     prompt_format = _take(t, "prompt_format", str, where, "chat")
     if prompt_format not in ("chat", "completion"):
-        raise RecipeError(f"{where}: key 'prompt_format' must be 'chat' or 'completion', got '{prompt_format}'")
+        raise RecipeError(
+            f"{where}: key 'prompt_format' must be 'chat' or 'completion', got '{prompt_format}'"
+        )
     stop = _take(t, "stop", list, where, [])
     if not all(isinstance(s, str) for s in stop):
         raise RecipeError(f"{where}: key 'stop' must be a list of strings")
@@ -212,7 +230,9 @@ def _parse_expert(raw: dict[str, Any], where: str) -> ExpertSpec:
     _positive(spec.params_b, "params_b", where)
     _positive(spec.max_new_tokens, "max_new_tokens", where)
     if spec.temperature != 0.0:
-        raise RecipeError(f"{where}: key 'temperature' must be 0 (greedy decoding makes the cache exact)")
+        raise RecipeError(
+            f"{where}: key 'temperature' must be 0 (greedy decoding makes the cache exact)"
+        )
     if backend == "llama_cpp" and not spec.model:
         raise RecipeError(f"{where}: expert '{name}': the llama_cpp backend needs key 'model'")
     _reject_leftovers(t, where)
@@ -241,10 +261,14 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
     where = str(path)
     name = _take(t, "name", str, where, path.stem)
     if not PLAIN_NAME.fullmatch(name):
-        raise RecipeError(f"{where}: name {name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
-                          "separators, not starting with '.'): it names the cache directory cache/<name>")
+        raise RecipeError(
+            f"{where}: name {name!r} must be a plain name (letters, digits, '.', '_', '-'; no path "
+            "separators, not starting with '.'): it names the cache directory cache/<name>"
+        )
     description = _take(t, "description", str, where, "")
-    dataset = _parse_dataset(_take(t, "dataset", dict, where, _REQUIRED), path.parent, f"{where} [dataset]")
+    dataset = _parse_dataset(
+        _take(t, "dataset", dict, where, _REQUIRED), path.parent, f"{where} [dataset]"
+    )
     raw_experts = _take(t, "experts", list, where, _REQUIRED)
     if not raw_experts:
         raise RecipeError(f"{where}: [[experts]] must list at least one expert")
@@ -258,7 +282,9 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         raise RecipeError(f"{where}: expert name '{dup}' appears twice in [[experts]]")
     prompt = _parse_section(PromptSpec, _take(t, "prompt", dict, where, {}), f"{where} [prompt]")
     if "{previous_answer}" not in prompt.ktp_template:
-        raise RecipeError(f"{where} [prompt]: key 'ktp_template' must contain '{{previous_answer}}'")
+        raise RecipeError(
+            f"{where} [prompt]: key 'ktp_template' must contain '{{previous_answer}}'"
+        )
     if "{question}" not in prompt.question_template:
         raise RecipeError(f"{where} [prompt]: key 'question_template' must contain '{{question}}'")
     build = _parse_section(BuildSpec, _take(t, "build", dict, where, {}), f"{where} [build]")
@@ -267,12 +293,25 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
     metrics = _parse_section(MetricSpec, _take(t, "metrics", dict, where, {}), f"{where} [metrics]")
     unknown = [m for m in metrics.names if m not in KNOWN_METRICS]
     if unknown or not metrics.names:
-        raise RecipeError(f"{where} [metrics]: unknown metric '{unknown[0] if unknown else ''}' "
-                          f"(known: {', '.join(KNOWN_METRICS)})")
-    embedding = _parse_section(EmbeddingSpec, _take(t, "embedding", dict, where, {}), f"{where} [embedding]")
+        raise RecipeError(
+            f"{where} [metrics]: unknown metric '{unknown[0] if unknown else ''}' "
+            f"(known: {', '.join(KNOWN_METRICS)})"
+        )
+    embedding = _parse_section(
+        EmbeddingSpec, _take(t, "embedding", dict, where, {}), f"{where} [embedding]"
+    )
     _reject_leftovers(t, where)
-    return Recipe(name=name, path=path, dataset=dataset, experts=experts, prompt=prompt, build=build,
-                  metrics=metrics, embedding=embedding, description=description)
+    return Recipe(
+        name=name,
+        path=path,
+        dataset=dataset,
+        experts=experts,
+        prompt=prompt,
+        build=build,
+        metrics=metrics,
+        embedding=embedding,
+        description=description,
+    )
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -27,9 +27,19 @@ def embedding_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ[EMBEDDING_STORE_ENV] = before
 
 
-def synthetic_recipe_text(*, train: int = 8, test: int = 4, depth: int = 2, latency_ms: float = 0.0,
-                          fail_rate: float = 0.0, fail_attempts: int = 1_000_000, retries: int = 1,
-                          flush_every: int = 8, dataset: Path = STRATEGYQA, concurrency: int = 1) -> str:
+def synthetic_recipe_text(
+    *,
+    train: int = 8,
+    test: int = 4,
+    depth: int = 2,
+    latency_ms: float = 0.0,
+    fail_rate: float = 0.0,
+    fail_attempts: int = 1_000_000,
+    retries: int = 1,
+    flush_every: int = 8,
+    dataset: Path = STRATEGYQA,
+    concurrency: int = 1,
+) -> str:
     """A synthetic-backend recipe over real strategyqa questions (three experts)."""
     experts = "".join(
         f"""
@@ -40,8 +50,11 @@ params_b = {size}
 options = {{ skill = {skill}, refine = {refine}, copy = {copy}, latency_ms = {latency_ms}, \
 fail_rate = {fail_rate}, fail_attempts = {fail_attempts} }}
 """
-        for name, size, skill, refine, copy in (("small", 0.5, 0.3, 0.2, 0.5), ("medium", 2.0, 0.6, 0.7, 0.2),
-                                                ("large", 7.0, 0.9, 0.5, 0.0))
+        for name, size, skill, refine, copy in (
+            ("small", 0.5, 0.3, 0.2, 0.5),
+            ("medium", 2.0, 0.6, 0.7, 0.2),
+            ("large", 7.0, 0.9, 0.5, 0.0),
+        )
     )
     return f"""
 name = "tiny"

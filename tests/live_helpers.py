@@ -22,10 +22,23 @@ from dersim.trainer.run import RUN_FILE, GridTrainer
 
 from conftest import STRATEGYQA, synthetic_recipe_text
 
-SMALL = PPOConfig(num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10)
+SMALL = PPOConfig(
+    num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10
+)
 TERMINATORS = ("learned", "none", "judge", "oracle")  # one policy each, in this order
 REJECTED = "REJECT-ME"  # an ExpertServer answers a prompt holding this with HTTP 400 (the call can never succeed)
-_WORDS = ("because", "history", "water", "animals", "never", "often", "science", "cities", "records", "weather")
+_WORDS = (
+    "because",
+    "history",
+    "water",
+    "animals",
+    "never",
+    "often",
+    "science",
+    "cities",
+    "records",
+    "weather",
+)
 
 
 def synthetic_run(root: Path) -> tuple[Path, Path]:
@@ -34,14 +47,25 @@ def synthetic_run(root: Path) -> tuple[Path, Path]:
     recipe = root / "recipe.toml"
     recipe.write_text(synthetic_recipe_text(train=10, test=4, depth=2), encoding="utf-8")
     build_cache(load_recipe(recipe), root / "cache", show_progress=False)
-    return root / "cache", train_run(root / "cache", root / "run", EnvSpec(metric="token_f1", p0=0.5, embedding_dim=8),
-                                     list(TERMINATORS))
+    return root / "cache", train_run(
+        root / "cache",
+        root / "run",
+        EnvSpec(metric="token_f1", p0=0.5, embedding_dim=8),
+        list(TERMINATORS),
+    )
 
 
 def train_run(cache: Path, out: Path, spec: EnvSpec, terminators: list[str]) -> Path:
     """A small run on `cache`: one policy per terminator."""
-    trainer = GridTrainer.from_grid(cache, out, spec, SMALL, {"terminator": terminators}, seeds=1,
-                                    steps=2 * SMALL.steps_per_chunk)
+    trainer = GridTrainer.from_grid(
+        cache,
+        out,
+        spec,
+        SMALL,
+        {"terminator": terminators},
+        seeds=1,
+        steps=2 * SMALL.steps_per_chunk,
+    )
     trainer.train(show_progress=False)
     return out
 
@@ -78,8 +102,11 @@ class ExpertServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append((self.path, self.headers.get("Authorization")))
                 prompt = body["messages"][-1]["content"]
-                status, payload = (400, {"error": {"message": "prompt too long"}}) if REJECTED in prompt else \
-                    (200, _completion(body["model"], prompt))
+                status, payload = (
+                    (400, {"error": {"message": "prompt too long"}})
+                    if REJECTED in prompt
+                    else (200, _completion(body["model"], prompt))
+                )
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
@@ -104,21 +131,31 @@ class ExpertServer:
 
 def _completion(model: str, prompt: str) -> dict[str, Any]:
     digest = hashlib.sha256(f"{model}\x00{prompt}".encode()).digest()
-    answer = ("Yes" if digest[0] % 2 else "No") + ", " + " ".join(_WORDS[b % len(_WORDS)] for b in digest[1:4]) + "."
-    return {"choices": [{"message": {"content": answer}}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(answer.split())}}
+    answer = (
+        ("Yes" if digest[0] % 2 else "No")
+        + ", "
+        + " ".join(_WORDS[b % len(_WORDS)] for b in digest[1:4])
+        + "."
+    )
+    return {
+        "choices": [{"message": {"content": answer}}],
+        "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(answer.split())},
+    }
 
 
 def http_recipe_text(base_url: str, api_key_env: str) -> str:
     """Two HTTP (openai backend) experts at `base_url`, their key in `api_key_env`; 8 + 3 questions, depth 2."""
-    experts = "".join(f"""
+    experts = "".join(
+        f"""
 [[experts]]
 name = "{name}"
 backend = "openai"
 model = "{name}-model"
 params_b = {size}
 options = {{ base_url = "{base_url}", api_key_env = "{api_key_env}", timeout_s = 10 }}
-""" for name, size in (("alpha", 1.0), ("beta", 3.0)))
+"""
+        for name, size in (("alpha", 1.0), ("beta", 3.0))
+    )
     return f"""
 name = "http"
 [dataset]
@@ -146,4 +183,6 @@ def http_run(root: Path, server: ExpertServer, api_key_env: str) -> tuple[Path, 
     recipe = root / "recipe.toml"
     recipe.write_text(http_recipe_text(server.base_url, api_key_env), encoding="utf-8")
     build_cache(load_recipe(recipe), root / "cache", show_progress=False)
-    return root / "cache", train_run(root / "cache", root / "run", EnvSpec(metric="token_f1", p0=0.5), ["none"])
+    return root / "cache", train_run(
+        root / "cache", root / "run", EnvSpec(metric="token_f1", p0=0.5), ["none"]
+    )

@@ -33,8 +33,14 @@ def free_port() -> int:
 class LlamaServer:
     """One `python -m llama_cpp.server` process serving `model` (a GGUF path) on 127.0.0.1."""
 
-    def __init__(self, model: Path, port: int | None = None, api_key: str | None = None,
-                 n_ctx: int = 2048, n_threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: Path,
+        port: int | None = None,
+        api_key: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 1,
+    ) -> None:
         self.model = Path(model)
         self.port = port or free_port()
         self.api_key = api_key
@@ -51,19 +57,37 @@ class LlamaServer:
     def command(self) -> list[str]:
         # The server loads the model as the in-process backend does: without llama.cpp's extra buffer
         # types, whose layouts depend on the CPU (dersim.builder.backends.llama_cpp).
-        serve = ("import runpy, sys; from dersim.builder.backends.llama_cpp import without_extra_buffers; "
-                 "sys.argv[0] = 'llama_cpp.server'\n"
-                 "with without_extra_buffers(): runpy.run_module('llama_cpp.server', run_name='__main__')")
-        cmd = [sys.executable, "-c", serve, "--model", str(self.model), "--host", HOST,
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
-               "--n_threads_batch", str(self.n_threads)]
+        serve = (
+            "import runpy, sys; from dersim.builder.backends.llama_cpp import without_extra_buffers; "
+            "sys.argv[0] = 'llama_cpp.server'\n"
+            "with without_extra_buffers(): runpy.run_module('llama_cpp.server', run_name='__main__')"
+        )
+        cmd = [
+            sys.executable,
+            "-c",
+            serve,
+            "--model",
+            str(self.model),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--n_threads",
+            str(self.n_threads),
+            "--n_threads_batch",
+            str(self.n_threads),
+        ]
         if self.api_key:
             cmd += ["--api_key", self.api_key]
         return cmd
 
     def log_tail(self, lines: int = 20) -> str:
         try:
-            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+            )
         except OSError:
             return "(no log)"
 
@@ -89,8 +113,13 @@ class LlamaServer:
         while True:
             with self.log.open("ab") as log:
                 log_start = log.tell()
-                self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                                stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": HOST})
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "NO_PROXY": HOST},
+                )
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     break
@@ -99,15 +128,19 @@ class LlamaServer:
                 time.sleep(0.1)
             else:
                 self.stop(kill=True)
-                raise RuntimeError(f"llama_cpp.server did not answer on {self.base_url} within {timeout_s:.0f} s; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"llama_cpp.server did not answer on {self.base_url} within {timeout_s:.0f} s; "
+                    f"log tail:\n{self.log_tail()}"
+                )
             process = self.process
             # The process exited. Right after a kill the port may still be held for a moment: retry that.
             this_run = self.log.read_bytes()[log_start:].decode("utf-8", "replace").lower()
             if "address already in use" not in this_run or time.monotonic() >= deadline:
                 self.process = None
-                raise RuntimeError(f"llama_cpp.server exited with status {process.returncode}; "
-                                   f"log tail:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"llama_cpp.server exited with status {process.returncode}; "
+                    f"log tail:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
 
     @property

@@ -43,7 +43,11 @@ def test_synthetic_build_is_sound_complete_and_deduplicated(write_recipe, tmp_pa
     assert summary["questions"] == {"test": 4, "train": 8}
     accuracy = [e["depth1"]["accuracy"] for e in summary["experts"]]
     assert accuracy[2] > accuracy[0], "the skilled synthetic expert must beat the weak one"
-    assert summary["oracle_any_state"]["accuracy"] >= summary["oracle_single_call"]["accuracy"] >= max(accuracy)
+    assert (
+        summary["oracle_any_state"]["accuracy"]
+        >= summary["oracle_single_call"]["accuracy"]
+        >= max(accuracy)
+    )
 
 
 def test_rebuild_reuses_every_call_and_is_byte_identical(write_recipe, tmp_path: Path) -> None:
@@ -69,19 +73,29 @@ def test_deeper_and_larger_builds_reuse_the_smaller_build(write_recipe, tmp_path
 
 
 def test_transient_failures_are_retried(write_recipe, tmp_path: Path) -> None:
-    recipe = load_recipe(write_recipe(synthetic_recipe_text(fail_rate=0.5, fail_attempts=1, retries=1)))
+    recipe = load_recipe(
+        write_recipe(synthetic_recipe_text(fail_rate=0.5, fail_attempts=1, retries=1))
+    )
     report = build_cache(recipe, tmp_path / "c", show_progress=False)
     assert report.failed == 0
     assert verify_cache(tmp_path / "c") == []
-    clean = build_cache(load_recipe(write_recipe(synthetic_recipe_text(), "clean.toml")), tmp_path / "clean",
-                        show_progress=False)
+    clean = build_cache(
+        load_recipe(write_recipe(synthetic_recipe_text(), "clean.toml")),
+        tmp_path / "clean",
+        show_progress=False,
+    )
     assert tables_bytes(tmp_path / "c").keys() == tables_bytes(tmp_path / "clean").keys()
-    assert open_cache(tmp_path / "c").states.drop("embedding").equals(
-        open_cache(tmp_path / "clean").states.drop("embedding"))
+    assert (
+        open_cache(tmp_path / "c")
+        .states.drop("embedding")
+        .equals(open_cache(tmp_path / "clean").states.drop("embedding"))
+    )
     assert clean.failed == 0
 
 
-def test_persistent_failures_are_recorded_and_a_rerun_completes(write_recipe, tmp_path: Path) -> None:
+def test_persistent_failures_are_recorded_and_a_rerun_completes(
+    write_recipe, tmp_path: Path
+) -> None:
     failing = load_recipe(write_recipe(synthetic_recipe_text(fail_rate=0.3, retries=1)))
     report = build_cache(failing, tmp_path / "c", show_progress=False)
     assert report.failed > 0 and len(report.failures) == report.failed
@@ -89,9 +103,14 @@ def test_persistent_failures_are_recorded_and_a_rerun_completes(write_recipe, tm
     problems = verify_cache(tmp_path / "c")
     assert any("failed calls" in p for p in problems)
     failed_rows = open_cache(tmp_path / "c").transitions.filter(pl.col("status") == "failed")
-    assert failed_rows.height == report.failed and failed_rows["next_state_id"].null_count() == report.failed
+    assert (
+        failed_rows.height == report.failed
+        and failed_rows["next_state_id"].null_count() == report.failed
+    )
 
-    healed = load_recipe(write_recipe(synthetic_recipe_text(), "healed.toml"))  # the backend is back
+    healed = load_recipe(
+        write_recipe(synthetic_recipe_text(), "healed.toml")
+    )  # the backend is back
     rerun = build_cache(healed, tmp_path / "c", show_progress=False)
     assert rerun.failed == 0 and rerun.calls_reused > 0
     assert verify_cache(tmp_path / "c") == []
@@ -102,7 +121,9 @@ def test_persistent_failures_are_recorded_and_a_rerun_completes(write_recipe, tm
 @pytest.mark.parametrize("concurrency", [4])
 def test_parallel_calls_give_the_same_cache(write_recipe, tmp_path: Path, concurrency: int) -> None:
     serial = load_recipe(write_recipe(synthetic_recipe_text(latency_ms=1)))
-    parallel = load_recipe(write_recipe(synthetic_recipe_text(latency_ms=1, concurrency=concurrency), "p.toml"))
+    parallel = load_recipe(
+        write_recipe(synthetic_recipe_text(latency_ms=1, concurrency=concurrency), "p.toml")
+    )
     build_cache(serial, tmp_path / "s", show_progress=False)
     build_cache(parallel, tmp_path / "p", show_progress=False)
     assert tables_bytes(tmp_path / "s") == tables_bytes(tmp_path / "p")

@@ -35,6 +35,9 @@ def test_bundled_cache_verifies_and_matches_its_description(name: str) -> None:
     assert [e["backend"] for e in experts] == ["llama_cpp"] * 3
     assert all(e["max_new_tokens"] <= max_tokens and e["temperature"] == 0 for e in experts)
     # Every route of up to D calls replays: the full tree minus the merged answers.
-    assert summary["transitions"] == sum(summary["states_per_depth"][str(d)] for d in range(summary["depth"])) * 3
+    assert (
+        summary["transitions"]
+        == sum(summary["states_per_depth"][str(d)] for d in range(summary["depth"])) * 3
+    )
     assert sum(p.stat().st_size for p in directory.iterdir()) < MAX_BYTES
     assert not (directory / "journal").exists()

@@ -69,9 +69,20 @@ def test_missing_transition_is_incomplete(cache_copy: Path) -> None:
 
 
 def test_dangling_next_state_is_out_of_range(cache_copy: Path) -> None:
-    rewrite(cache_copy, TRANSITIONS, lambda t: t.with_columns(
-        pl.when(pl.int_range(pl.len()) == 0).then(10**6).otherwise(pl.col("next_state_id")).alias("next_state_id")))
-    assert any("1 next_state_id value outside 0.." in p and "(row 0)" in p for p in verify_cache(cache_copy))
+    rewrite(
+        cache_copy,
+        TRANSITIONS,
+        lambda t: t.with_columns(
+            pl.when(pl.int_range(pl.len()) == 0)
+            .then(10**6)
+            .otherwise(pl.col("next_state_id"))
+            .alias("next_state_id")
+        ),
+    )
+    assert any(
+        "1 next_state_id value outside 0.." in p and "(row 0)" in p
+        for p in verify_cache(cache_copy)
+    )
 
 
 def test_duplicate_answers_and_bad_scores_are_found(cache_copy: Path) -> None:
@@ -79,21 +90,34 @@ def test_duplicate_answers_and_bad_scores_are_found(cache_copy: Path) -> None:
         second = states.filter(pl.col("depth") == 1)["state_id"][1]
         first = states.filter(pl.col("depth") == 1)["answer"][0]
         return states.with_columns(
-            pl.when(pl.col("state_id") == second).then(pl.lit(first)).otherwise(pl.col("answer")).alias("answer"),
-            pl.when(pl.col("state_id") == second).then(1.5).otherwise(pl.col("token_f1")).alias("token_f1"))
+            pl.when(pl.col("state_id") == second)
+            .then(pl.lit(first))
+            .otherwise(pl.col("answer"))
+            .alias("answer"),
+            pl.when(pl.col("state_id") == second)
+            .then(1.5)
+            .otherwise(pl.col("token_f1"))
+            .alias("token_f1"),
+        )
 
     rewrite(cache_copy, STATES, damage)
     problems = verify_cache(cache_copy)
     assert any("duplicate another state's answer" in p for p in problems)
-    assert any("1 out-of-range (not within [0, 1]) value in column 'token_f1'" in p for p in problems)
+    assert any(
+        "1 out-of-range (not within [0, 1]) value in column 'token_f1'" in p for p in problems
+    )
 
 
 def test_unreadable_parts_give_one_line_problems(cache_copy: Path) -> None:
     (cache_copy / MANIFEST).write_text("{broken")
-    assert verify_cache(cache_copy) == [f"{cache_copy / MANIFEST}: does not match {MANIFEST_HASH} (edited or "
-                                        "damaged since it was written; rebuild or re-import the cache)"]
+    assert verify_cache(cache_copy) == [
+        f"{cache_copy / MANIFEST}: does not match {MANIFEST_HASH} (edited or "
+        "damaged since it was written; rebuild or re-import the cache)"
+    ]
     (cache_copy / MANIFEST_HASH).write_text(manifest_hash_line(b"{broken"))
-    assert verify_cache(cache_copy) == [f"{cache_copy / MANIFEST}: not valid JSON "
-                                        "(Expecting property name enclosed in double quotes: line 1 column 2 "
-                                        "(char 1))"]
+    assert verify_cache(cache_copy) == [
+        f"{cache_copy / MANIFEST}: not valid JSON "
+        "(Expecting property name enclosed in double quotes: line 1 column 2 "
+        "(char 1))"
+    ]
     assert verify_cache(cache_copy / "nope") == [f"{cache_copy / 'nope'}: not a cache directory"]

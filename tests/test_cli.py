@@ -20,7 +20,9 @@ def invoke(*args: str):
 def test_build_info_verify_round_trip(write_recipe, tmp_path: Path) -> None:
     recipe = write_recipe(synthetic_recipe_text())
     out = tmp_path / "c"
-    built = invoke("build-cache", str(recipe), "--out", str(out), "--quiet", "--json", "--limit", "6")
+    built = invoke(
+        "build-cache", str(recipe), "--out", str(out), "--quiet", "--json", "--limit", "6"
+    )
     assert built.exit_code == 0, built.output
     report = json.loads(built.output)
     assert report["questions"] == 6 and report["failed"] == 0
@@ -34,9 +36,14 @@ def test_build_info_verify_round_trip(write_recipe, tmp_path: Path) -> None:
 
 
 def test_bad_inputs_exit_2_with_one_line(write_recipe, tmp_path: Path) -> None:
-    broken = write_recipe(synthetic_recipe_text().replace('backend = "synthetic"', 'backend = "nope"', 1))
-    for args in (["build-cache", str(broken)], ["build-cache", str(tmp_path / "missing.toml")],
-                 ["cache", "info", str(tmp_path)]):
+    broken = write_recipe(
+        synthetic_recipe_text().replace('backend = "synthetic"', 'backend = "nope"', 1)
+    )
+    for args in (
+        ["build-cache", str(broken)],
+        ["build-cache", str(tmp_path / "missing.toml")],
+        ["cache", "info", str(tmp_path)],
+    ):
         result = invoke(*args)
         assert result.exit_code == 2, args
         lines = result.output.strip().splitlines()
@@ -54,8 +61,12 @@ def test_missing_dataset_rows_name_the_file(write_recipe, tmp_path: Path) -> Non
 
 def test_verify_exits_1_on_a_damaged_cache(write_recipe, tmp_path: Path) -> None:
     out = tmp_path / "c"
-    assert invoke("build-cache", str(write_recipe(synthetic_recipe_text())), "--out", str(out),
-                  "--quiet").exit_code == 0
+    assert (
+        invoke(
+            "build-cache", str(write_recipe(synthetic_recipe_text())), "--out", str(out), "--quiet"
+        ).exit_code
+        == 0
+    )
     (out / STATES).write_bytes(b"not parquet")
     result = invoke("cache", "verify", str(out))
     assert result.exit_code == 1 and "sha256 differs" in result.output

@@ -15,7 +15,9 @@ from dersim.errors import BackendError
 from dersim.recipe import EmbeddingSpec
 
 TEXTS = [
-    state_text("Do hamsters provide food for any animals?", "Yes. Hamsters are prey animals eaten by owls."),
+    state_text(
+        "Do hamsters provide food for any animals?", "Yes. Hamsters are prey animals eaten by owls."
+    ),
     state_text("Do hamsters provide food for any animals?", "Yes, owls and snakes eat hamsters."),
     state_text("Would a pear sink in water?", "No. A pear is less dense than water, so it floats."),
     state_text("Would a pear sink in water?", ""),
@@ -91,8 +93,13 @@ def test_hashing_is_the_same_in_another_process() -> None:
     hashing = make_embedder(EmbeddingSpec(model="hashing", dim=64))
     here = hashing.embed([TEXTS[0]])
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(Path(__file__).parents[1])}
-    there = subprocess.run([sys.executable, "-c", _SUBPROCESS, TEXTS[0]], env=env, check=True,
-                           capture_output=True, text=True).stdout
+    there = subprocess.run(
+        [sys.executable, "-c", _SUBPROCESS, TEXTS[0]],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert there == here.tobytes().hex()
     assert np.count_nonzero(here) > 10
 
@@ -112,8 +119,14 @@ def test_hashing_rows_are_unit_norm_and_empty_text_is_e0() -> None:
 
 def test_hashing_sees_words_and_word_order() -> None:
     hashing = make_embedder(EmbeddingSpec(model="hashing", dim=1024))
-    rows = hashing.embed(["the pear floats in water", "The pear FLOATS in water!", "water in floats pear the",
-                          "owls eat hamsters at night"])
+    rows = hashing.embed(
+        [
+            "the pear floats in water",
+            "The pear FLOATS in water!",
+            "water in floats pear the",
+            "owls eat hamsters at night",
+        ]
+    )
     np.testing.assert_allclose(rows[0], rows[1])  # case and punctuation do not count
     assert 0.3 < _cosine(rows, 0, 2) < 0.9  # same unigrams, different bigrams
     assert _cosine(rows, 0, 2) > abs(_cosine(rows, 0, 3))

@@ -51,7 +51,11 @@ TRANSITION = jax.jit(transition)
 STEP = jax.jit(step)
 RESET_TO = jax.jit(reset_to)
 REAL_CACHE = REPO / "cache" / "strategyqa"
-PRICES = (("small", 0.1, 0.3, 0.2), ("medium", 0.4, 1.2, 0.5), ("large", 2.0, 6.0, 1.5))  # usd in/out, latency ms
+PRICES = (
+    ("small", 0.1, 0.3, 0.2),
+    ("medium", 0.4, 1.2, 0.5),
+    ("large", 2.0, 6.0, 1.5),
+)  # usd in/out, latency ms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -67,8 +71,10 @@ def priced_recipe_text(**kwargs) -> str:
     for block, (name, usd_in, usd_out, latency) in zip(blocks, PRICES, strict=True):
         assert f'name = "{name}"' in block
         block = block.replace("latency_ms = 0.0", f"latency_ms = {latency}")
-        block = block.replace('backend = "synthetic"\n',
-                              f'backend = "synthetic"\nusd_per_mtok_in = {usd_in}\nusd_per_mtok_out = {usd_out}\n')
+        block = block.replace(
+            'backend = "synthetic"\n',
+            f'backend = "synthetic"\nusd_per_mtok_in = {usd_in}\nusd_per_mtok_out = {usd_out}\n',
+        )
         out.append(block)
     return "[[experts]]".join(out)
 
@@ -80,7 +86,9 @@ def build_synthetic(directory: Path, text: str) -> Path:
     return directory / "cache"
 
 
-def write_long_jsonl(path: Path, *, n_questions: int = 12, seed: int = 5, params: bool = True) -> dict:
+def write_long_jsonl(
+    path: Path, *, n_questions: int = 12, seed: int = 5, params: bool = True
+) -> dict:
     """A tiny RouterBench-like long table (one row per question x model) and its params_b."""
     rng = np.random.default_rng(seed)
     models = {"mistral-7b": 7.0, "llama-70b": 70.0, "gpt-3.5": 20.0, "yi-34b": 34.0}
@@ -88,10 +96,19 @@ def write_long_jsonl(path: Path, *, n_questions: int = 12, seed: int = 5, params
     for q in range(n_questions):
         for m, name in enumerate(models):
             score = float(rng.random() < 0.5) if m % 2 else round(float(rng.random()), 4)
-            rows.append({"sample_id": f"mmlu.{q}", "prompt": f"Question {q}: which option?", "model_name": name,
-                         "model_response": f"Option {'ABCD'[(q + m) % 4]} from {name}", "performance": score,
-                         "cost": float(rng.random() * 1e-3), "split": "test" if q % 3 == 0 else "train",
-                         "in_tok": int(rng.integers(10, 200)), "out_tok": int(rng.integers(1, 50))})
+            rows.append(
+                {
+                    "sample_id": f"mmlu.{q}",
+                    "prompt": f"Question {q}: which option?",
+                    "model_name": name,
+                    "model_response": f"Option {'ABCD'[(q + m) % 4]} from {name}",
+                    "performance": score,
+                    "cost": float(rng.random() * 1e-3),
+                    "split": "test" if q % 3 == 0 else "train",
+                    "in_tok": int(rng.integers(10, 200)),
+                    "out_tok": int(rng.integers(1, 50)),
+                }
+            )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return models if params else {}
 
@@ -100,8 +117,13 @@ def build_routerbench(directory: Path) -> Path:
     """A real RouterBench import (winogrande, 24 questions, 11 models, routes of up to 2 calls)."""
     data = REPO.parent / "shared" / "data" / "routerbench"
     answers = read_routerbench([data / "winogrande_train.csv", data / "winogrande_test.csv"])
-    import_answer_set(answers, directory / "cache", embedding=EmbeddingSpec(model="hashing", dim=16), limit=24,
-                      max_calls=2)
+    import_answer_set(
+        answers,
+        directory / "cache",
+        embedding=EmbeddingSpec(model="hashing", dim=16),
+        limit=24,
+        max_calls=2,
+    )
     return directory / "cache"
 
 
@@ -109,16 +131,31 @@ def build_depth1(directory: Path) -> Path:
     """A depth-1 cache imported from a long-format JSONL with tokens, prices and model sizes."""
     directory.mkdir(parents=True, exist_ok=True)
     params_b = write_long_jsonl(directory / "long.jsonl")
-    columns = LongColumns(question_id="sample_id", question="prompt", model="model_name", answer="model_response",
-                          score="performance", cost="cost", split="split", prompt_tokens="in_tok",
-                          completion_tokens="out_tok")
+    columns = LongColumns(
+        question_id="sample_id",
+        question="prompt",
+        model="model_name",
+        answer="model_response",
+        score="performance",
+        cost="cost",
+        split="split",
+        prompt_tokens="in_tok",
+        completion_tokens="out_tok",
+    )
     answers = read_long(directory / "long.jsonl", columns, score_name="accuracy", params_b=params_b)
-    import_answer_set(answers, directory / "cache", embedding=EmbeddingSpec(model="hashing", dim=16))
+    import_answer_set(
+        answers, directory / "cache", embedding=EmbeddingSpec(model="hashing", dim=16)
+    )
     return directory / "cache"
 
 
-CACHE_NAMES = ["synthetic", "strategyqa" if (REAL_CACHE / "manifest.json").exists() else "synthetic_b", "random_dag",
-               "depth1", "routerbench"]
+CACHE_NAMES = [
+    "synthetic",
+    "strategyqa" if (REAL_CACHE / "manifest.json").exists() else "synthetic_b",
+    "random_dag",
+    "depth1",
+    "routerbench",
+]
 
 
 @dataclass
@@ -138,8 +175,12 @@ def cache(request, tmp_path_factory) -> CacheInfo:
     tmp = tmp_path_factory.mktemp(name)
     if name == "synthetic":
         path = build_synthetic(tmp, priced_recipe_text(depth=3))
-    elif name == "synthetic_b":  # other sizes and seeds; stands in for the real cache until it is built
-        path = build_synthetic(tmp, priced_recipe_text(depth=2, train=6, test=3).replace("seed = 3", "seed = 11"))
+    elif (
+        name == "synthetic_b"
+    ):  # other sizes and seeds; stands in for the real cache until it is built
+        path = build_synthetic(
+            tmp, priced_recipe_text(depth=2, train=6, test=3).replace("seed = 3", "seed = 11")
+        )
     elif name == "strategyqa":
         path = REAL_CACHE
     elif name == "routerbench":
@@ -154,21 +195,47 @@ def cache(request, tmp_path_factory) -> CacheInfo:
     nonroot = states.filter(pl.col("depth") > 0)
     has_params = all(e.get("params_b") is not None for e in manifest["experts"])
     calls = pl.read_parquet(path / TRANSITIONS)
-    recorded = {"params": has_params, "tokens": (calls["prompt_tokens"] + calls["completion_tokens"]).sum() > 0,
-                "latency": calls["latency_s"].sum() > 0, "latency_norm": calls["latency_s"].sum() > 0,
-                "usd": calls["cost_usd"].sum() > 0}
-    return CacheInfo(name, path, int(manifest["depth"]), len(manifest["experts"]), list(manifest["metric_columns"]),
-                     {m: nonroot[m].to_numpy().astype(np.float32) for m in manifest["metric_columns"]},
-                     tuple(m for m in COST_MODES if recorded[m]))
+    recorded = {
+        "params": has_params,
+        "tokens": (calls["prompt_tokens"] + calls["completion_tokens"]).sum() > 0,
+        "latency": calls["latency_s"].sum() > 0,
+        "latency_norm": calls["latency_s"].sum() > 0,
+        "usd": calls["cost_usd"].sum() > 0,
+    }
+    return CacheInfo(
+        name,
+        path,
+        int(manifest["depth"]),
+        len(manifest["experts"]),
+        list(manifest["metric_columns"]),
+        {m: nonroot[m].to_numpy().astype(np.float32) for m in manifest["metric_columns"]},
+        tuple(m for m in COST_MODES if recorded[m]),
+    )
 
 
 @functools.lru_cache(maxsize=16)
-def tables_for(path: Path, split: str, metric: str, cost_mode: str, cost_scale: str | float, last_action_obs: bool,
-               embedding_dim: int | None, val_fraction: float, judge_p0: float | None):
+def tables_for(
+    path: Path,
+    split: str,
+    metric: str,
+    cost_mode: str,
+    cost_scale: str | float,
+    last_action_obs: bool,
+    embedding_dim: int | None,
+    val_fraction: float,
+    judge_p0: float | None,
+):
     """The JAX env's tables (the judge, fitted at `judge_p0`, only for judge configs)."""
-    spec = EnvSpec(split=split, metric=metric, cost_mode=cost_mode, cost_scale=cost_scale,
-                   last_action_obs=last_action_obs, embedding_dim=embedding_dim, val_fraction=val_fraction,
-                   p0=0.5 if judge_p0 is None else judge_p0)
+    spec = EnvSpec(
+        split=split,
+        metric=metric,
+        cost_mode=cost_mode,
+        cost_scale=cost_scale,
+        last_action_obs=last_action_obs,
+        embedding_dim=embedding_dim,
+        val_fraction=val_fraction,
+        p0=0.5 if judge_p0 is None else judge_p0,
+    )
     return load_tables(path, spec, with_judge=judge_p0 is not None)
 
 
@@ -219,7 +286,9 @@ def assert_state_equal(a: EnvState, b: EnvState, what: str) -> None:
     for name in ("question", "state", "t", "last_action"):
         assert int(getattr(a, name)) == int(getattr(b, name)), f"{what}: {name}"
     for name in ("prev_score", "cost", "ret"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-6, err_msg=f"{what}: {name}")
+        np.testing.assert_allclose(
+            getattr(a, name), getattr(b, name), rtol=1e-6, atol=1e-6, err_msg=f"{what}: {name}"
+        )
 
 
 def assert_outcome(jax_outcome: dict, info: dict, what: str) -> None:
@@ -227,19 +296,40 @@ def assert_outcome(jax_outcome: dict, info: dict, what: str) -> None:
     assert int(jax_outcome["calls"]) == info["calls"], what
     assert bool(jax_outcome["success"]) == info["success"], what
     for key in ("final_score", "cost", "return"):
-        np.testing.assert_allclose(jax_outcome[key], info[key], rtol=1e-5, atol=1e-5, err_msg=f"{what}: {key}")
+        np.testing.assert_allclose(
+            jax_outcome[key], info[key], rtol=1e-5, atol=1e-5, err_msg=f"{what}: {key}"
+        )
 
 
-def run_both(path: Path, config: Config, next_action, next_question, n_steps: int, seen: Seen | None = None) -> None:
+def run_both(
+    path: Path, config: Config, next_action, next_question, n_steps: int, seen: Seen | None = None
+) -> None:
     """Step the JAX env (`transition`, and `step` with its auto-reset) and the reference env with
     the same actions; reset both to the same question after each episode."""
     seen = seen or Seen()
-    tables = tables_for(path, config.split, config.metric, config.cost_mode, config.cost_scale,
-                        config.last_action_obs, config.embedding_dim, config.val_fraction,
-                        config.p0 if config.terminator == "judge" else None)
-    params = make_params(tables, alpha=config.alpha, beta=config.beta, gamma=config.gamma, p0=config.p0,
-                         t_max=config.t_max, terminator=config.terminator, reward=config.reward,
-                         judge_error=config.judge_error, judge_threshold=config.judge_threshold)
+    tables = tables_for(
+        path,
+        config.split,
+        config.metric,
+        config.cost_mode,
+        config.cost_scale,
+        config.last_action_obs,
+        config.embedding_dim,
+        config.val_fraction,
+        config.p0 if config.terminator == "judge" else None,
+    )
+    params = make_params(
+        tables,
+        alpha=config.alpha,
+        beta=config.beta,
+        gamma=config.gamma,
+        p0=config.p0,
+        t_max=config.t_max,
+        terminator=config.terminator,
+        reward=config.reward,
+        judge_error=config.judge_error,
+        judge_threshold=config.judge_threshold,
+    )
     env = DERGymEnv(path, config.spec())
     assert env.roots == tables.roots.tolist() and tuple(env.question_ids) == tables.question_ids
     assert env.observation_space.shape == (params.obs_dim,)
@@ -256,8 +346,12 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
     for i in range(n_steps):
         action = next_action(env.action_space.n)
         what = f"step {i}, action {action}, {config}"
-        result = jax.device_get((TRANSITION(state, np.int32(action), params),
-                                 STEP(jax.random.key(i), state, np.int32(action), params)))
+        result = jax.device_get(
+            (
+                TRANSITION(state, np.int32(action), params),
+                STEP(jax.random.key(i), state, np.int32(action), params),
+            )
+        )
         (after, reward, done, outcome), (obs_s, state_s, reward_s, done_s, outcome_s) = result
         obs_g, reward_g, terminated, truncated, info = env.step(action)
         seen.steps += 1
@@ -278,7 +372,9 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
         np.testing.assert_allclose(info["return"], float(after.ret), rtol=1e-5, atol=1e-5)
         obs_r, fresh = jax.device_get(RESET_TO(params, state_s.question))
         assert_state_equal(state_s, fresh, f"{what}: auto-reset")
-        np.testing.assert_allclose(obs_s, obs_r, atol=1e-6, err_msg=f"{what}: auto-reset observation")
+        np.testing.assert_allclose(
+            obs_s, obs_r, atol=1e-6, err_msg=f"{what}: auto-reset observation"
+        )
         seen.episodes += 1
         seen.success += info["success"]
         seen.failure += not info["success"]
@@ -295,17 +391,31 @@ def run_both(path: Path, config: Config, next_action, next_question, n_steps: in
 def configs(draw, cache: CacheInfo) -> Config:
     metric = draw(st.sampled_from(cache.metrics))
     scores = cache.nonroot_scores[metric]
-    p0 = draw(st.one_of(st.floats(0.1, 0.9).map(lambda q: float(np.quantile(scores, q))),
-                        st.sampled_from(sorted(set(scores.tolist())))))  # exactly a score: P == p0
+    p0 = draw(
+        st.one_of(
+            st.floats(0.1, 0.9).map(lambda q: float(np.quantile(scores, q))),
+            st.sampled_from(sorted(set(scores.tolist()))),
+        )
+    )  # exactly a score: P == p0
     val_fraction = draw(st.sampled_from([0.0, 0.2, 0.5]))
     return Config(
-        split=draw(st.sampled_from(["train", "test", "val"] if val_fraction else ["train", "test"])), metric=metric,
-        cost_mode=draw(st.sampled_from(cache.cost_modes)), t_max=draw(st.integers(1, cache.depth)),
-        terminator=draw(st.sampled_from(TERMINATORS)), alpha=draw(st.floats(0.0, 0.5)),
-        beta=draw(st.floats(0.0, 10.0)), gamma=draw(st.floats(0.0, 5.0)), p0=p0,
-        last_action_obs=draw(st.booleans()), embedding_dim=draw(st.sampled_from([None, 3])),
-        reward=draw(st.sampled_from(REWARDS)), cost_scale=draw(st.sampled_from(["auto", 1.0, 0.37])),
-        judge_error=draw(st.sampled_from([0.0, 0.3, 1.0])), judge_threshold=draw(st.floats(0.05, 0.95)),
+        split=draw(
+            st.sampled_from(["train", "test", "val"] if val_fraction else ["train", "test"])
+        ),
+        metric=metric,
+        cost_mode=draw(st.sampled_from(cache.cost_modes)),
+        t_max=draw(st.integers(1, cache.depth)),
+        terminator=draw(st.sampled_from(TERMINATORS)),
+        alpha=draw(st.floats(0.0, 0.5)),
+        beta=draw(st.floats(0.0, 10.0)),
+        gamma=draw(st.floats(0.0, 5.0)),
+        p0=p0,
+        last_action_obs=draw(st.booleans()),
+        embedding_dim=draw(st.sampled_from([None, 3])),
+        reward=draw(st.sampled_from(REWARDS)),
+        cost_scale=draw(st.sampled_from(["auto", 1.0, 0.37])),
+        judge_error=draw(st.sampled_from([0.0, 0.3, 1.0])),
+        judge_threshold=draw(st.floats(0.05, 0.95)),
         val_fraction=val_fraction,
     )
 
@@ -315,15 +425,20 @@ def configs(draw, cache: CacheInfo) -> Config:
 # ---------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(data=st.data())
 def test_same_actions_same_rewards_states_and_outcomes(cache: CacheInfo, data) -> None:
     config = data.draw(configs(cache), label="config")
     n_steps = data.draw(st.integers(1, 30), label="steps")
-    run_both(cache.path, config,
-             next_action=lambda n: data.draw(st.integers(0, n - 1), label="action"),
-             next_question=lambda n: data.draw(st.integers(0, n - 1), label="question"),
-             n_steps=n_steps)
+    run_both(
+        cache.path,
+        config,
+        next_action=lambda n: data.draw(st.integers(0, n - 1), label="action"),
+        next_question=lambda n: data.draw(st.integers(0, n - 1), label="question"),
+        n_steps=n_steps,
+    )
 
 
 def test_long_rollouts_cover_every_branch(cache: CacheInfo) -> None:
@@ -333,15 +448,38 @@ def test_long_rollouts_cover_every_branch(cache: CacheInfo) -> None:
     seen = Seen()
     metric = "token_f1" if "token_f1" in cache.metrics else cache.metrics[0]
     p0 = float(np.quantile(cache.nonroot_scores[metric], 0.6))
-    combos = [(term, reward, t) for term in TERMINATORS for reward in REWARDS for t in range(1, cache.depth + 1)]
+    combos = [
+        (term, reward, t)
+        for term in TERMINATORS
+        for reward in REWARDS
+        for t in range(1, cache.depth + 1)
+    ]
     for i, (terminator, reward, t_max) in enumerate(combos):
-        config = Config(split=("train", "test", "all", "val")[i % 4], metric=metric,
-                        cost_mode=cache.cost_modes[i % len(cache.cost_modes)], t_max=t_max, terminator=terminator,
-                        alpha=0.05, beta=2.0, gamma=1.5, p0=p0, last_action_obs=bool(i % 2),
-                        embedding_dim=3 if i % 3 == 1 else None, reward=reward,
-                        cost_scale=("auto", 1.0)[i % 2], judge_error=(0.0, 0.25)[(i // 2) % 2], judge_threshold=0.3)
-        run_both(cache.path, config, next_action=lambda n: int(rng.integers(n)),
-                 next_question=lambda n: int(rng.integers(n)), n_steps=60, seen=seen)
+        config = Config(
+            split=("train", "test", "all", "val")[i % 4],
+            metric=metric,
+            cost_mode=cache.cost_modes[i % len(cache.cost_modes)],
+            t_max=t_max,
+            terminator=terminator,
+            alpha=0.05,
+            beta=2.0,
+            gamma=1.5,
+            p0=p0,
+            last_action_obs=bool(i % 2),
+            embedding_dim=3 if i % 3 == 1 else None,
+            reward=reward,
+            cost_scale=("auto", 1.0)[i % 2],
+            judge_error=(0.0, 0.25)[(i // 2) % 2],
+            judge_threshold=0.3,
+        )
+        run_both(
+            cache.path,
+            config,
+            next_action=lambda n: int(rng.integers(n)),
+            next_question=lambda n: int(rng.integers(n)),
+            n_steps=60,
+            seen=seen,
+        )
     assert seen.success and seen.failure and seen.stops and seen.at_limit, seen
     if cache.depth > 1:  # at depth 1 every episode is one call
         assert seen.early and seen.judged and seen.flipped, seen
@@ -372,29 +510,44 @@ def test_step_compiles_once_for_all_values(small_cache: Path) -> None:
     _, state = reset_to(make_params(tables), 0)
     for i in range(60):
         terminator = TERMINATORS[i % len(TERMINATORS)]
-        params = make_params(tables, alpha=float(rng.random()), beta=float(rng.random() * 5),
-                             gamma=float(rng.random() * 3), p0=0.4 if terminator == "judge" else float(rng.random()),
-                             t_max=int(rng.integers(1, tables.max_depth + 1)), terminator=terminator,
-                             reward=REWARDS[i % 2], judge_error=float(rng.random()),
-                             judge_threshold=float(rng.random()))
-        _, state, reward, done, _ = jitted(jax.random.key(i), state, np.int32(rng.integers(n_actions)), params)
+        params = make_params(
+            tables,
+            alpha=float(rng.random()),
+            beta=float(rng.random() * 5),
+            gamma=float(rng.random() * 3),
+            p0=0.4 if terminator == "judge" else float(rng.random()),
+            t_max=int(rng.integers(1, tables.max_depth + 1)),
+            terminator=terminator,
+            reward=REWARDS[i % 2],
+            judge_error=float(rng.random()),
+            judge_threshold=float(rng.random()),
+        )
+        _, state, reward, done, _ = jitted(
+            jax.random.key(i), state, np.int32(rng.integers(n_actions)), params
+        )
     jax.block_until_ready(reward)
     assert len(traces) == 1
 
 
 def test_vmap_over_envs_and_params_matches_unbatched_calls(small_cache: Path) -> None:
-    tables = load_tables(small_cache, EnvSpec(metric="token_f1", last_action_obs=True, p0=0.45), with_judge=True)
-    settings_grid = [dict(alpha=0.001, p0=0.3, t_max=1, terminator="oracle"),
-                     dict(alpha=0.2, p0=0.6, t_max=3, terminator="learned", reward="paper"),
-                     dict(alpha=0.05, p0=0.45, t_max=2, terminator="none"),
-                     dict(alpha=0.5, p0=0.9, t_max=3, terminator="oracle", judge_error=0.4),
-                     dict(alpha=0.1, p0=0.45, t_max=3, terminator="judge", judge_threshold=0.3, reward="final")]
+    tables = load_tables(
+        small_cache, EnvSpec(metric="token_f1", last_action_obs=True, p0=0.45), with_judge=True
+    )
+    settings_grid = [
+        dict(alpha=0.001, p0=0.3, t_max=1, terminator="oracle"),
+        dict(alpha=0.2, p0=0.6, t_max=3, terminator="learned", reward="paper"),
+        dict(alpha=0.05, p0=0.45, t_max=2, terminator="none"),
+        dict(alpha=0.5, p0=0.9, t_max=3, terminator="oracle", judge_error=0.4),
+        dict(alpha=0.1, p0=0.45, t_max=3, terminator="judge", judge_threshold=0.3, reward="final"),
+    ]
     plist = [make_params(tables, **s) for s in settings_grid]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs) if jnp.ndim(xs[0]) == 0 else xs[0], *plist)
     axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) == 0 else None, plist[0])
     n_params, n_envs, n_steps = len(plist), 6, 10
     batched_reset = jax.jit(jax.vmap(jax.vmap(reset_to, in_axes=(None, 0)), in_axes=(axes, 0)))
-    batched_step = jax.jit(jax.vmap(jax.vmap(step, in_axes=(0, 0, 0, None)), in_axes=(0, 0, 0, axes)))
+    batched_step = jax.jit(
+        jax.vmap(jax.vmap(step, in_axes=(0, 0, 0, None)), in_axes=(0, 0, 0, axes))
+    )
 
     rng = np.random.default_rng(1)
     questions = rng.integers(len(tables.roots), size=(n_params, n_envs)).astype(np.int32)
@@ -403,12 +556,16 @@ def test_vmap_over_envs_and_params_matches_unbatched_calls(small_cache: Path) ->
     for p in range(n_params):
         for e in range(n_envs):
             single_obs, single = jax.device_get(RESET_TO(plist[p], questions[p, e]))
-            assert_state_equal(jax.tree.map(lambda x, p=p, e=e: x[p, e], host_states), single, "reset")
+            assert_state_equal(
+                jax.tree.map(lambda x, p=p, e=e: x[p, e], host_states), single, "reset"
+            )
             np.testing.assert_allclose(obs[p, e], single_obs, atol=1e-6)
     dones = 0
     for i in range(n_steps):
         keys = jax.random.split(jax.random.key(i), n_params * n_envs).reshape(n_params, n_envs)
-        actions = rng.integers(tables.next_state.shape[1] + 1, size=(n_params, n_envs)).astype(np.int32)
+        actions = rng.integers(tables.next_state.shape[1] + 1, size=(n_params, n_envs)).astype(
+            np.int32
+        )
         out = jax.device_get(batched_step(keys, states, actions, stacked))
         for p in range(n_params):
             for e in range(n_envs):
@@ -433,13 +590,24 @@ def test_vmap_over_envs_and_params_matches_unbatched_calls(small_cache: Path) ->
 @pytest.fixture(scope="module")
 def error_caches(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("errors")
-    caches = {"good": build_synthetic(tmp / "good", priced_recipe_text(depth=2)),
-              "failed": build_synthetic(tmp / "failed", priced_recipe_text(depth=2, fail_rate=0.3))}
-    write_random_cache(tmp / "no_test", n_questions=5, n_experts=2, depth=1, dim=4, seed=0, test_fraction=0.0)
+    caches = {
+        "good": build_synthetic(tmp / "good", priced_recipe_text(depth=2)),
+        "failed": build_synthetic(tmp / "failed", priced_recipe_text(depth=2, fail_rate=0.3)),
+    }
+    write_random_cache(
+        tmp / "no_test", n_questions=5, n_experts=2, depth=1, dim=4, seed=0, test_fraction=0.0
+    )
     caches["no_test"] = tmp / "no_test"
     params_b = write_long_jsonl(tmp / "long.jsonl", params=False)
-    columns = LongColumns(question_id="sample_id", question="prompt", model="model_name",
-                          answer="model_response", score="performance", cost="cost", split="split")
+    columns = LongColumns(
+        question_id="sample_id",
+        question="prompt",
+        model="model_name",
+        answer="model_response",
+        score="performance",
+        cost="cost",
+        split="split",
+    )
     answers = read_long(tmp / "long.jsonl", columns, params_b=params_b)
     import_answer_set(answers, tmp / "imported", embedding=EmbeddingSpec(model="hashing", dim=8))
     caches["no_params"] = tmp / "imported"
@@ -466,9 +634,12 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("cache_name", "spec", "pattern"), ERROR_CASES, ids=[p for _, _, p in ERROR_CASES])
-def test_env_errors_are_one_line_and_name_the_option(error_caches, cache_name: str, spec: EnvSpec,
-                                                     pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("cache_name", "spec", "pattern"), ERROR_CASES, ids=[p for _, _, p in ERROR_CASES]
+)
+def test_env_errors_are_one_line_and_name_the_option(
+    error_caches, cache_name: str, spec: EnvSpec, pattern: str
+) -> None:
     messages = []
     for make in (load_tables, DERGymEnv):
         with pytest.raises(DersimError, match=pattern) as caught:
@@ -487,15 +658,23 @@ def test_reference_env_follows_the_gymnasium_api(small_cache: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # infinite Box bounds, no render_fps: as designed
         check_env(DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="learned", p0=0.4)))
-        check_env(DERGymEnv(small_cache, EnvSpec(metric="token_f1", last_action_obs=True, terminator="oracle")))
+        check_env(
+            DERGymEnv(
+                small_cache, EnvSpec(metric="token_f1", last_action_obs=True, terminator="oracle")
+            )
+        )
     oracle = DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="oracle"))
-    learned = DERGymEnv(small_cache, EnvSpec(metric="token_f1", terminator="learned"), render_mode="ansi")
+    learned = DERGymEnv(
+        small_cache, EnvSpec(metric="token_f1", terminator="learned"), render_mode="ansi"
+    )
     assert (oracle.action_space.n, learned.action_space.n) == (3, 4)
     with pytest.raises(RuntimeError, match="reset"):
         oracle.step(0)
     oracle.reset(seed=0)
     for bad in (3, -1, 1.0, True, "1", np.array([1])):
-        with pytest.raises(ValueError, match=re.escape(repr(bad) if not isinstance(bad, int) else str(bad))):
+        with pytest.raises(
+            ValueError, match=re.escape(repr(bad) if not isinstance(bad, int) else str(bad))
+        ):
             oracle.step(bad)
     with pytest.raises(ValueError, match="STOP"):
         oracle.step(3)
@@ -509,8 +688,15 @@ def test_reference_env_follows_the_gymnasium_api(small_cache: Path) -> None:
         learned.step(4)
     obs, reward, terminated, truncated, info = learned.step(3)  # STOP
     bonus = learned.env_spec.gamma if info["success"] else -learned.env_spec.gamma
-    assert learned.env_spec.reward == "final", "under the final reward STOP pays the answer's score too"
-    assert terminated and not truncated and info["calls"] == 1 and reward == pytest.approx(bonus + info["final_score"])
+    assert learned.env_spec.reward == "final", (
+        "under the final reward STOP pays the answer's score too"
+    )
+    assert (
+        terminated
+        and not truncated
+        and info["calls"] == 1
+        and reward == pytest.approx(bonus + info["final_score"])
+    )
     with pytest.raises(RuntimeError, match="ended"):
         learned.step(0)
 
@@ -524,8 +710,16 @@ def test_load_tables_reads_a_large_cache_exactly(tmp_path: Path) -> None:
     """A 212,500-state cache (2,500 questions x 4 experts x depth 3, generated with numpy) loads
     with every array equal to what the Parquet files hold; failed calls are -1 and only matter
     within T_max."""
-    truth = write_random_cache(tmp_path / "big", n_questions=2500, n_experts=4, depth=3, dim=8, seed=7,
-                               failed_parents_at=2, n_failed=37)
+    truth = write_random_cache(
+        tmp_path / "big",
+        n_questions=2500,
+        n_experts=4,
+        depth=3,
+        dim=8,
+        seed=7,
+        failed_parents_at=2,
+        n_failed=37,
+    )
     n_states, n_experts = len(truth["depth"]), 4
     assert n_states >= 200_000
     states = pl.read_parquet(tmp_path / "big" / STATES)
@@ -536,10 +730,17 @@ def test_load_tables_reads_a_large_cache_exactly(tmp_path: Path) -> None:
     expected_next = np.full((n_states, n_experts), -1, np.int32)
     expected_next[rows, cols] = ok["next_state_id"].to_numpy()
     expected_next_truth = np.full((n_states, n_experts), -1, np.int32)
-    expected_next_truth[truth["state"][truth["ok"]], truth["expert"][truth["ok"]]] = truth["next"][truth["ok"]]
+    expected_next_truth[truth["state"][truth["ok"]], truth["expert"][truth["ok"]]] = truth["next"][
+        truth["ok"]
+    ]
     np.testing.assert_array_equal(expected_next, expected_next_truth)
 
-    medians = ok.group_by("expert_id").agg(pl.col("latency_s").median()).sort("expert_id")["latency_s"].to_numpy()
+    medians = (
+        ok.group_by("expert_id")
+        .agg(pl.col("latency_s").median())
+        .sort("expert_id")["latency_s"]
+        .to_numpy()
+    )
     per_call = {
         "params": truth["params_b"][cols],
         "tokens": (ok["prompt_tokens"].to_numpy() + ok["completion_tokens"].to_numpy()) / 1000,
@@ -549,9 +750,13 @@ def test_load_tables_reads_a_large_cache_exactly(tmp_path: Path) -> None:
     }
     for i, cost_mode in enumerate(COST_MODES):
         split = ("train", "test", "all")[i % 3]
-        tables = load_tables(tmp_path / "big", EnvSpec(metric="token_f1", cost_mode=cost_mode, t_max=2, split=split,
-                                                        val_fraction=0.0))
-        assert tables.next_state.shape == (n_states, n_experts) and tables.next_state.dtype == np.int32
+        tables = load_tables(
+            tmp_path / "big",
+            EnvSpec(metric="token_f1", cost_mode=cost_mode, t_max=2, split=split, val_fraction=0.0),
+        )
+        assert (
+            tables.next_state.shape == (n_states, n_experts) and tables.next_state.dtype == np.int32
+        )
         np.testing.assert_array_equal(tables.next_state, expected_next)
         expected_cost = np.zeros((n_states, n_experts), np.float32)
         expected_cost[rows, cols] = per_call[cost_mode]

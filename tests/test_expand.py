@@ -11,7 +11,9 @@ from dersim.cache.schema import STATUS_FAILED, STATUS_OK
 
 from conftest import STRATEGYQA
 
-QUESTION = Question("q1", "Is the sky blue?", "Yes. Rayleigh scattering.", ("Yes. Rayleigh scattering.",), "yes")
+QUESTION = Question(
+    "q1", "Is the sky blue?", "Yes. Rayleigh scattering.", ("Yes. Rayleigh scattering.",), "yes"
+)
 
 
 def scripted(answers: dict[tuple[str | None, int], str | None]):
@@ -24,8 +26,21 @@ def scripted(answers: dict[tuple[str | None, int], str | None]):
             seen.append((level, previous, expert))
             text = answers[(previous, expert)]
             status = STATUS_OK if text is not None else STATUS_FAILED
-            records.append(CallRecord("k", question.question_id, f"e{expert}", previous, text, 1, 1, 0.0,
-                                      status, "" if text is not None else "boom", 1))
+            records.append(
+                CallRecord(
+                    "k",
+                    question.question_id,
+                    f"e{expert}",
+                    previous,
+                    text,
+                    1,
+                    1,
+                    0.0,
+                    status,
+                    "" if text is not None else "boom",
+                    1,
+                )
+            )
         return records
 
     return run, seen
@@ -37,11 +52,16 @@ def test_normalise_collapses_whitespace_only() -> None:
 
 
 def test_duplicates_merge_and_states_expand_once_at_their_first_depth() -> None:
-    run, seen = scripted({
-        (None, 0): "Yes.", (None, 1): " Yes. ",           # same state after normalisation
-        ("Yes.", 0): "Yes. Blue light scatters.", ("Yes.", 1): "Yes.",  # a self-loop
-        ("Yes. Blue light scatters.", 0): "done", ("Yes. Blue light scatters.", 1): "Yes.",
-    })
+    run, seen = scripted(
+        {
+            (None, 0): "Yes.",
+            (None, 1): " Yes. ",  # same state after normalisation
+            ("Yes.", 0): "Yes. Blue light scatters.",
+            ("Yes.", 1): "Yes.",  # a self-loop
+            ("Yes. Blue light scatters.", 0): "done",
+            ("Yes. Blue light scatters.", 1): "Yes.",
+        }
+    )
     (graph,) = expand([QUESTION], n_experts=2, depth=3, run_calls=run)
     assert graph.answers == ["", "Yes.", "Yes. Blue light scatters.", "done"]
     assert graph.depths == [0, 1, 2, 3]
@@ -60,15 +80,28 @@ def test_empty_answer_is_a_state_distinct_from_the_root() -> None:
 
 
 def test_failed_calls_leave_no_state_and_no_expansion() -> None:
-    run, seen = scripted({(None, 0): None, (None, 1): "No."} | {("No.", e): "No." for e in range(2)})
+    run, seen = scripted(
+        {(None, 0): None, (None, 1): "No."} | {("No.", e): "No." for e in range(2)}
+    )
     (graph,) = expand([QUESTION], n_experts=2, depth=2, run_calls=run)
-    assert [(s, e, t) for s, e, t, _ in graph.edges] == [(0, 0, -1), (0, 1, 1), (1, 0, 1), (1, 1, 1)]
+    assert [(s, e, t) for s, e, t, _ in graph.edges] == [
+        (0, 0, -1),
+        (0, 1, 1),
+        (1, 0, 1),
+        (1, 1, 1),
+    ]
     assert len(seen) == 4
 
 
 def test_call_keys_distinguish_root_empty_answer_expert_and_question() -> None:
     q = read_bigbench(STRATEGYQA, "strategyqa")[0]
-    keys = {call_key("f1", q.question_id, q.text, None), call_key("f1", q.question_id, q.text, ""),
-            call_key("f2", q.question_id, q.text, None), call_key("f1", "other", q.text, None)}
+    keys = {
+        call_key("f1", q.question_id, q.text, None),
+        call_key("f1", q.question_id, q.text, ""),
+        call_key("f2", q.question_id, q.text, None),
+        call_key("f1", "other", q.text, None),
+    }
     assert len(keys) == 4
-    assert call_key("f1", q.question_id, q.text, "Yes.") == call_key("f1", q.question_id, q.text, "Yes.")
+    assert call_key("f1", q.question_id, q.text, "Yes.") == call_key(
+        "f1", q.question_id, q.text, "Yes."
+    )

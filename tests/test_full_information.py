@@ -45,8 +45,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[GridTrainer, dict]:
     """Every algorithm at its defaults (the README's main command), one alpha, two seeds."""
-    trainer = GridTrainer.from_grid(world, tmp_path_factory.mktemp("run") / "run", EnvSpec(), PPOConfig(),
-                                    {"algo": list(ALGOS), "l2": L2, "alpha": [ALPHA]}, seeds=2, steps=50_000)
+    trainer = GridTrainer.from_grid(
+        world,
+        tmp_path_factory.mktemp("run") / "run",
+        EnvSpec(),
+        PPOConfig(),
+        {"algo": list(ALGOS), "l2": L2, "alpha": [ALPHA]},
+        seeds=2,
+        steps=50_000,
+    )
     state, _ = trainer.train(show_progress=False)
     return trainer, state
 
@@ -57,7 +64,9 @@ def oracle_return(params: EnvParams, roots: np.ndarray) -> float:
     following = jnp.maximum(params.next_state, 0)
     states = jnp.arange(params.next_state.shape[0])
     for t in reversed(range(params.max_depth)):
-        value = mask_actions(backup(params, states, jnp.int32(t), value[following]), params, jnp.int32(t)).max(-1)
+        value = mask_actions(
+            backup(params, states, jnp.int32(t), value[following]), params, jnp.int32(t)
+        ).max(-1)
     return float(value[roots].mean())
 
 
@@ -75,7 +84,9 @@ def constant_returns(params: EnvParams, roots: np.ndarray) -> dict[tuple[int, ..
     return out
 
 
-def test_every_algorithm_learns_the_known_routes(world: Path, trained: tuple[GridTrainer, dict]) -> None:
+def test_every_algorithm_learns_the_known_routes(
+    world: Path, trained: tuple[GridTrainer, dict]
+) -> None:
     trainer, state = trained
     params = trainer.kept_params(state)
     test_roots = split_roots(trainer.tables, world, "test")[0]
@@ -87,8 +98,12 @@ def test_every_algorithm_learns_the_known_routes(world: Path, trained: tuple[Gri
     best_constant = max(constants.values())
     for algo in ALGOS:
         members = [i for i, p in enumerate(trainer.policies) if p["algo"] == algo]
-        chosen = members[int(np.argmax(val["val_return"][members]))]  # the objective, at this one alpha
-        print(f"{algo}: test return {test[chosen]:.4f}, oracle {oracle:.4f}, best constant route {best_constant:.4f}")
+        chosen = members[
+            int(np.argmax(val["val_return"][members]))
+        ]  # the objective, at this one alpha
+        print(
+            f"{algo}: test return {test[chosen]:.4f}, oracle {oracle:.4f}, best constant route {best_constant:.4f}"
+        )
         assert test[chosen] > best_constant + 0.02, (algo, test[chosen], constants)
         if algo != "ppo":
             assert test[chosen] >= 0.95 * oracle, (algo, test[chosen], oracle)
@@ -96,13 +111,22 @@ def test_every_algorithm_learns_the_known_routes(world: Path, trained: tuple[Gri
 
 def test_fqi_with_ridge_at_one_call_is_the_linear_router(tmp_path: Path) -> None:
     cache = REPO / "cache" / "strategyqa"
-    trainer = GridTrainer.from_grid(cache, tmp_path / "run", EnvSpec(t_max=1), PPOConfig(),
-                                    {"l2": [0.1, 1.0, 10.0], "alpha": [0.0, 0.1, 0.5, 2.0]}, seeds=1, steps=1,
-                                    algo="fqi")
+    trainer = GridTrainer.from_grid(
+        cache,
+        tmp_path / "run",
+        EnvSpec(t_max=1),
+        PPOConfig(),
+        {"l2": [0.1, 1.0, 10.0], "alpha": [0.0, 0.1, 0.5, 2.0]},
+        seeds=1,
+        steps=1,
+        algo="fqi",
+    )
     state, _ = trainer.train(show_progress=False)
     data = load_router_data(cache)
     test = data.questions("test")
-    first = trainer.greedy(trainer.kept_params(state), trainer.env_params, test.roots)["actions"][:, :, 0]
+    first = trainer.greedy(trainer.kept_params(state), trainer.env_params, test.roots)["actions"][
+        :, :, 0
+    ]
     train = data.train_data("train", None)
     assert np.array_equal(train.questions.roots, trainer.tables.roots)
     differing = 0
@@ -119,9 +143,26 @@ def cli(*args: str) -> str:
     return result.output
 
 
-def test_a_mixed_grid_trains_resumes_evaluates_compares_and_routes_live(world: Path, tmp_path: Path) -> None:
-    common = ["train", "--vectorized", "--cache", str(world), "--grid", "algo=ppo,exact-pg,fqi", "--grid",
-              "alpha=0.1,1", "--seeds", "1", "--steps", "5120", "--updates", "40", "--quiet"]
+def test_a_mixed_grid_trains_resumes_evaluates_compares_and_routes_live(
+    world: Path, tmp_path: Path
+) -> None:
+    common = [
+        "train",
+        "--vectorized",
+        "--cache",
+        str(world),
+        "--grid",
+        "algo=ppo,exact-pg,fqi",
+        "--grid",
+        "alpha=0.1,1",
+        "--seeds",
+        "1",
+        "--steps",
+        "5120",
+        "--updates",
+        "40",
+        "--quiet",
+    ]
     cli(*common, "--out", str(tmp_path / "whole"))
     cli(*common, "--out", str(tmp_path / "resumed"), "--stop-after-chunks", "2")
     cli(*common, "--out", str(tmp_path / "resumed"), "--resume")
@@ -131,12 +172,28 @@ def test_a_mixed_grid_trains_resumes_evaluates_compares_and_routes_live(world: P
     assert frames[0].equals(frames[1]), "a resumed mixed grid ends where an uninterrupted one does"
     assert set(frames[0]["algo"]) == set(ALGOS)
     out = tmp_path / "routers"
-    cli("routers", "--cache", str(world), "--run", str(tmp_path / "whole"), "--routers", "linear,oracle",
-        "--seeds", "1", "--bootstrap", "50", "--out", str(out), "--quiet")
+    cli(
+        "routers",
+        "--cache",
+        str(world),
+        "--run",
+        str(tmp_path / "whole"),
+        "--routers",
+        "linear,oracle",
+        "--seeds",
+        "1",
+        "--bootstrap",
+        "50",
+        "--out",
+        str(out),
+        "--quiet",
+    )
     names = [r["name"] for r in json.loads((out / "routers.json").read_text())["routers"]]
     assert {f"der: {algo}" for algo in ALGOS} <= set(names)
     record = json.loads((tmp_path / "whole" / "run.json").read_text())
     fqi = next(i for i, p in enumerate(record["policies"]) if p["algo"] == "fqi")
-    result = CliRunner().invoke(main, ["route", "--run", str(tmp_path / "whole"), "--policy", str(fqi), "--check", "6",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["route", "--run", str(tmp_path / "whole"), "--policy", str(fqi), "--check", "6", "--json"],
+    )
     assert result.exit_code == 0, result.output

@@ -13,7 +13,9 @@ from dersim.errors import CacheFormatError
 
 
 def record(key: str, status: str = "ok", text: str | None = "Yes.") -> CallRecord:
-    return CallRecord(key, "q", "e", None, text, 3, 2, 0.5, status, "" if status == "ok" else "boom", 1)
+    return CallRecord(
+        key, "q", "e", None, text, 3, 2, 0.5, status, "" if status == "ok" else "boom", 1
+    )
 
 
 def test_records_survive_reopening_and_the_newest_wins(tmp_path: Path) -> None:
@@ -60,13 +62,30 @@ def test_a_journal_refuses_calls_from_another_kernel_set(tmp_path: Path) -> None
     from dersim.builder.journal import KERNELS_FILE, check_kernels
     from dersim.errors import BackendError
 
-    here = {"llama_cpp": {"llama_cpp_python": "0.3.36", "features": ["AVX2", "FMA"], "extra_buffer_types": False,
-                          "default_threads": 2, "portable": True, "cpu": "AMD EPYC"}}
+    here = {
+        "llama_cpp": {
+            "llama_cpp_python": "0.3.36",
+            "features": ["AVX2", "FMA"],
+            "extra_buffer_types": False,
+            "default_threads": 2,
+            "portable": True,
+            "cpu": "AMD EPYC",
+        }
+    }
     check_kernels(tmp_path, here)
-    assert json.loads((tmp_path / KERNELS_FILE).read_text())["llama_cpp"]["features"] == ["AVX2", "FMA"]
-    check_kernels(tmp_path, {"llama_cpp": {**here["llama_cpp"], "cpu": "Intel(R) Xeon(R) Platinum 8488C"}})
-    native = {"llama_cpp": {**here["llama_cpp"], "features": ["AVX2", "AVX512", "FMA"], "portable": False}}
-    with pytest.raises(BackendError, match="its calls ran on other llama_cpp kernels .*features") as info:
+    assert json.loads((tmp_path / KERNELS_FILE).read_text())["llama_cpp"]["features"] == [
+        "AVX2",
+        "FMA",
+    ]
+    check_kernels(
+        tmp_path, {"llama_cpp": {**here["llama_cpp"], "cpu": "Intel(R) Xeon(R) Platinum 8488C"}}
+    )
+    native = {
+        "llama_cpp": {**here["llama_cpp"], "features": ["AVX2", "AVX512", "FMA"], "portable": False}
+    }
+    with pytest.raises(
+        BackendError, match="its calls ran on other llama_cpp kernels .*features"
+    ) as info:
         check_kernels(tmp_path, native)
     assert "\n" not in str(info.value)
     check_kernels(tmp_path, {})  # a synthetic-only recipe has no in-process kernels to compare

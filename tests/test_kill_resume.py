@@ -20,28 +20,64 @@ from conftest import REPO, synthetic_recipe_text
 
 
 def run_build(recipe: Path, out: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "dersim", "build-cache", str(recipe), "--out", str(out),
-                           "--quiet", "--json"], capture_output=True, text=True, cwd=REPO, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dersim",
+            "build-cache",
+            str(recipe),
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
 @pytest.mark.parametrize("shards_before_kill", [0, 3])
-def test_sigkill_then_resume_matches_an_uninterrupted_build(write_recipe, tmp_path: Path,
-                                                            shards_before_kill: int) -> None:
-    recipe = write_recipe(synthetic_recipe_text(train=10, test=4, depth=3, latency_ms=4, flush_every=8))
+def test_sigkill_then_resume_matches_an_uninterrupted_build(
+    write_recipe, tmp_path: Path, shards_before_kill: int
+) -> None:
+    recipe = write_recipe(
+        synthetic_recipe_text(train=10, test=4, depth=3, latency_ms=4, flush_every=8)
+    )
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "dersim", "build-cache", str(recipe), "--out", str(killed),
-                                "--quiet"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dersim",
+            "build-cache",
+            str(recipe),
+            "--out",
+            str(killed),
+            "--quiet",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     journal = killed / "journal"
     deadline = time.monotonic() + 60
-    while len(list(journal.glob("shard-*.parquet"))) < max(shards_before_kill, 1) and time.monotonic() < deadline:
+    while (
+        len(list(journal.glob("shard-*.parquet"))) < max(shards_before_kill, 1)
+        and time.monotonic() < deadline
+    ):
         if shards_before_kill == 0 and journal.exists():
             break
         time.sleep(0.005)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert not (killed / MANIFEST).exists(), "the build finished before the kill; the test proves nothing"
+    assert not (killed / MANIFEST).exists(), (
+        "the build finished before the kill; the test proves nothing"
+    )
     journaled = len(list(journal.glob("shard-*.parquet")))
 
     resumed = run_build(recipe, killed)

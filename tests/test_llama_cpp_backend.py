@@ -23,14 +23,25 @@ GEMMA = "gemma-3-270m-q4_k_m.gguf"
 
 
 def _spec(model: str, prompt_format: str = "chat", **options: int) -> ExpertSpec:
-    return ExpertSpec(name=f"test-{model}", backend="llama_cpp", params_b=0.1, model=model,
-                      prompt_format=prompt_format, options={"n_threads": 2, **options})
+    return ExpertSpec(
+        name=f"test-{model}",
+        backend="llama_cpp",
+        params_b=0.1,
+        model=model,
+        prompt_format=prompt_format,
+        options={"n_threads": 2, **options},
+    )
 
 
 def _request(prompt: str, max_new_tokens: int = 16, stop: tuple[str, ...] = ()) -> CallRequest:
     question = Question(question_id="q", text=prompt, reference="", references=(), label="")
-    return CallRequest(question=question, previous_answer=None, prompt=prompt,
-                       max_new_tokens=max_new_tokens, stop=stop)
+    return CallRequest(
+        question=question,
+        previous_answer=None,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +87,11 @@ def test_concurrent_calls_are_serialized(smol: LlamaCppBackend) -> None:
 def test_completion_format_stops_at_newline() -> None:
     backend = make_llama_cpp_backend(_spec(GEMMA, prompt_format="completion"))
     try:
-        prompt = ("Q: What is the capital of Italy?\nA: Rome\n"
-                  "Q: What is the capital of Spain?\nA: Madrid\n"
-                  "Q: What is the capital of France?\nA:")
+        prompt = (
+            "Q: What is the capital of Italy?\nA: Rome\n"
+            "Q: What is the capital of Spain?\nA: Madrid\n"
+            "Q: What is the capital of France?\nA:"
+        )
         out = backend.complete(_request(prompt, max_new_tokens=24, stop=("\n",)))
         assert out.text and "\n" not in out.text
         assert 0 < out.completion_tokens <= 24
@@ -103,14 +116,18 @@ def test_context_size_llama_cpp_would_pad_is_refused() -> None:
 
 
 def test_unknown_option_names_expert_and_key() -> None:
-    with pytest.raises(BackendError, match=f"expert 'test-{SMOL}': unknown llama_cpp option 'n_gpu_layers'"):
+    with pytest.raises(
+        BackendError, match=f"expert 'test-{SMOL}': unknown llama_cpp option 'n_gpu_layers'"
+    ):
         make_llama_cpp_backend(_spec(SMOL, n_gpu_layers=1))
     with pytest.raises(BackendError, match="option 'n_ctx' must be a positive integer"):
         make_llama_cpp_backend(_spec(SMOL, n_ctx=0))
 
 
 def test_missing_llama_cpp_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
+    monkeypatch.setitem(
+        sys.modules, "llama_cpp", None
+    )  # makes `import llama_cpp` raise ImportError
     with pytest.raises(BackendError, match=r"needs llama-cpp-python: pip install 'dersim\[llm\]'"):
         make_llama_cpp_backend(_spec(SMOL))
 
@@ -123,7 +140,9 @@ def test_chat_format_needs_a_chat_template() -> None:
 def test_cpu_model_is_read_from_cpuinfo(tmp_path: Path) -> None:
     from dersim.builder.backends.llama_cpp import cpu_model
 
-    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n", encoding="utf-8")
+    (tmp_path / "cpuinfo").write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t: fpu\n", encoding="utf-8"
+    )
     assert cpu_model(tmp_path / "cpuinfo") == "AMD EPYC 9R14"
 
 
@@ -132,14 +151,25 @@ def test_the_kernel_fingerprint_describes_the_installed_build() -> None:
     (AVX-512, AMX, weight repacking) is not the pinned portable kernel set."""
     import llama_cpp
 
-    from dersim.builder.backends.llama_cpp import NATIVE_ONLY_FEATURES, kernel_fingerprint, replay_key
+    from dersim.builder.backends.llama_cpp import (
+        NATIVE_ONLY_FEATURES,
+        kernel_fingerprint,
+        replay_key,
+    )
 
     fingerprint = kernel_fingerprint()
     info = llama_cpp.llama_print_system_info().decode()
     assert fingerprint["llama_cpp_python"] == llama_cpp.__version__
-    assert fingerprint["features"] and all(f"{name} = 1" in info for name in fingerprint["features"])
-    assert fingerprint["portable"] == (not any(f"{name} = 1" in info for name in NATIVE_ONLY_FEATURES))
-    assert "cpu" not in replay_key(fingerprint) and replay_key(fingerprint)["features"] == fingerprint["features"]
+    assert fingerprint["features"] and all(
+        f"{name} = 1" in info for name in fingerprint["features"]
+    )
+    assert fingerprint["portable"] == (
+        not any(f"{name} = 1" in info for name in NATIVE_ONLY_FEATURES)
+    )
+    assert (
+        "cpu" not in replay_key(fingerprint)
+        and replay_key(fingerprint)["features"] == fingerprint["features"]
+    )
 
 
 def test_the_installed_llama_cpp_is_the_portable_kernel_set() -> None:
@@ -148,8 +178,10 @@ def test_the_installed_llama_cpp_is_the_portable_kernel_set() -> None:
     from dersim.builder.backends.llama_cpp import kernel_fingerprint
 
     fingerprint = kernel_fingerprint()
-    assert fingerprint["portable"], f"llama-cpp-python has native-only kernels {fingerprint['features']}: run " \
-                                    "builders/portable_llama_cpp.sh"
+    assert fingerprint["portable"], (
+        f"llama-cpp-python has native-only kernels {fingerprint['features']}: run "
+        "builders/portable_llama_cpp.sh"
+    )
     assert {"AVX2", "FMA", "F16C"} <= set(fingerprint["features"])
 
 
@@ -158,8 +190,13 @@ def test_answers_do_not_depend_on_the_thread_count(smol: LlamaCppBackend) -> Non
     running another thread count replays the same answers (the default is fixed anyway)."""
     one = make_llama_cpp_backend(_spec(SMOL, n_threads=1))
     try:
-        for prompt in ("Is a tomato a fruit? Answer yes or no, then explain.", "Name a prime number above 50."):
-            assert one.complete(_request(prompt, max_new_tokens=32)).text == \
-                smol.complete(_request(prompt, max_new_tokens=32)).text
+        for prompt in (
+            "Is a tomato a fruit? Answer yes or no, then explain.",
+            "Name a prime number above 50.",
+        ):
+            assert (
+                one.complete(_request(prompt, max_new_tokens=32)).text
+                == smol.complete(_request(prompt, max_new_tokens=32)).text
+            )
     finally:
         one.close()

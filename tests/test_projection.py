@@ -17,7 +17,9 @@ from conftest import synthetic_recipe_text
 
 
 def low_rank_rows(rng: np.random.Generator, n: int, rank: int, dim: int) -> np.ndarray:
-    return (rng.normal(size=(n, rank)) @ rng.normal(size=(rank, dim)) + rng.normal(size=dim)).astype(np.float32)
+    return (
+        rng.normal(size=(n, rank)) @ rng.normal(size=(rank, dim)) + rng.normal(size=dim)
+    ).astype(np.float32)
 
 
 def pairwise(x: np.ndarray) -> np.ndarray:
@@ -58,11 +60,14 @@ def test_projection_does_not_depend_on_row_order_or_svd_signs() -> None:
     np.testing.assert_allclose(np.abs(flipped), np.abs(plain), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("k, fit_rows, message", [
-    (0, 10, r"c: --embedding-dim 0 must be between 1 and the cache's embedding size 8"),
-    (9, 10, r"--embedding-dim 9 must be between 1 and .* 8"),
-    (5, 3, r"--embedding-dim 5 needs at least 5 train states \(the cache has 3\)"),
-])
+@pytest.mark.parametrize(
+    "k, fit_rows, message",
+    [
+        (0, 10, r"c: --embedding-dim 0 must be between 1 and the cache's embedding size 8"),
+        (9, 10, r"--embedding-dim 9 must be between 1 and .* 8"),
+        (5, 3, r"--embedding-dim 5 needs at least 5 train states \(the cache has 3\)"),
+    ],
+)
 def test_bad_dimensions_are_one_line_errors(k: int, fit_rows: int, message: str) -> None:
     rows = np.random.default_rng(3).normal(size=(10, 8)).astype(np.float32)
     with pytest.raises(DersimError, match=message) as error:
@@ -72,11 +77,15 @@ def test_bad_dimensions_are_one_line_errors(k: int, fit_rows: int, message: str)
 
 def test_tables_fit_on_train_states_and_serve_both_splits(write_recipe, tmp_path: Path) -> None:
     synthetic_cache = tmp_path / "cache"
-    build_cache(load_recipe(write_recipe(synthetic_recipe_text())), synthetic_cache, show_progress=False)
+    build_cache(
+        load_recipe(write_recipe(synthetic_recipe_text())), synthetic_cache, show_progress=False
+    )
     full = load_tables(synthetic_cache, EnvSpec(metric="token_f1"))
     train = load_tables(synthetic_cache, EnvSpec(metric="token_f1", embedding_dim=4))
     test = load_tables(synthetic_cache, EnvSpec(metric="token_f1", split="test", embedding_dim=4))
     assert train.embedding.shape == (full.embedding.shape[0], 4)
-    np.testing.assert_array_equal(train.embedding, test.embedding)  # one projection for the whole cache
+    np.testing.assert_array_equal(
+        train.embedding, test.embedding
+    )  # one projection for the whole cache
     with pytest.raises(DersimError, match="--embedding-dim 10000 must be between 1 and"):
         load_tables(synthetic_cache, EnvSpec(metric="token_f1", embedding_dim=10_000))

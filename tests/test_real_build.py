@@ -27,8 +27,13 @@ pytestmark = pytest.mark.real_llm
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("real") / "strategyqa"
-    report = build_cache(load_recipe(REPO / "builders" / "strategyqa.toml"), out, limit=3, depth=2,
-                         show_progress=False)
+    report = build_cache(
+        load_recipe(REPO / "builders" / "strategyqa.toml"),
+        out,
+        limit=3,
+        depth=2,
+        show_progress=False,
+    )
     return out, report
 
 
@@ -64,7 +69,11 @@ def test_info_json_reports_the_real_experts(real_cache) -> None:
     result = CliRunner().invoke(main, ["cache", "info", str(out), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert [e["name"] for e in summary["experts"]] == ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
+    assert [e["name"] for e in summary["experts"]] == [
+        "smollm2-135m",
+        "gemma3-270m",
+        "qwen2.5-coder-0.5b",
+    ]
     assert summary["questions"] == {"test": 1, "train": 2}
     assert all(e["calls"] > 0 and e["failed"] == 0 for e in summary["experts"])
     assert summary["states_per_depth"]["0"] == 3  # one root per question (JSON keys are strings)

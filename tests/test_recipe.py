@@ -39,27 +39,36 @@ def test_defaults_fill_missing_sections(write_recipe) -> None:
     assert recipe.metrics.names == ("accuracy_yesno", "token_f1", "rouge_l")
 
 
-@pytest.mark.parametrize(("old", "new", "message"), [
-    ("[dataset]", "[datasets]", "missing required key 'dataset'"),
-    ("[build]", "[[[", "invalid TOML"),
-    ('name = "tiny"', 'name = "tiny"\ncolour = "red"', "unknown key 'colour'"),
-    ("depth = 2", "depth = 0", "key 'depth' must be > 0"),
-    ("depth = 2", "depth = 'deep'", "key 'depth' must be int"),
-    ('"accuracy_yesno", ', '"bleu", ', "unknown metric 'bleu'"),
-    ('name = "tiny"', 'name = "tiny"\n[prompt]\nktp_template = "x"', "must contain '{previous_answer}'"),
-    ('backend = "synthetic"', 'backend = "telepathy"', "unknown backend 'telepathy'"),
-    ("params_b = 0.5", "params_b = 0.5\ntempreature = 0", "unknown key 'tempreature'"),
-    ("params_b = 0.5", "params_b = 0.5\ntemperature = 0.7", "key 'temperature' must be 0"),
-    ('name = "medium"', 'name = "small"', "expert name 'small' appears twice"),
-    ("params_b = 0.5", "params_b = -1.0", "key 'params_b' must be > 0"),
-    ('source = "bigbench"', 'source = "kaggle"', "key 'source' must be one of"),
-    ('task = "strategyqa"', 'task = "chess"', "key 'task' must be one of"),
-    ('name = "tiny"', 'name = "../../../tmp/elsewhere"', "must be a plain name"),
-    ('name = "tiny"', 'name = "a/b"', "must be a plain name"),
-    ('name = "tiny"', 'name = ".."', "must be a plain name"),
-    ('name = "tiny"', 'name = ""', "must be a plain name"),
-])
-def test_malformed_recipes_name_file_and_key(write_recipe, old: str, new: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("[dataset]", "[datasets]", "missing required key 'dataset'"),
+        ("[build]", "[[[", "invalid TOML"),
+        ('name = "tiny"', 'name = "tiny"\ncolour = "red"', "unknown key 'colour'"),
+        ("depth = 2", "depth = 0", "key 'depth' must be > 0"),
+        ("depth = 2", "depth = 'deep'", "key 'depth' must be int"),
+        ('"accuracy_yesno", ', '"bleu", ', "unknown metric 'bleu'"),
+        (
+            'name = "tiny"',
+            'name = "tiny"\n[prompt]\nktp_template = "x"',
+            "must contain '{previous_answer}'",
+        ),
+        ('backend = "synthetic"', 'backend = "telepathy"', "unknown backend 'telepathy'"),
+        ("params_b = 0.5", "params_b = 0.5\ntempreature = 0", "unknown key 'tempreature'"),
+        ("params_b = 0.5", "params_b = 0.5\ntemperature = 0.7", "key 'temperature' must be 0"),
+        ('name = "medium"', 'name = "small"', "expert name 'small' appears twice"),
+        ("params_b = 0.5", "params_b = -1.0", "key 'params_b' must be > 0"),
+        ('source = "bigbench"', 'source = "kaggle"', "key 'source' must be one of"),
+        ('task = "strategyqa"', 'task = "chess"', "key 'task' must be one of"),
+        ('name = "tiny"', 'name = "../../../tmp/elsewhere"', "must be a plain name"),
+        ('name = "tiny"', 'name = "a/b"', "must be a plain name"),
+        ('name = "tiny"', 'name = ".."', "must be a plain name"),
+        ('name = "tiny"', 'name = ""', "must be a plain name"),
+    ],
+)
+def test_malformed_recipes_name_file_and_key(
+    write_recipe, old: str, new: str, message: str
+) -> None:
     text = synthetic_recipe_text()
     assert old in text
     path = write_recipe(text.replace(old, new, 1))
@@ -75,13 +84,16 @@ def test_missing_recipe_file(tmp_path: Path) -> None:
         load_recipe(tmp_path / "nope.toml")
 
 
-def test_a_recipe_name_cannot_make_build_cache_write_outside_cache(write_recipe, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_recipe_name_cannot_make_build_cache_write_outside_cache(
+    write_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from dersim.cli import main
 
-    path = write_recipe(synthetic_recipe_text().replace('name = "tiny"', 'name = "../../escaped"', 1))
+    path = write_recipe(
+        synthetic_recipe_text().replace('name = "tiny"', 'name = "../../escaped"', 1)
+    )
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["build-cache", str(path), "--quiet"])
     assert result.exit_code != 0 and "must be a plain name" in result.output

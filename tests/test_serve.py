@@ -46,10 +46,18 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 WAIT_S = 120  # how long a helper waits for the server to reach a state before the test fails (never asserted)
 
 
-def call(url: str, method: str = "GET", body: Any = None, token: str | None = None,
-         raw: bytes | None = None) -> tuple[int, dict, dict[str, str]]:
+def call(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict, dict[str, str]]:
     """(status, JSON answer, headers) of one request."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({"Authorization": f"Bearer {token}"} if token else {}),
+    }
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
@@ -70,7 +78,9 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 class Server:
     """`python -m dersim serve` on 127.0.0.1, ready (GET /health is 200); stderr goes to a log file."""
 
-    def __init__(self, run: Path, log: Path, token: str | None = TOKEN, options: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, run: Path, log: Path, token: str | None = TOKEN, options: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.root = f"http://{HOST}:{self.port}"
         self.base = f"{self.root}/v1"
@@ -78,13 +88,32 @@ class Server:
         self.log = log
         env = {**os.environ, "DERSIM_SERVE_TOKEN": token or ""}
         with log.open("wb") as handle:
-            self.process = subprocess.Popen([sys.executable, "-m", "dersim", "serve", "--run", str(run), "--port",
-                                             str(self.port), "--max-input-chars", "500", "--max-body-bytes",
-                                             str(MAX_BODY), *options], stdout=handle, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dersim",
+                    "serve",
+                    "--run",
+                    str(run),
+                    "--port",
+                    str(self.port),
+                    "--max-input-chars",
+                    "500",
+                    "--max-body-bytes",
+                    str(MAX_BODY),
+                    *options,
+                ],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"dersim serve exited with {self.process.returncode}: {log.read_text()}")
+                raise AssertionError(
+                    f"dersim serve exited with {self.process.returncode}: {log.read_text()}"
+                )
             try:
                 if call(self.root + "/health")[0] == 200:
                     return
@@ -93,10 +122,18 @@ class Server:
         self.stop()
         raise AssertionError(f"dersim serve was not ready within 300 s: {log.read_text()}")
 
-    def request(self, method: str, path: str, body: Any = None, token: str | None = "default",
-                raw: bytes | None = None) -> tuple[int, dict]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = "default",
+        raw: bytes | None = None,
+    ) -> tuple[int, dict]:
         """A request to `path` under /v1, with the server's token unless told otherwise."""
-        status, answer, _ = call(self.base + path, method, body, self.token if token == "default" else token, raw)
+        status, answer, _ = call(
+            self.base + path, method, body, self.token if token == "default" else token, raw
+        )
         return status, answer
 
     def health(self) -> dict:
@@ -144,8 +181,10 @@ class _Expert(BaseHTTPRequestHandler):
             _Expert.gate.wait()
         prompt = body["messages"][0]["content"]
         digest = hashlib.sha256(f"{body['model']}\n{prompt}".encode()).digest()
-        answer = {"choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
-                  "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2}}
+        answer = {
+            "choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
+            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2},
+        }
         payload = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -167,7 +206,8 @@ def http_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, t
     _Expert.gate.set()
     root = tmp_path_factory.mktemp("serve-http")
     base_url = f"http://{HOST}:{httpd.server_address[1]}/v1"
-    experts = "".join(f"""
+    experts = "".join(
+        f"""
 [[experts]]
 name = "{name}"
 backend = "openai"
@@ -175,9 +215,12 @@ params_b = {size}
 model = "{name}"
 max_new_tokens = 8
 options = {{ base_url = "{base_url}", timeout_s = 300 }}
-""" for name, size in (("alpha", 1.0), ("beta", 3.0)))
+"""
+        for name, size in (("alpha", 1.0), ("beta", 3.0))
+    )
     recipe = root / "recipe.toml"
-    recipe.write_text(f"""
+    recipe.write_text(
+        f"""
 name = "http"
 [dataset]
 source = "bigbench"
@@ -193,10 +236,19 @@ names = ["token_f1"]
 [embedding]
 model = "hashing"
 dim = 16
-{experts}""", encoding="utf-8")
+{experts}""",
+        encoding="utf-8",
+    )
     build_cache(load_recipe(recipe), root / "cache", show_progress=False)
-    trainer = GridTrainer.from_grid(root / "cache", root / "run", EnvSpec(metric="token_f1", p0=0.5), SMALL,
-                                    {"terminator": ["none"]}, seeds=1, steps=SMALL.steps_per_chunk)
+    trainer = GridTrainer.from_grid(
+        root / "cache",
+        root / "run",
+        EnvSpec(metric="token_f1", p0=0.5),
+        SMALL,
+        {"terminator": ["none"]},
+        seeds=1,
+        steps=SMALL.steps_per_chunk,
+    )
     trainer.train(show_progress=False)
     yield root / "run", ("--base-url", f"alpha={base_url}", "--base-url", f"beta={base_url}")
     _Expert.gate.set()
@@ -218,7 +270,10 @@ def questions(run: tuple[Path, Path], n: int) -> list[str]:
 
 
 def chat(model: str, text: str) -> dict:
-    return {"model": model, "messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": text}]}
+    return {
+        "model": model,
+        "messages": [{"role": "system", "content": "ignored"}, {"role": "user", "content": text}],
+    }
 
 
 def post_in_one_write(port: int, body: bytes, chunk: int | None = None) -> tuple[int, dict]:
@@ -227,11 +282,13 @@ def post_in_one_write(port: int, body: bytes, chunk: int | None = None) -> tuple
     if chunk is None:
         framing, payload = f"Content-Length: {len(body)}", body
     else:
-        pieces = [body[i:i + chunk] for i in range(0, len(body), chunk)]
+        pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
         framing = "Transfer-Encoding: chunked"
         payload = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-            f"Authorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
+    )
     with socket.create_connection((HOST, port), timeout=WAIT_S) as sock:
         sock.sendall(head.encode() + payload)
         response = http.client.HTTPResponse(sock)
@@ -239,7 +296,9 @@ def post_in_one_write(port: int, body: bytes, chunk: int | None = None) -> tuple
         return response.status, json.loads(response.read())
 
 
-def test_models_lists_every_servable_policy_and_the_best(server: Server, run: tuple[Path, Path]) -> None:
+def test_models_lists_every_servable_policy_and_the_best(
+    server: Server, run: tuple[Path, Path]
+) -> None:
     status, body = server.request("GET", "/models")
     assert status == 200 and body["object"] == "list"
     servable = [f"der-run-{i}" for i, t in enumerate(TERMINATORS) if t != "oracle"]
@@ -247,8 +306,9 @@ def test_models_lists_every_servable_policy_and_the_best(server: Server, run: tu
     assert all(m["object"] == "model" and m["owned_by"] == "dersim" for m in body["data"])
 
 
-def test_a_chat_completion_is_the_routed_answer_with_its_trace(server: Server, run: tuple[Path, Path],
-                                                               routers: dict[str, LiveRouter]) -> None:
+def test_a_chat_completion_is_the_routed_answer_with_its_trace(
+    server: Server, run: tuple[Path, Path], routers: dict[str, LiveRouter]
+) -> None:
     text = questions(run, 1)[0]
     status, body = server.request("POST", "/chat/completions", chat("der-run", text))
     assert status == 200, body
@@ -259,38 +319,70 @@ def test_a_chat_completion_is_the_routed_answer_with_its_trace(server: Server, r
     assert [s["expert"] for s in route["steps"]] == [s["expert"] for s in expected["steps"]]
     assert [s["answer"] for s in route["steps"]] == [s["answer"] for s in expected["steps"]]
     assert route["stopped_by"] == expected["stopped_by"] and route["question"] == text
-    assert body["usage"] == {"prompt_tokens": route["prompt_tokens"], "completion_tokens": route["completion_tokens"],
-                             "total_tokens": route["prompt_tokens"] + route["completion_tokens"]}
+    assert body["usage"] == {
+        "prompt_tokens": route["prompt_tokens"],
+        "completion_tokens": route["completion_tokens"],
+        "total_tokens": route["prompt_tokens"] + route["completion_tokens"],
+    }
 
 
-def test_concurrent_requests_each_get_their_own_route(server: Server, run: tuple[Path, Path],
-                                                      routers: dict[str, LiveRouter]) -> None:
+def test_concurrent_requests_each_get_their_own_route(
+    server: Server, run: tuple[Path, Path], routers: dict[str, LiveRouter]
+) -> None:
     texts = questions(run, 8)
     models = ["der-run-0", "der-run-1", "der-run-2", "der-run"] * 2
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda args: server.request("POST", "/chat/completions", chat(*args)),
-                                zip(models, texts, strict=True)))
+        answers = list(
+            pool.map(
+                lambda args: server.request("POST", "/chat/completions", chat(*args)),
+                zip(models, texts, strict=True),
+            )
+        )
     for (status, body), model, text in zip(answers, models, texts, strict=True):
         assert status == 200, body
         expected = routers[model].route(live_question(text)).to_dict()
         assert body["model"] == model and body["route"]["question"] == text
         assert body["route"]["policy"] == expected["policy"]
-        assert [(s["expert"], s["answer"]) for s in body["route"]["steps"]] == \
-            [(s["expert"], s["answer"]) for s in expected["steps"]]
+        assert [(s["expert"], s["answer"]) for s in body["route"]["steps"]] == [
+            (s["expert"], s["answer"]) for s in expected["steps"]
+        ]
         assert body["choices"][0]["message"]["content"] == expected["answer"]
 
 
-@pytest.mark.parametrize(("body", "status", "param", "code"), [
-    ({"model": "der-run", "messages": []}, 400, "messages", None),
-    ({"model": "der-run"}, 400, "messages", None),
-    ({"model": "der-run", "messages": [{"role": "system", "content": "no user"}]}, 400, "messages", None),
-    ({"model": "der-nothing", "messages": [{"role": "user", "content": "hi"}]}, 404, "model", "model_not_found"),
-    ({"model": "der-run", "messages": [{"role": "user", "content": "x" * 501}]}, 400, "messages",
-     "context_length_exceeded"),
-    ({"model": "der-run", "n": 2, "messages": [{"role": "user", "content": "hi"}]}, 400, "n", None),
-])
-def test_bad_requests_get_an_openai_error(server: Server, body: dict, status: int, param: str,
-                                          code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        ({"model": "der-run", "messages": []}, 400, "messages", None),
+        ({"model": "der-run"}, 400, "messages", None),
+        (
+            {"model": "der-run", "messages": [{"role": "system", "content": "no user"}]},
+            400,
+            "messages",
+            None,
+        ),
+        (
+            {"model": "der-nothing", "messages": [{"role": "user", "content": "hi"}]},
+            404,
+            "model",
+            "model_not_found",
+        ),
+        (
+            {"model": "der-run", "messages": [{"role": "user", "content": "x" * 501}]},
+            400,
+            "messages",
+            "context_length_exceeded",
+        ),
+        (
+            {"model": "der-run", "n": 2, "messages": [{"role": "user", "content": "hi"}]},
+            400,
+            "n",
+            None,
+        ),
+    ],
+)
+def test_bad_requests_get_an_openai_error(
+    server: Server, body: dict, status: int, param: str, code: str | None
+) -> None:
     got, answer = server.request("POST", "/chat/completions", body)
     assert got == status
     assert set(answer) == {"error"} and set(answer["error"]) == {"message", "type", "param", "code"}
@@ -312,7 +404,9 @@ def test_an_oversized_body_gets_413_by_content_length_and_when_chunked(server: S
     for chunk in (None, 1000):
         status, body = post_in_one_write(server.port, padded, chunk)
         assert status == 413 and body["error"]["code"] == "request_too_large"
-    status, body = post_in_one_write(server.port, json.dumps(chat("der-run", "Is water wet?")).encode(), 10)
+    status, body = post_in_one_write(
+        server.port, json.dumps(chat("der-run", "Is water wet?")).encode(), 10
+    )
     assert status == 200 and body["object"] == "chat.completion"
 
 
@@ -334,9 +428,13 @@ def test_the_docs_and_openapi_need_the_token(server: Server) -> None:
     assert "/v1/chat/completions" in call(server.root + "/openapi.json", token=TOKEN)[1]["paths"]
 
 
-def test_health_is_liveness_then_readiness_once_the_experts_load(server: Server,
-                                                                 routers: dict[str, LiveRouter]) -> None:
-    assert call(server.root + "/health")[:2] == (200, {"status": "ready", "running": 0, "queued": 0})
+def test_health_is_liveness_then_readiness_once_the_experts_load(
+    server: Server, routers: dict[str, LiveRouter]
+) -> None:
+    assert call(server.root + "/health")[:2] == (
+        200,
+        {"status": "ready", "running": 0, "queued": 0},
+    )
     loaded, closed = threading.Event(), threading.Event()
 
     def load() -> tuple[dict[str, LiveRouter], Callable[[], None]]:
@@ -353,12 +451,18 @@ def test_health_is_liveness_then_readiness_once_the_experts_load(server: Server,
         status, body, headers = call(root + "/health")
         assert (status, body["status"]) == (503, "loading") and int(headers["retry-after"]) > 0
         assert call(root + "/v1/models", token=TOKEN)[1]["data"][0]["id"] == "der-test"
-        status, body, headers = call(root + "/v1/chat/completions", "POST", chat("der-test", "Is water wet?"), TOKEN)
-        assert (status, body["error"]["code"]) == (503, "loading") and int(headers["retry-after"]) > 0
+        status, body, headers = call(
+            root + "/v1/chat/completions", "POST", chat("der-test", "Is water wet?"), TOKEN
+        )
+        assert (status, body["error"]["code"]) == (503, "loading") and int(
+            headers["retry-after"]
+        ) > 0
         loaded.set()
         wait_until(lambda: call(root + "/health")[0] == 200, "readiness")
         assert call(root + "/health")[1]["status"] == "ready"
-        status, body, _ = call(root + "/v1/chat/completions", "POST", chat("der-test", "Is water wet?"), TOKEN)
+        status, body, _ = call(
+            root + "/v1/chat/completions", "POST", chat("der-test", "Is water wet?"), TOKEN
+        )
         assert status == 200 and body["route"]["question"] == "Is water wet?"
         assert not closed.is_set()
     finally:
@@ -386,8 +490,9 @@ def test_an_expert_that_fails_to_load_stops_the_server_with_its_error() -> None:
     assert not thread.is_alive() and [str(e) for e in failed] == ["expert 'x': model file missing"]
 
 
-def test_streaming_with_the_openai_client_gives_the_answer_and_the_trace(server: Server, run: tuple[Path, Path],
-                                                                       routers: dict[str, LiveRouter]) -> None:
+def test_streaming_with_the_openai_client_gives_the_answer_and_the_trace(
+    server: Server, run: tuple[Path, Path], routers: dict[str, LiveRouter]
+) -> None:
     client = openai.OpenAI(base_url=server.base, api_key=TOKEN, max_retries=0)
     text = questions(run, 3)[2]
     messages = [{"role": "user", "content": text}]
@@ -395,31 +500,52 @@ def test_streaming_with_the_openai_client_gives_the_answer_and_the_trace(server:
     chunks = list(client.chat.completions.create(model="der-run-1", messages=messages, stream=True))
     assert all(c.object == "chat.completion.chunk" and c.model == "der-run-1" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.choices[0].message.content
-    assert plain.choices[0].message.content == routers["der-run-1"].route(live_question(text)).answer
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks)
+        == plain.choices[0].message.content
+    )
+    assert (
+        plain.choices[0].message.content == routers["der-run-1"].route(live_question(text)).answer
+    )
     last = chunks[-1]
-    assert last.choices[0].finish_reason == "stop" and all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert last.choices[0].finish_reason == "stop" and all(
+        c.choices[0].finish_reason is None for c in chunks[:-1]
+    )
     assert last.usage.total_tokens == plain.usage.total_tokens
-    assert [(s["expert"], s["answer"]) for s in last.model_extra["route"]["steps"]] == \
-        [(s["expert"], s["answer"]) for s in plain.model_extra["route"]["steps"]]
-    with pytest.raises(openai.NotFoundError):  # an error before the stream starts is a plain JSON error
+    assert [(s["expert"], s["answer"]) for s in last.model_extra["route"]["steps"]] == [
+        (s["expert"], s["answer"]) for s in plain.model_extra["route"]["steps"]
+    ]
+    with pytest.raises(
+        openai.NotFoundError
+    ):  # an error before the stream starts is a plain JSON error
         client.chat.completions.create(model="der-nothing", messages=messages, stream=True)
 
 
-def test_a_full_queue_gets_429_with_retry_after(http_run: tuple[Path, tuple[str, ...]], held_experts: threading.Event,
-                                                tmp_path: Path) -> None:
-    server = Server(http_run[0], tmp_path / "server.log",
-                    options=(*http_run[1], "--concurrency", "1", "--max-queue", "1"))
+def test_a_full_queue_gets_429_with_retry_after(
+    http_run: tuple[Path, tuple[str, ...]], held_experts: threading.Event, tmp_path: Path
+) -> None:
+    server = Server(
+        http_run[0],
+        tmp_path / "server.log",
+        options=(*http_run[1], "--concurrency", "1", "--max-queue", "1"),
+    )
     pool = ThreadPoolExecutor(2)
     try:
-        running = pool.submit(server.request, "POST", "/chat/completions", chat("der-run", "Is water wet?"))
+        running = pool.submit(
+            server.request, "POST", "/chat/completions", chat("der-run", "Is water wet?")
+        )
         wait_until(_Expert.arrived.is_set, "the first route to call its expert")
-        queued = pool.submit(server.request, "POST", "/chat/completions", chat("der-run", "Is fire hot?"))
+        queued = pool.submit(
+            server.request, "POST", "/chat/completions", chat("der-run", "Is fire hot?")
+        )
         wait_until(lambda: server.health()["queued"] == 1, "the second request to queue")
         assert server.health() == {"status": "ready", "running": 1, "queued": 1}
-        status, answer, headers = call(server.base + "/chat/completions", "POST", chat("der-run", "Is ice cold?"),
-                                       TOKEN)
-        assert (status, answer["error"]["code"]) == (429, "queue_full") and int(headers["retry-after"]) >= 1
+        status, answer, headers = call(
+            server.base + "/chat/completions", "POST", chat("der-run", "Is ice cold?"), TOKEN
+        )
+        assert (status, answer["error"]["code"]) == (429, "queue_full") and int(
+            headers["retry-after"]
+        ) >= 1
         held_experts.set()
         assert [f.result()[0] for f in (running, queued)] == [200, 200]
     finally:
@@ -428,15 +554,25 @@ def test_a_full_queue_gets_429_with_retry_after(http_run: tuple[Path, tuple[str,
         server.stop()
 
 
-def test_sigterm_drains_the_requests_in_flight_and_queued(http_run: tuple[Path, tuple[str, ...]],
-                                                          held_experts: threading.Event, tmp_path: Path) -> None:
-    server = Server(http_run[0], tmp_path / "server.log", token=None, options=(*http_run[1], "--concurrency", "1"))
+def test_sigterm_drains_the_requests_in_flight_and_queued(
+    http_run: tuple[Path, tuple[str, ...]], held_experts: threading.Event, tmp_path: Path
+) -> None:
+    server = Server(
+        http_run[0],
+        tmp_path / "server.log",
+        token=None,
+        options=(*http_run[1], "--concurrency", "1"),
+    )
     pool = ThreadPoolExecutor(2)
     try:
         texts = ["Is water wet?", "Is fire hot?"]
-        futures = [pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[0]))]
+        futures = [
+            pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[0]))
+        ]
         wait_until(_Expert.arrived.is_set, "the first route to call its expert")
-        futures.append(pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[1])))
+        futures.append(
+            pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[1]))
+        )
         wait_until(lambda: server.health()["queued"] == 1, "the second request to queue")
         server.process.send_signal(signal.SIGTERM)
         wait_until(lambda: not listening(server.port), "the listener to close")
@@ -459,15 +595,20 @@ def listening(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def test_the_openai_client_works_against_the_server(server: Server, run: tuple[Path, Path],
-                                                    routers: dict[str, LiveRouter]) -> None:
+def test_the_openai_client_works_against_the_server(
+    server: Server, run: tuple[Path, Path], routers: dict[str, LiveRouter]
+) -> None:
     client = openai.OpenAI(base_url=server.base, api_key=TOKEN, max_retries=0)
     assert "der-run" in [m.id for m in client.models.list()]
     text = questions(run, 2)[1]
-    completion = client.chat.completions.create(model="der-run-1", messages=[{"role": "user", "content": text}])
+    completion = client.chat.completions.create(
+        model="der-run-1", messages=[{"role": "user", "content": text}]
+    )
     expected = routers["der-run-1"].route(live_question(text))
     assert completion.choices[0].message.content == expected.answer
     assert completion.usage.total_tokens == expected.prompt_tokens + expected.completion_tokens
     assert len(completion.model_extra["route"]["steps"]) == len(expected.steps)
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="der-nothing", messages=[{"role": "user", "content": text}])
+        client.chat.completions.create(
+            model="der-nothing", messages=[{"role": "user", "content": text}]
+        )

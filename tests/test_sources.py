@@ -28,7 +28,9 @@ def test_strategyqa_questions_have_free_text_references_and_yes_no_labels() -> N
 
 
 def test_math_and_wikidata_references() -> None:
-    math = read_bigbench(SHARED_DATA / "bigbench" / "elementary_math_qa" / "task.json", "elementary_math_qa")
+    math = read_bigbench(
+        SHARED_DATA / "bigbench" / "elementary_math_qa" / "task.json", "elementary_math_qa"
+    )
     assert math[0].label == "270" and math[0].reference == "The answer is 270."
     wiki = read_bigbench(SHARED_DATA / "bigbench" / "qa_wikidata" / "task.json", "qa_wikidata")
     assert wiki[0].references == ("comedy", "parody")
@@ -44,14 +46,24 @@ def test_split_is_deterministic_disjoint_and_limit_takes_subsets() -> None:
     limited = load_questions(spec, limit=6)
     assert {q.question_id for q in limited if q.split == "train"} <= train
     assert {q.question_id for q in limited if q.split == "test"} <= test
-    other = load_questions(DatasetSpec("bigbench", STRATEGYQA, "strategyqa", train=20, test=10, seed=8))
+    other = load_questions(
+        DatasetSpec("bigbench", STRATEGYQA, "strategyqa", train=20, test=10, seed=8)
+    )
     assert [q.question_id for q in other] != [q.question_id for q in a]
 
 
-@pytest.mark.parametrize(("train", "test", "limit", "expected"), [
-    (200, 100, None, (200, 100)), (200, 100, 2, (1, 1)), (200, 100, 3, (2, 1)),
-    (200, 100, 1, (1, 0)), (10, 0, 4, (4, 0)), (0, 10, 4, (0, 4)), (200, 100, 500, (200, 100)),
-])
+@pytest.mark.parametrize(
+    ("train", "test", "limit", "expected"),
+    [
+        (200, 100, None, (200, 100)),
+        (200, 100, 2, (1, 1)),
+        (200, 100, 3, (2, 1)),
+        (200, 100, 1, (1, 0)),
+        (10, 0, 4, (4, 0)),
+        (0, 10, 4, (0, 4)),
+        (200, 100, 500, (200, 100)),
+    ],
+)
 def test_split_sizes(train: int, test: int, limit: int | None, expected: tuple[int, int]) -> None:
     assert split_sizes(train, test, limit) == expected
 
@@ -64,10 +76,18 @@ def test_asking_for_more_questions_than_the_file_has(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_table_sources_with_column_mapping(tmp_path: Path, suffix: str) -> None:
-    frame = pl.DataFrame({"qid": ["a", "b"], "q": ["What is 2+2?", "Capital of France?"],
-                          "ans": ["4", "Paris || paris, France"], "y": ["4", "paris"]})
+    frame = pl.DataFrame(
+        {
+            "qid": ["a", "b"],
+            "q": ["What is 2+2?", "Capital of France?"],
+            "ans": ["4", "Paris || paris, France"],
+            "y": ["4", "paris"],
+        }
+    )
     path = tmp_path / f"data{suffix}"
-    {".jsonl": frame.write_ndjson, ".csv": frame.write_csv, ".parquet": frame.write_parquet}[suffix](path)
+    {".jsonl": frame.write_ndjson, ".csv": frame.write_csv, ".parquet": frame.write_parquet}[
+        suffix
+    ](path)
     questions = read_table(path, {"id": "qid", "question": "q", "reference": "ans", "label": "y"})
     assert [q.question_id for q in questions] == ["a", "b"]
     assert questions[1].references == ("Paris", "paris, France")
@@ -95,8 +115,10 @@ def test_table_errors_name_file_row_and_column(tmp_path: Path) -> None:
 
 def test_malformed_bigbench_example_names_its_index(tmp_path: Path) -> None:
     path = tmp_path / "task.json"
-    examples = [{"input": "ok?", "target": "Yes.", "target_scores": {"Yes": 1, "No": 0}},
-                {"input": "no target?", "target_scores": {"Yes": 1, "No": 0}}]
+    examples = [
+        {"input": "ok?", "target": "Yes.", "target_scores": {"Yes": 1, "No": 0}},
+        {"input": "no target?", "target_scores": {"Yes": 1, "No": 0}},
+    ]
     path.write_text(json.dumps({"examples": examples}), encoding="utf-8")
     with pytest.raises(DatasetError, match=r"task\.json: example 1: missing text 'target'"):
         read_bigbench(path, "strategyqa")

@@ -70,8 +70,12 @@ class BuildReport:
         return 1.0 - self.backend_seconds / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "dedup_saving": self.dedup_saving, "overhead": self.overhead,
-                "outside_calls": self.outside_calls}
+        return {
+            **asdict(self),
+            "dedup_saving": self.dedup_saving,
+            "overhead": self.overhead,
+            "outside_calls": self.outside_calls,
+        }
 
 
 def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
@@ -79,8 +83,13 @@ def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
     return n_questions * sum(n_experts ** (d + 1) for d in range(depth))
 
 
-def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int | None = None,
-                show_progress: bool = True) -> BuildReport:
+def build_cache(
+    recipe: Recipe,
+    out: Path,
+    limit: int | None = None,
+    depth: int | None = None,
+    show_progress: bool = True,
+) -> BuildReport:
     """Build (or resume, or extend) the cache of `recipe` in `out`, holding its write lock (a
     second writer fails at once; see `dersim.locking`)."""
     with directory_lock(out, "build"):
@@ -88,7 +97,9 @@ def build_cache(recipe: Recipe, out: Path, limit: int | None = None, depth: int 
         return _build(recipe, out, limit, depth, show_progress)
 
 
-def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show_progress: bool) -> BuildReport:
+def _build(
+    recipe: Recipe, out: Path, limit: int | None, depth: int | None, show_progress: bool
+) -> BuildReport:
     from dersim.builder.embedding import make_embedder, state_text
     from dersim.builder.embedding_store import embed_texts, embedding_store
     from dersim.builder.scoring import metric_manifest, score_answers
@@ -100,7 +111,9 @@ def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show
     journal = CallJournal(out / JOURNAL_DIR, recipe.build.flush_every)
     fingerprints = backend_fingerprints(recipe.experts)
     check_kernels(out / JOURNAL_DIR, fingerprints)
-    runner = CallRunner(recipe.experts, recipe.prompt, recipe.build, journal, make_backend, show_progress)
+    runner = CallRunner(
+        recipe.experts, recipe.prompt, recipe.build, journal, make_backend, show_progress
+    )
     prepared = time.perf_counter()
     try:
         graphs = expand(questions, len(recipe.experts), depth, runner.run_level)
@@ -112,41 +125,75 @@ def _build(recipe: Recipe, out: Path, limit: int | None, depth: int | None, show
     answers = [a for g in graphs for a in g.answers]
     scores = score_answers(answers, state_questions, recipe.metrics)
     scored = time.perf_counter()
-    embeddings = embed_texts(embedder, [state_text(q.text, a) for q, a in zip(state_questions, answers, strict=True)],
-                             show_progress=show_progress, store=embedding_store(embedder))
+    embeddings = embed_texts(
+        embedder,
+        [state_text(q.text, a) for q, a in zip(state_questions, answers, strict=True)],
+        show_progress=show_progress,
+        store=embedding_store(embedder),
+    )
     embedded = time.perf_counter()
 
-    tables = {QUESTIONS: questions_table(graphs), STATES: states_table(graphs, scores, embeddings),
-              TRANSITIONS: transitions_table(graphs, [(e.usd_per_mtok_in, e.usd_per_mtok_out) for e in recipe.experts])}
+    tables = {
+        QUESTIONS: questions_table(graphs),
+        STATES: states_table(graphs, scores, embeddings),
+        TRANSITIONS: transitions_table(
+            graphs, [(e.usd_per_mtok_in, e.usd_per_mtok_out) for e in recipe.experts]
+        ),
+    }
     n_train = sum(q.split == "train" for q in questions)
-    write_cache(out, tables, {
-        "dersim_version": __version__,
-        "dataset": {"id": recipe.name, "source": recipe.dataset.source, "path": str(recipe.dataset.path),
-                    "task": recipe.dataset.task, "seed": recipe.dataset.seed,
-                    "splits": {"train": n_train, "test": len(questions) - n_train}},
-        "experts": [asdict(e) for e in recipe.experts],
-        "prompt": asdict(recipe.prompt),
-        "depth": depth,
-        "dedup": DEDUP_BY_ANSWER,
-        "metrics": metric_manifest(recipe.metrics),
-        "metric_columns": list(scores),
-        "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},
-        "build": {"limit": limit, "retries": recipe.build.retries, "concurrency": recipe.build.concurrency},
-        "backend_fingerprint": fingerprints,
-        "recipe": recipe.to_manifest(),
-    })
+    write_cache(
+        out,
+        tables,
+        {
+            "dersim_version": __version__,
+            "dataset": {
+                "id": recipe.name,
+                "source": recipe.dataset.source,
+                "path": str(recipe.dataset.path),
+                "task": recipe.dataset.task,
+                "seed": recipe.dataset.seed,
+                "splits": {"train": n_train, "test": len(questions) - n_train},
+            },
+            "experts": [asdict(e) for e in recipe.experts],
+            "prompt": asdict(recipe.prompt),
+            "depth": depth,
+            "dedup": DEDUP_BY_ANSWER,
+            "metrics": metric_manifest(recipe.metrics),
+            "metric_columns": list(scores),
+            "embedding": {**embedder.describe(), "dim": int(embeddings.shape[1])},
+            "build": {
+                "limit": limit,
+                "retries": recipe.build.retries,
+                "concurrency": recipe.build.concurrency,
+            },
+            "backend_fingerprint": fingerprints,
+            "recipe": recipe.to_manifest(),
+        },
+    )
     finished = time.perf_counter()
 
     failed = [r for g in graphs for _, _, t, r in g.edges if t < 0]
     return BuildReport(
-        out=str(out), questions=len(questions), experts=len(recipe.experts), depth=depth,
-        states=len(answers), transitions=sum(len(g.edges) for g in graphs), failed=len(failed),
-        calls_made=runner.calls_made, calls_reused=runner.calls_reused,
+        out=str(out),
+        questions=len(questions),
+        experts=len(recipe.experts),
+        depth=depth,
+        states=len(answers),
+        transitions=sum(len(g.edges) for g in graphs),
+        failed=len(failed),
+        calls_made=runner.calls_made,
+        calls_reused=runner.calls_reused,
         full_tree_calls=full_tree_calls(len(questions), len(recipe.experts), depth),
-        backend_seconds=runner.backend_seconds, setup_seconds=runner.setup_seconds,
-        seconds={"setup": prepared - started, "expand": expanded - prepared, "score": scored - expanded,
-                 "embed": embedded - scored,
-                 "write": finished - embedded, "total": finished - started},
+        backend_seconds=runner.backend_seconds,
+        setup_seconds=runner.setup_seconds,
+        seconds={
+            "setup": prepared - started,
+            "expand": expanded - prepared,
+            "score": scored - expanded,
+            "embed": embedded - scored,
+            "write": finished - embedded,
+            "total": finished - started,
+        },
         calls_per_expert=dict(runner.calls_per_expert),
         seconds_per_expert=dict(runner.seconds_per_expert),
         failures=[f"{r.question_id} / {r.expert}: {r.error}" for r in failed],

@@ -26,9 +26,15 @@ from dersim.recipe import BuildSpec, ExpertSpec, PromptSpec
 class CallRunner:
     """Executes the builder's calls against the journal and the experts' backends."""
 
-    def __init__(self, experts: tuple[ExpertSpec, ...], prompt: PromptSpec, build: BuildSpec,
-                 journal: CallJournal, make_backend: Callable[[ExpertSpec], Backend],
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self,
+        experts: tuple[ExpertSpec, ...],
+        prompt: PromptSpec,
+        build: BuildSpec,
+        journal: CallJournal,
+        make_backend: Callable[[ExpertSpec], Backend],
+        show_progress: bool = True,
+    ) -> None:
         self.experts = experts
         self.prompt = prompt
         self.build = build
@@ -81,9 +87,13 @@ class CallRunner:
             self.seconds_per_expert[spec.name] += elapsed
         return _record(key, question, spec.name, previous, completion, error, attempts)
 
-    def run_level(self, level: int, calls: list[tuple[Question, str | None, int]]) -> list[CallRecord]:
+    def run_level(
+        self, level: int, calls: list[tuple[Question, str | None, int]]
+    ) -> list[CallRecord]:
         """Records for `calls` (in order): journaled ones reused, the others executed now."""
-        keys = [call_key(self._fingerprints[e], q.question_id, q.text, prev) for q, prev, e in calls]
+        keys = [
+            call_key(self._fingerprints[e], q.question_id, q.text, prev) for q, prev, e in calls
+        ]
         results: list[CallRecord | None] = []
         todo = []
         for index, key in enumerate(keys):
@@ -96,8 +106,10 @@ class CallRunner:
         self.calls_reused += len(calls) - len(todo)
         if not todo:
             return results  # type: ignore[return-value]
-        with (progress(f"depth {level + 1}", len(todo), "calls", self.show_progress) as advance,
-              ThreadPoolExecutor(max_workers=self.build.concurrency) as pool):
+        with (
+            progress(f"depth {level + 1}", len(todo), "calls", self.show_progress) as advance,
+            ThreadPoolExecutor(max_workers=self.build.concurrency) as pool,
+        ):
             futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
             try:
                 for future in _as_completed_in_submission_order(futures):
@@ -125,11 +137,39 @@ def _as_completed_in_submission_order(futures: dict[Future, int]) -> Iterator[Fu
         yield future
 
 
-def _record(key: str, question: Question, expert: str, previous: str | None,
-            completion: Completion | None, error: str, attempts: int) -> CallRecord:
+def _record(
+    key: str,
+    question: Question,
+    expert: str,
+    previous: str | None,
+    completion: Completion | None,
+    error: str,
+    attempts: int,
+) -> CallRecord:
     if completion is None:
-        return CallRecord(key, question.question_id, expert, previous, None, 0, 0, 0.0,
-                          STATUS_FAILED, error, attempts)
-    return CallRecord(key, question.question_id, expert, previous, completion.text,
-                      completion.prompt_tokens, completion.completion_tokens, completion.latency_s,
-                      STATUS_OK, "", attempts)
+        return CallRecord(
+            key,
+            question.question_id,
+            expert,
+            previous,
+            None,
+            0,
+            0,
+            0.0,
+            STATUS_FAILED,
+            error,
+            attempts,
+        )
+    return CallRecord(
+        key,
+        question.question_id,
+        expert,
+        previous,
+        completion.text,
+        completion.prompt_tokens,
+        completion.completion_tokens,
+        completion.latency_s,
+        STATUS_OK,
+        "",
+        attempts,
+    )

@@ -68,16 +68,23 @@ class SentenceTransformerEmbedder:
         self.model = _sentence_transformer(str(self.path))
         self.dim = int(self.model.get_embedding_dimension() or 0)
         if spec.dim != self.dim:
-            raise BackendError(f"[embedding].dim = {spec.dim} but model '{spec.model}' gives {self.dim}-dim "
-                               f"embeddings; set dim = {self.dim}")
+            raise BackendError(
+                f"[embedding].dim = {spec.dim} but model '{spec.model}' gives {self.dim}-dim "
+                f"embeddings; set dim = {self.dim}"
+            )
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-norm embeddings; texts beyond the model's max_seq_length tokens are truncated. The
         last bits of a row depend on the batch it was computed in (up to ~2e-7)."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        rows = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        rows = self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         return np.asarray(rows, dtype=np.float32)
 
     def describe(self) -> dict[str, Any]:
@@ -103,7 +110,9 @@ _WORD = re.compile(r"\w+")
 @cache
 def _feature_hash(feature: str) -> int:
     """A 64-bit hash that is the same in every process (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little"
+    )
 
 
 class HashingEmbedder:
@@ -121,7 +130,9 @@ class HashingEmbedder:
     def _row(self, text: str) -> np.ndarray:
         words = _WORD.findall(text.lower())
         features = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
-        hashes = np.fromiter((_feature_hash(f) for f in features), dtype=np.uint64, count=len(features))
+        hashes = np.fromiter(
+            (_feature_hash(f) for f in features), dtype=np.uint64, count=len(features)
+        )
         row = np.zeros(self.dim, dtype=np.float64)
         signs = np.where(hashes >> np.uint64(63), -1.0, 1.0)
         np.add.at(row, (hashes % np.uint64(self.dim)).astype(np.int64), signs)

@@ -49,7 +49,9 @@ def store_root() -> Path:
 def embedder_id(embedder: Embedder) -> str:
     """`<model>-<hash of describe() less the local path>`: one store folder per embedder."""
     described = {k: v for k, v in embedder.describe().items() if k != "path"}
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps(described, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(described.get("model", "model")))[-48:]
     return f"{name}-{digest}"
 
@@ -65,7 +67,9 @@ class EmbeddingStore:
     def __init__(self, embedder: Embedder, root: Path | None = None) -> None:
         self.directory = (root or store_root()) / embedder_id(embedder)
         self.dim = embedder.dim
-        self.schema = pa.schema([("key", pa.binary(32)), ("embedding", pa.list_(pa.float32(), self.dim))])
+        self.schema = pa.schema(
+            [("key", pa.binary(32)), ("embedding", pa.list_(pa.float32(), self.dim))]
+        )
 
     @contextmanager
     def _locked(self, mode: int) -> Iterator[bool]:
@@ -91,8 +95,10 @@ class EmbeddingStore:
         rows = np.zeros((len(keys), self.dim), dtype=np.float32)
         if not keys or not self.directory.is_dir():
             return found, rows
-        wanted = pl.DataFrame({"key": keys, "index": np.arange(len(keys))}, schema={"key": pl.Binary,
-                                                                                 "index": pl.Int64})
+        wanted = pl.DataFrame(
+            {"key": keys, "index": np.arange(len(keys))},
+            schema={"key": pl.Binary, "index": pl.Int64},
+        )
         with self._locked(fcntl.LOCK_SH):
             for shard in self._shards():
                 try:
@@ -101,7 +107,9 @@ class EmbeddingStore:
                     hits = hits.filter(~pl.Series(found[hits["index"].to_numpy()]))
                     if hits.height == 0:
                         continue
-                    column = pq.read_table(shard, columns=["embedding"])["embedding"].combine_chunks()
+                    column = pq.read_table(shard, columns=["embedding"])[
+                        "embedding"
+                    ].combine_chunks()
                     if column.type.list_size != self.dim:
                         continue
                     vectors = column.flatten().to_numpy().reshape(-1, self.dim)
@@ -119,8 +127,12 @@ class EmbeddingStore:
         if not keys:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_arrays([pa.array(keys, pa.binary(32)), embedding_column(rows)], schema=self.schema)
-        write_parquet_atomic(table, self.directory / f"shard-{uuid.uuid4().hex}.parquet", compression_level=1)
+        table = pa.Table.from_arrays(
+            [pa.array(keys, pa.binary(32)), embedding_column(rows)], schema=self.schema
+        )
+        write_parquet_atomic(
+            table, self.directory / f"shard-{uuid.uuid4().hex}.parquet", compression_level=1
+        )
         if len(self._shards()) > COMPACT_ABOVE:
             self.compact()
 
@@ -138,9 +150,14 @@ class EmbeddingStore:
                     continue
                 tables.append(table)
             if tables:
-                merged = pl.from_arrow(pa.concat_tables(tables)).unique("key", keep="first", maintain_order=True)
-                write_parquet_atomic(merged.to_arrow().cast(self.schema),
-                                     self.directory / f"shard-{uuid.uuid4().hex}.parquet", compression_level=1)
+                merged = pl.from_arrow(pa.concat_tables(tables)).unique(
+                    "key", keep="first", maintain_order=True
+                )
+                write_parquet_atomic(
+                    merged.to_arrow().cast(self.schema),
+                    self.directory / f"shard-{uuid.uuid4().hex}.parquet",
+                    compression_level=1,
+                )
             for shard in shards:
                 shard.unlink(missing_ok=True)
 
@@ -152,8 +169,13 @@ def embedding_store(embedder: Embedder) -> EmbeddingStore | None:
     return None if isinstance(embedder, HashingEmbedder) else EmbeddingStore(embedder)
 
 
-def embed_texts(embedder: Embedder, texts: list[str], *, show_progress: bool = False,
-                store: EmbeddingStore | None = None) -> np.ndarray:
+def embed_texts(
+    embedder: Embedder,
+    texts: list[str],
+    *,
+    show_progress: bool = False,
+    store: EmbeddingStore | None = None,
+) -> np.ndarray:
     """float32 [len(texts), dim]: each distinct text's embedding from `store` when it holds it,
     else computed (CHUNK texts at a time, each chunk then added to the store) with a progress
     line. With no `store`, everything is computed. A store keeps the first row computed for a
@@ -165,13 +187,16 @@ def embed_texts(embedder: Embedder, texts: list[str], *, show_progress: bool = F
         first.setdefault(key, index)
     distinct = list(first)
     if store is None:
-        found, rows = np.zeros(len(distinct), dtype=bool), np.zeros((len(distinct), embedder.dim), np.float32)
+        found, rows = (
+            np.zeros(len(distinct), dtype=bool),
+            np.zeros((len(distinct), embedder.dim), np.float32),
+        )
     else:
         found, rows = store.lookup(distinct)
     todo = np.flatnonzero(~found)
     with progress("embedding", len(todo), "texts", show_progress) as advance:
         for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
+            chunk = todo[start : start + CHUNK]
             rows[chunk] = embedder.embed([texts[first[distinct[i]]] for i in chunk])
             if store is not None:
                 store.add([distinct[i] for i in chunk], rows[chunk])

@@ -30,7 +30,9 @@ class QuestionGraph:
     question: Question
     answers: list[str] = field(default_factory=lambda: [""])
     depths: list[int] = field(default_factory=lambda: [0])
-    edges: list[tuple[int, int, int, CallRecord]] = field(default_factory=list)  # (state, expert, next|-1, call)
+    edges: list[tuple[int, int, int, CallRecord]] = field(
+        default_factory=list
+    )  # (state, expert, next|-1, call)
     _index: dict[str, int] = field(default_factory=dict)
 
     def previous_answer(self, state: int) -> str | None:
@@ -52,7 +54,9 @@ class QuestionGraph:
 CallBatch = Callable[[int, list[tuple[Question, str | None, int]]], list[CallRecord]]
 
 
-def expand(questions: Sequence[Question], n_experts: int, depth: int, run_calls: CallBatch) -> list[QuestionGraph]:
+def expand(
+    questions: Sequence[Question], n_experts: int, depth: int, run_calls: CallBatch
+) -> list[QuestionGraph]:
     """Expand every question to `depth`, one level at a time across all questions (so a progress bar
     per level is meaningful and a parallel backend sees many independent calls)."""
     graphs = [QuestionGraph(q) for q in questions]

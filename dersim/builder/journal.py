@@ -29,19 +29,21 @@ KERNELS_FILE = "kernels.json"
 FLUSH_SECONDS = 30.0
 COMPACT_ABOVE = 64  # shards; more are merged into one when a journal is opened
 
-RECORD_SCHEMA = pa.schema([
-    ("key", pa.string()),
-    ("question_id", pa.string()),
-    ("expert", pa.string()),
-    ("previous_answer", pa.string()),
-    ("text", pa.string()),
-    ("prompt_tokens", pa.int32()),
-    ("completion_tokens", pa.int32()),
-    ("latency_s", pa.float32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("attempts", pa.int16()),
-])
+RECORD_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("question_id", pa.string()),
+        ("expert", pa.string()),
+        ("previous_answer", pa.string()),
+        ("text", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("attempts", pa.int16()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,21 @@ def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
     run_only = RUN_ONLY_OPTIONS.get(expert.backend, set())
     settings["options"] = {k: v for k, v in expert.options.items() if k not in run_only}
     settings["prompt"] = asdict(prompt)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
-def call_key(fingerprint: str, question_id: str, question_text: str, previous_answer: str | None) -> str:
+def call_key(
+    fingerprint: str, question_id: str, question_text: str, previous_answer: str | None
+) -> str:
     """The identity of one call; `None` (the root prompt, no KTP) differs from an empty answer."""
-    parts = [fingerprint, question_id, question_text, "\x00root" if previous_answer is None else previous_answer]
+    parts = [
+        fingerprint,
+        question_id,
+        question_text,
+        "\x00root" if previous_answer is None else previous_answer,
+    ]
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
@@ -113,8 +124,10 @@ class CallJournal:
         try:
             table = pq.read_table(shard, schema=RECORD_SCHEMA)
         except Exception as exc:  # pyarrow raises several error types for damaged files
-            raise CacheFormatError(f"{shard}: unreadable journal shard ({type(exc).__name__}); "
-                                   "delete it to redo only its calls") from None
+            raise CacheFormatError(
+                f"{shard}: unreadable journal shard ({type(exc).__name__}); "
+                "delete it to redo only its calls"
+            ) from None
         for row in table.to_pylist():
             self.records[row["key"]] = CallRecord(**row)
 
@@ -133,7 +146,10 @@ class CallJournal:
         """Remember a record; flush a shard when enough calls or seconds have gone by."""
         self.records[record.key] = record
         self._pending.append(record)
-        if len(self._pending) >= self.flush_every or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+        if (
+            len(self._pending) >= self.flush_every
+            or time.monotonic() - self._last_flush > FLUSH_SECONDS
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -158,10 +174,17 @@ def check_kernels(directory: Path, fingerprints: dict[str, dict[str, Any]]) -> N
     recorded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     for name, key in keys.items():
         if name in recorded and recorded[name] != key:
-            differing = ", ".join(f"{k} {recorded[name].get(k)!r} here {v!r}" for k, v in key.items()
-                                  if recorded[name].get(k) != v)
-            raise BackendError(f"{directory}: its calls ran on other {name} kernels ({differing}); resuming would "
-                               "mix two kernel sets' answers: install llama-cpp-python as the README says "
-                               "(builders/portable_llama_cpp.sh) or build into a new --out")
+            differing = ", ".join(
+                f"{k} {recorded[name].get(k)!r} here {v!r}"
+                for k, v in key.items()
+                if recorded[name].get(k) != v
+            )
+            raise BackendError(
+                f"{directory}: its calls ran on other {name} kernels ({differing}); resuming would "
+                "mix two kernel sets' answers: install llama-cpp-python as the README says "
+                "(builders/portable_llama_cpp.sh) or build into a new --out"
+            )
     if keys.keys() - recorded.keys():
-        path.write_text(json.dumps({**recorded, **keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        path.write_text(
+            json.dumps({**recorded, **keys}, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )

@@ -49,7 +49,9 @@ def local_model_path(name: str) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise BackendError(f"model folder '{name}' has no config.json (not a transformers model folder)")
+            raise BackendError(
+                f"model folder '{name}' has no config.json (not a transformers model folder)"
+            )
         return path
     dist_name = PACKAGED_MODELS.get(name)
     folder = _packaged_folder(dist_name) if dist_name else None

@@ -40,8 +40,9 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress(description: str, total: int, unit: str, enabled: bool = True,
-             every_s: float = PLAIN_EVERY_S) -> Iterator[Callable[[int], None]]:
+def progress(
+    description: str, total: int, unit: str, enabled: bool = True, every_s: float = PLAIN_EVERY_S
+) -> Iterator[Callable[[int], None]]:
     """Yields `advance(n)`; shows the job as a bar on a terminal, else as a plain line on stderr
     every `every_s` seconds and at the end. Shows nothing when not `enabled` or `total` is 0."""
     console = Console(stderr=True)
@@ -49,8 +50,16 @@ def progress(description: str, total: int, unit: str, enabled: bool = True,
         yield lambda n=1: None
         return
     if console.is_terminal:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
-                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console) as bar:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(unit),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        ) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n=1: bar.advance(task, n)
         return
@@ -60,8 +69,11 @@ def progress(description: str, total: int, unit: str, enabled: bool = True,
     def line() -> None:
         nonlocal shown, last
         shown, last = done, time.monotonic()
-        print(f"{description}: {done}/{total} {unit} ({done / max(last - started, 1e-9):.1f}/s)", file=sys.stderr,
-              flush=True)
+        print(
+            f"{description}: {done}/{total} {unit} ({done / max(last - started, 1e-9):.1f}/s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def advance(n: int = 1) -> None:
         nonlocal done

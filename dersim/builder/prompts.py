@@ -20,11 +20,17 @@ def user_message(prompt: PromptSpec, question: Question, previous_answer: str | 
     return text + "\n\n" + prompt.ktp_template.replace("{previous_answer}", previous_answer)
 
 
-def render_request(prompt: PromptSpec, expert: ExpertSpec, question: Question,
-                   previous_answer: str | None) -> CallRequest:
+def render_request(
+    prompt: PromptSpec, expert: ExpertSpec, question: Question, previous_answer: str | None
+) -> CallRequest:
     """The full call for `expert` on `question` after `previous_answer` (None at the root)."""
     text = user_message(prompt, question, previous_answer)
     if expert.prompt_format == "completion":
         text = f"{expert.few_shot}{text}\nAnswer:"
-    return CallRequest(question=question, previous_answer=previous_answer, prompt=text,
-                       max_new_tokens=expert.max_new_tokens, stop=expert.stop)
+    return CallRequest(
+        question=question,
+        previous_answer=previous_answer,
+        prompt=text,
+        max_new_tokens=expert.max_new_tokens,
+        stop=expert.stop,
+    )

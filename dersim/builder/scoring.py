@@ -161,13 +161,16 @@ def _bertscorer(model: str, layer: int) -> BERTScorer:
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     n_layers = int(config.get("num_hidden_layers", 0))
     if not 0 < layer <= n_layers:
-        raise BackendError(f"[metrics].bertscore_layer = {layer} but model '{model}' has {n_layers} layers")
+        raise BackendError(
+            f"[metrics].bertscore_layer = {layer} but model '{model}' has {n_layers} layers"
+        )
     hub_offline()
     from bert_score import BERTScorer
 
     # The batch size is given to each score() call (bert-score ignores the constructor's).
-    scorer = BERTScorer(model_type=str(path), num_layers=layer, device="cpu", idf=False,
-                        rescale_with_baseline=False)
+    scorer = BERTScorer(
+        model_type=str(path), num_layers=layer, device="cpu", idf=False, rescale_with_baseline=False
+    )
     # bert-score truncates every text to the tokenizer's model_max_length; a folder whose tokenizer
     # config omits it would report ~1e30 and crash on long texts, so cap it at the position table.
     tokenizer = scorer._tokenizer
@@ -176,7 +179,9 @@ def _bertscorer(model: str, layer: int) -> BERTScorer:
     return scorer
 
 
-def _bertscore(answers: list[str], references: list[str], spec: MetricSpec) -> dict[str, np.ndarray]:
+def _bertscore(
+    answers: list[str], references: list[str], spec: MetricSpec
+) -> dict[str, np.ndarray]:
     """Precision, recall and F1 columns; pairs with an empty side score 0 without running the model.
 
     bert-score embeds the distinct texts of a call once (so scoring all states of a question
@@ -187,10 +192,16 @@ def _bertscore(answers: list[str], references: list[str], spec: MetricSpec) -> d
     eval mode (no dropout): equal inputs give equal scores.
     """
     out = {name: np.zeros(len(answers), dtype=np.float32) for name in BERTSCORE_COLUMNS}
-    todo = [i for i, (a, r) in enumerate(zip(answers, references, strict=True)) if a.strip() and r.strip()]
+    todo = [
+        i
+        for i, (a, r) in enumerate(zip(answers, references, strict=True))
+        if a.strip() and r.strip()
+    ]
     if todo:
         scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
-        p, r, f = scorer.score([answers[i] for i in todo], [references[i] for i in todo], batch_size=1)
+        p, r, f = scorer.score(
+            [answers[i] for i in todo], [references[i] for i in todo], batch_size=1
+        )
         for name, values in zip(BERTSCORE_COLUMNS, (p, r, f), strict=True):
             # Clipped: an answer equal to a short reference scores 1.0000001 in float32, and a
             # cosine can in principle be negative; caches hold every metric in [0, 1].
@@ -217,11 +228,16 @@ _LABEL_CHECKS: dict[str, tuple[Callable[[str], object], str]] = {
 
 def metric_columns(spec: MetricSpec) -> list[str]:
     """The state-table columns that `spec` produces, in order."""
-    return [c for name in spec.names
-            for c in (BERTSCORE_COLUMNS if name == "bertscore" else (_TEXT_METRICS[name][0],))]
+    return [
+        c
+        for name in spec.names
+        for c in (BERTSCORE_COLUMNS if name == "bertscore" else (_TEXT_METRICS[name][0],))
+    ]
 
 
-def score_answers(answers: list[str], questions: list[Question], spec: MetricSpec) -> dict[str, np.ndarray]:
+def score_answers(
+    answers: list[str], questions: list[Question], spec: MetricSpec
+) -> dict[str, np.ndarray]:
     """One float32 column per metric of `spec.names` for answers[i] against questions[i]."""
     if len(answers) != len(questions):
         raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
@@ -232,15 +248,18 @@ def score_answers(answers: list[str], questions: list[Question], spec: MetricSpe
         if name in spec.names:
             bad = next((q for q in questions if check(q.label) is None), None)
             if bad is not None:
-                raise DatasetError(f"question '{bad.question_id}': metric {name} needs {what}, "
-                                   f"got {bad.label!r}")
+                raise DatasetError(
+                    f"question '{bad.question_id}': metric {name} needs {what}, got {bad.label!r}"
+                )
     columns: dict[str, np.ndarray] = {}
     for name in spec.names:
         if name == "bertscore":
             columns.update(_bertscore(answers, [q.reference for q in questions], spec))
             continue
         column, metric = _TEXT_METRICS[name]
-        values = [metric(a, q) if a.strip() else 0.0 for a, q in zip(answers, questions, strict=True)]
+        values = [
+            metric(a, q) if a.strip() else 0.0 for a, q in zip(answers, questions, strict=True)
+        ]
         columns[column] = np.array(values, dtype=np.float32)
     return columns
 
@@ -249,10 +268,14 @@ def metric_manifest(spec: MetricSpec) -> dict[str, Any]:
     """How each metric of `spec` is defined, for the cache manifest (loads the BERTScore model)."""
     text = "SQuAD-normalised tokens (lower case, no punctuation, no articles), best over references"
     described: dict[str, dict[str, Any]] = {
-        "accuracy_yesno": {"description": "1 if the explicit 'answer is yes/no', else the first yes/no "
-                                          "word, equals the label"},
-        "exact_match_number": {"description": "1 if the last number (commas, decimals, sign, %, a / b "
-                                              "and a : b as ratios) equals the label's, rel. tol. 1e-6"},
+        "accuracy_yesno": {
+            "description": "1 if the explicit 'answer is yes/no', else the first yes/no "
+            "word, equals the label"
+        },
+        "exact_match_number": {
+            "description": "1 if the last number (commas, decimals, sign, %, a / b "
+            "and a : b as ratios) equals the label's, rel. tol. 1e-6"
+        },
         "token_f1": {"description": f"token F1 on {text}"},
         "rouge_l": {"description": f"ROUGE-L F-measure (LCS, beta 1) on {text}"},
     }
@@ -262,7 +285,7 @@ def metric_manifest(spec: MetricSpec) -> dict[str, Any]:
             scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
             entry = {
                 "description": "BERTScore of the answer against question.reference, clipped to [0, 1]; 0 for an "
-                               "empty answer",
+                "empty answer",
                 "model": spec.bertscore_model,
                 "path": str(local_model_path(spec.bertscore_model)),
                 "num_layers": spec.bertscore_layer,

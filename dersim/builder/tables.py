@@ -24,18 +24,23 @@ def state_offsets(graphs: list[QuestionGraph]) -> np.ndarray:
 
 def questions_table(graphs: list[QuestionGraph]) -> pa.Table:
     offsets = state_offsets(graphs)
-    return pa.table({
-        "question_id": [g.question.question_id for g in graphs],
-        "split": [g.question.split for g in graphs],
-        "question": [g.question.text for g in graphs],
-        "reference": [g.question.reference for g in graphs],
-        "references": [list(g.question.references) for g in graphs],
-        "label": [g.question.label for g in graphs],
-        "root_state_id": offsets.astype(np.int32),
-    }, schema=QUESTIONS_SCHEMA)
+    return pa.table(
+        {
+            "question_id": [g.question.question_id for g in graphs],
+            "split": [g.question.split for g in graphs],
+            "question": [g.question.text for g in graphs],
+            "reference": [g.question.reference for g in graphs],
+            "references": [list(g.question.references) for g in graphs],
+            "label": [g.question.label for g in graphs],
+            "root_state_id": offsets.astype(np.int32),
+        },
+        schema=QUESTIONS_SCHEMA,
+    )
 
 
-def states_table(graphs: list[QuestionGraph], scores: dict[str, np.ndarray], embeddings: np.ndarray) -> pa.Table:
+def states_table(
+    graphs: list[QuestionGraph], scores: dict[str, np.ndarray], embeddings: np.ndarray
+) -> pa.Table:
     """One row per state: ids, answer, depth, one column per metric, embedding."""
     n_states = sum(len(g.answers) for g in graphs)
     dim = embeddings.shape[1]
@@ -51,15 +56,28 @@ def states_table(graphs: list[QuestionGraph], scores: dict[str, np.ndarray], emb
     return pa.table(columns, schema=states_schema(list(scores), dim))
 
 
-def transitions_table(graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]]) -> pa.Table:
+def transitions_table(
+    graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]]
+) -> pa.Table:
     """One row per call made on the way: (state, expert) -> next state, tokens, latency, US dollars
     (from each expert's (input, output) price per million tokens), status."""
     offsets = state_offsets(graphs)
     rows = [
-        (offset + s, e, None if t < 0 else offset + t, r.prompt_tokens, r.completion_tokens, r.latency_s,
-         (r.prompt_tokens * usd_per_mtok[e][0] + r.completion_tokens * usd_per_mtok[e][1]) / 1e6,
-         r.status, r.error)
-        for g, offset in zip(graphs, offsets.tolist(), strict=True) for s, e, t, r in g.edges
+        (
+            offset + s,
+            e,
+            None if t < 0 else offset + t,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.latency_s,
+            (r.prompt_tokens * usd_per_mtok[e][0] + r.completion_tokens * usd_per_mtok[e][1]) / 1e6,
+            r.status,
+            r.error,
+        )
+        for g, offset in zip(graphs, offsets.tolist(), strict=True)
+        for s, e, t, r in g.edges
     ]
     names = TRANSITIONS_SCHEMA.names
-    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)}, schema=TRANSITIONS_SCHEMA)
+    return pa.table(
+        {name: [row[i] for row in rows] for i, name in enumerate(names)}, schema=TRANSITIONS_SCHEMA
+    )

@@ -21,7 +21,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dersim.cache.files import describe_error, missing_column, read_columns, read_manifest, table_schemas
+from dersim.cache.files import (
+    describe_error,
+    missing_column,
+    read_columns,
+    read_manifest,
+    table_schemas,
+)
 from dersim.cache.schema import (
     MANIFEST,
     QUESTIONS,
@@ -63,16 +69,22 @@ def _ids(frame: pl.DataFrame, column: str) -> np.ndarray:
     return frame[column].fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
 
-def _out_of_range(path: Path, column: str, values: np.ndarray, size: int, mask: np.ndarray | None = None) -> list[str]:
+def _out_of_range(
+    path: Path, column: str, values: np.ndarray, size: int, mask: np.ndarray | None = None
+) -> list[str]:
     bad = (values < 0) | (values >= size)
     if mask is not None:
         bad &= mask
     if not bad.any():
         return []
-    return [f"{path}: {_values(int(bad.sum()), column)} outside 0..{size - 1} or missing ({_rows(bad)})"]
+    return [
+        f"{path}: {_values(int(bad.sum()), column)} outside 0..{size - 1} or missing ({_rows(bad)})"
+    ]
 
 
-def hash_problems(directory: Path, manifest: dict[str, Any], files: Iterable[str] = TABLE_FILES) -> list[str]:
+def hash_problems(
+    directory: Path, manifest: dict[str, Any], files: Iterable[str] = TABLE_FILES
+) -> list[str]:
     """Table files of `files` that are missing or whose sha256 differs from the manifest's."""
     problems = []
     for name in files:
@@ -84,7 +96,9 @@ def hash_problems(directory: Path, manifest: dict[str, Any], files: Iterable[str
     return problems
 
 
-def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], depth: int) -> list[str]:
+def states_problems(
+    path: Path, states: pl.DataFrame, metrics: Iterable[str], depth: int
+) -> list[str]:
     """Ids 0..S-1 in order, depths within 0..depth, question ids present, embeddings (when read)
     finite, metric values finite and within [0, 1]."""
     problems = []
@@ -94,18 +108,26 @@ def states_problems(path: Path, states: pl.DataFrame, metrics: Iterable[str], de
         problems.append(f"{path}: state_id is not 0..{len(ids) - 1} in order ({_rows(bad)})")
     problems += _out_of_range(path, "depth", _ids(states, "depth"), depth + 1)
     if states["question_id"].null_count():
-        problems.append(f"{path}: {_values(states['question_id'].null_count(), 'missing question_id')} "
-                        f"({_rows(states['question_id'].is_null().to_numpy())})")
+        problems.append(
+            f"{path}: {_values(states['question_id'].null_count(), 'missing question_id')} "
+            f"({_rows(states['question_id'].is_null().to_numpy())})"
+        )
     if "embedding" in states.columns and states.height:
-        problems += embedding_problems(path, np.asarray(states["embedding"].to_numpy()).reshape(states.height, -1))
+        problems += embedding_problems(
+            path, np.asarray(states["embedding"].to_numpy()).reshape(states.height, -1)
+        )
     for metric in metrics:
         column = states[metric]
         values = column.to_numpy().astype(np.float64, copy=False)
-        for label, bad in (("missing", column.is_null().to_numpy()),
-                           ("NaN", np.isnan(values) & ~column.is_null().to_numpy()),
-                           ("out-of-range (not within [0, 1])", ~np.isnan(values) & ((values < 0) | (values > 1)))):
+        for label, bad in (
+            ("missing", column.is_null().to_numpy()),
+            ("NaN", np.isnan(values) & ~column.is_null().to_numpy()),
+            ("out-of-range (not within [0, 1])", ~np.isnan(values) & ((values < 0) | (values > 1))),
+        ):
             if bad.any():
-                problems.append(f"{path}: {_values(int(bad.sum()), label)} in column '{metric}' ({_rows(bad)})")
+                problems.append(
+                    f"{path}: {_values(int(bad.sum()), label)} in column '{metric}' ({_rows(bad)})"
+                )
                 break
     return problems
 
@@ -117,42 +139,66 @@ def embedding_problems(path: Path, embeddings: np.ndarray) -> list[str]:
     if not bad.any():
         return []
     count = int(bad.sum())
-    return [f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values ({_rows(bad)})"]
+    return [
+        f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values ({_rows(bad)})"
+    ]
 
 
 def question_codes(states: pl.DataFrame) -> np.ndarray:
     """A small integer per state that is equal exactly when two states belong to the same question."""
-    return states["question_id"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64, copy=False)
+    return (
+        states["question_id"]
+        .cast(pl.Categorical)
+        .to_physical()
+        .to_numpy()
+        .astype(np.int64, copy=False)
+    )
 
 
-def questions_problems(path: Path, questions: pl.DataFrame, n_states: int,
-                       states: pl.DataFrame | None = None) -> list[str]:
+def questions_problems(
+    path: Path, questions: pl.DataFrame, n_states: int, states: pl.DataFrame | None = None
+) -> list[str]:
     """Root states in range; with `states`, each root is a depth-0 state of its own question."""
     roots = _ids(questions, "root_state_id")
     problems = _out_of_range(path, "root_state_id", roots, n_states)
     if problems or states is None:
         return problems
     own = states["question_id"].gather(roots) == questions["question_id"]
-    bad = ~(own.fill_null(False).to_numpy() & (states["depth"].gather(roots) == 0).fill_null(False).to_numpy())
+    bad = ~(
+        own.fill_null(False).to_numpy()
+        & (states["depth"].gather(roots) == 0).fill_null(False).to_numpy()
+    )
     if bad.any():
-        problems.append(f"{path}: {_values(int(bad.sum()), 'root_state_id')} not pointing at their question's "
-                        f"depth-0 state ({_rows(bad)})")
+        problems.append(
+            f"{path}: {_values(int(bad.sum()), 'root_state_id')} not pointing at their question's "
+            f"depth-0 state ({_rows(bad)})"
+        )
     return problems
 
 
-def transitions_problems(path: Path, transitions: pl.DataFrame, n_experts: int, n_states: int,
-                         codes: np.ndarray | None = None) -> list[str]:
+def transitions_problems(
+    path: Path,
+    transitions: pl.DataFrame,
+    n_experts: int,
+    n_states: int,
+    codes: np.ndarray | None = None,
+) -> list[str]:
     """Known statuses; state, expert and (for 'ok' calls) next state ids in range; one row per
     (state, expert); with the states' `question_codes`, no call that leads to another question."""
     status = transitions["status"]
     unknown = (~status.is_in([STATUS_OK, STATUS_FAILED])).fill_null(True).to_numpy()
     if unknown.any():
-        return [f"{path}: {_values(int(unknown.sum()), 'status')} not '{STATUS_OK}' or '{STATUS_FAILED}' "
-                f"({_rows(unknown)})"]
+        return [
+            f"{path}: {_values(int(unknown.sum()), 'status')} not '{STATUS_OK}' or '{STATUS_FAILED}' "
+            f"({_rows(unknown)})"
+        ]
     ok = (status == STATUS_OK).to_numpy()
     state, expert, nxt = (_ids(transitions, c) for c in ("state_id", "expert_id", "next_state_id"))
-    problems = (_out_of_range(path, "state_id", state, n_states) + _out_of_range(path, "expert_id", expert, n_experts)
-                + _out_of_range(path, "next_state_id", nxt, n_states, ok))
+    problems = (
+        _out_of_range(path, "state_id", state, n_states)
+        + _out_of_range(path, "expert_id", expert, n_experts)
+        + _out_of_range(path, "next_state_id", nxt, n_states, ok)
+    )
     if problems:
         return problems
     keys = np.sort(state * n_experts + expert)
@@ -162,8 +208,10 @@ def transitions_problems(path: Path, transitions: pl.DataFrame, n_experts: int, 
     if codes is not None:
         crossing = ok & (codes[state] != codes[np.where(ok, nxt, 0)])
         if crossing.any():
-            problems.append(f"{path}: {int(crossing.sum())} transitions lead to another question's state "
-                            f"({_rows(crossing)})")
+            problems.append(
+                f"{path}: {int(crossing.sum())} transitions lead to another question's state "
+                f"({_rows(crossing)})"
+            )
     return problems
 
 
@@ -176,12 +224,20 @@ def _n_states(path: Path) -> int:
         raise CacheFormatError(f"{path}: unreadable Parquet ({describe_error(exc)})") from None
 
 
-def content_problems(directory: Path, manifest: dict[str, Any], tables: dict[str, pl.DataFrame],
-                     metrics: Iterable[str]) -> list[str]:
+def content_problems(
+    directory: Path,
+    manifest: dict[str, Any],
+    tables: dict[str, pl.DataFrame],
+    metrics: Iterable[str],
+) -> list[str]:
     """The content checks on the `tables` given (file name -> frame holding at least
     `CHECKED_COLUMNS` and, for states, `metrics`); checks across tables run when both are given."""
     states = tables.get(STATES)
-    problems = [] if states is None else states_problems(directory / STATES, states, metrics, int(manifest["depth"]))
+    problems = (
+        []
+        if states is None
+        else states_problems(directory / STATES, states, metrics, int(manifest["depth"]))
+    )
     if problems:
         return problems
     n_states = states.height if states is not None else _n_states(directory / STATES)
@@ -189,20 +245,28 @@ def content_problems(directory: Path, manifest: dict[str, Any], tables: dict[str
         problems += questions_problems(directory / QUESTIONS, tables[QUESTIONS], n_states, states)
     if TRANSITIONS in tables:
         codes = None if states is None else question_codes(states)
-        problems += transitions_problems(directory / TRANSITIONS, tables[TRANSITIONS], len(manifest["experts"]),
-                                         n_states, codes)
+        problems += transitions_problems(
+            directory / TRANSITIONS, tables[TRANSITIONS], len(manifest["experts"]), n_states, codes
+        )
     return problems
 
 
 def raise_first(problems: list[str]) -> None:
     """Raise the first problem as a `CacheFormatError`; a changed hash gets the --no-verify hint."""
     if problems:
-        raise CacheFormatError(problems[0] + (NO_VERIFY_HINT if problems[0].endswith(HASH_DIFFERS) else ""))
+        raise CacheFormatError(
+            problems[0] + (NO_VERIFY_HINT if problems[0].endswith(HASH_DIFFERS) else "")
+        )
 
 
-def read_checked(directory: str | Path, columns: Mapping[str, Sequence[str] | None], *, verify_hashes: bool = True,
-                 metrics: Iterable[str] | None = None,
-                 embeddings: bool = True) -> tuple[dict[str, Any], dict[str, pa.Table]]:
+def read_checked(
+    directory: str | Path,
+    columns: Mapping[str, Sequence[str] | None],
+    *,
+    verify_hashes: bool = True,
+    metrics: Iterable[str] | None = None,
+    embeddings: bool = True,
+) -> tuple[dict[str, Any], dict[str, pa.Table]]:
     """The one checked read of the cache in `directory`: its manifest and, per table file named in
     `columns`, the columns asked for (None: every column). Raises a one-line `CacheFormatError` at
     the first problem.
@@ -219,8 +283,10 @@ def read_checked(directory: str | Path, columns: Mapping[str, Sequence[str] | No
     metrics = list(manifest["metric_columns"] if metrics is None else metrics)
     unknown = [m for m in metrics if m not in manifest["metric_columns"]]
     if unknown:
-        raise CacheFormatError(f"{directory / MANIFEST}: no metric '{unknown[0]}' (metrics: "
-                               f"{', '.join(manifest['metric_columns'])})")
+        raise CacheFormatError(
+            f"{directory / MANIFEST}: no metric '{unknown[0]}' (metrics: "
+            f"{', '.join(manifest['metric_columns'])})"
+        )
     if verify_hashes:
         raise_first(hash_problems(directory, manifest, files))
     schemas = table_schemas(manifest, metrics)
@@ -229,8 +295,11 @@ def read_checked(directory: str | Path, columns: Mapping[str, Sequence[str] | No
     for name in files:
         needed = [*CHECKED_COLUMNS[name], *extra.get(name, ())]
         wanted = columns[name]
-        table = read_columns(directory / name, None if wanted is None else list(dict.fromkeys([*needed, *wanted])),
-                             schemas[name])
+        table = read_columns(
+            directory / name,
+            None if wanted is None else list(dict.fromkeys([*needed, *wanted])),
+            schemas[name],
+        )
         absent = [c for c in needed if c not in table.column_names]
         if absent:
             raise CacheFormatError(missing_column(directory / name, absent[0]))
@@ -240,8 +309,19 @@ def read_checked(directory: str | Path, columns: Mapping[str, Sequence[str] | No
     return manifest, tables
 
 
-def check_cache(directory: str | Path, files: Iterable[str] = TABLE_FILES, *, verify_hashes: bool = True,
-                metrics: Iterable[str] | None = None, embeddings: bool = True) -> dict[str, Any]:
+def check_cache(
+    directory: str | Path,
+    files: Iterable[str] = TABLE_FILES,
+    *,
+    verify_hashes: bool = True,
+    metrics: Iterable[str] | None = None,
+    embeddings: bool = True,
+) -> dict[str, Any]:
     """`read_checked` of `files` (table file names) for its checks alone: the manifest."""
-    return read_checked(directory, dict.fromkeys(files, ()), verify_hashes=verify_hashes, metrics=metrics,
-                        embeddings=embeddings)[0]
+    return read_checked(
+        directory,
+        dict.fromkeys(files, ()),
+        verify_hashes=verify_hashes,
+        metrics=metrics,
+        embeddings=embeddings,
+    )[0]

@@ -21,9 +21,12 @@ def cache_group() -> None:
 @cache_group.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("--no-verify", is_flag=True,
-              help="Skip the sha256 check of the tables against the manifest (for speed on trusted caches; "
-                   "ids and scores are still checked).")
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the sha256 check of the tables against the manifest (for speed on trusted caches; "
+    "ids and scores are still checked).",
+)
 def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
     """Sizes, per-expert quality and cost, oracle scores of the cache in DIRECTORY.
 
@@ -40,41 +43,81 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     out = table_console()
-    out.print(f"[bold]{summary['path']}[/bold]  dataset {summary['dataset']}  depth {summary['depth']}")
-    out.print(f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
-              f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}")
+    out.print(
+        f"[bold]{summary['path']}[/bold]  dataset {summary['dataset']}  depth {summary['depth']}"
+    )
+    out.print(
+        f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
+        f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}"
+    )
     metrics = summary["metrics"]
-    table = Table("expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @1" for m in metrics])
+    table = Table(
+        "expert", "params (B)", "calls", "s/call", "USD/call", *[f"{m} @1" for m in metrics]
+    )
     table.columns[0].no_wrap = True
     for e in summary["experts"]:
         params = "?" if e["params_b"] is None else f"{e['params_b']:g}"
-        table.add_row(e["name"], params, str(e["calls"]), _fmt(e["mean_latency_s"], 3),
-                      _fmt(e["mean_cost_usd"], 6), *[_fmt(e["depth1"][m]) for m in metrics])
-    for label, key in (("oracle: best expert/q", "oracle_single_call"),
-                       ("oracle: best state/q", "oracle_any_state")):
+        table.add_row(
+            e["name"],
+            params,
+            str(e["calls"]),
+            _fmt(e["mean_latency_s"], 3),
+            _fmt(e["mean_cost_usd"], 6),
+            *[_fmt(e["depth1"][m]) for m in metrics],
+        )
+    for label, key in (
+        ("oracle: best expert/q", "oracle_single_call"),
+        ("oracle: best state/q", "oracle_any_state"),
+    ):
         table.add_row(label, "", "", "", "", *[_fmt(summary[key].get(m)) for m in metrics])
     for q in ANSWER_QUANTILES:
-        table.add_row(f"answers: {q:.0%} score <=", "", "", "", "",
-                      *[_fmt(summary["answer_score_quantiles"][m][f"{q:g}"]) for m in metrics], style="dim")
+        table.add_row(
+            f"answers: {q:.0%} score <=",
+            "",
+            "",
+            "",
+            "",
+            *[_fmt(summary["answer_score_quantiles"][m][f"{q:g}"]) for m in metrics],
+            style="dim",
+        )
     out.print(table)
     if summary["depth"] > 1:
-        steps = Table("expert", "call", *metrics, title="mean score when the expert makes call d "
-                                                        "(over every route of d - 1 earlier calls)")
+        steps = Table(
+            "expert",
+            "call",
+            *metrics,
+            title="mean score when the expert makes call d "
+            "(over every route of d - 1 earlier calls)",
+        )
         for e in summary["experts"]:
             for d in range(summary["depth"]):
-                steps.add_row(e["name"] if d == 0 else "", str(d + 1), *[_fmt(e["by_step"][m][d]) for m in metrics],
-                              end_section=d == summary["depth"] - 1)
+                steps.add_row(
+                    e["name"] if d == 0 else "",
+                    str(d + 1),
+                    *[_fmt(e["by_step"][m][d]) for m in metrics],
+                    end_section=d == summary["depth"] - 1,
+                )
         out.print(steps)
     sizes = {e["name"]: e["params_b"] for e in summary["experts"]}
-    scales = ", ".join(f"{mode} {'?' if v is None else f'{v:.4g} {COST_UNITS[mode]}'}"
-                       for mode, v in summary["cost_scale"].items())
-    out.print(f"cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = 1 "
-              f"prices such a call at the whole score range): {scales}")
+    scales = ", ".join(
+        f"{mode} {'?' if v is None else f'{v:.4g} {COST_UNITS[mode]}'}"
+        for mode, v in summary["cost_scale"].items()
+    )
+    out.print(
+        f"cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = 1 "
+        f"prices such a call at the whole score range): {scales}"
+    )
     for metric, best in summary["best_fixed_route"].items():
         if best:
-            cost = "?" if any(sizes[name] is None for name in best["route"]) else f"{best['params_b']:g}"
-            out.print(f"best fixed route by {metric}: {' -> '.join(best['route'])}  "
-                      f"score {best['score']:.4f}  cost {cost} B params")
+            cost = (
+                "?"
+                if any(sizes[name] is None for name in best["route"])
+                else f"{best['params_b']:g}"
+            )
+            out.print(
+                f"best fixed route by {metric}: {' -> '.join(best['route'])}  "
+                f"score {best['score']:.4f}  cost {cost} B params"
+            )
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

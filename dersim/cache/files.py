@@ -37,13 +37,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise CacheFormatError(f"{directory}: not a cache directory")
     if (directory / WRITING_MARKER).exists():
-        raise CacheFormatError(f"{directory}: its tables are being written, or their last write was interrupted "
-                               "(killed?); if no build or import is running, rerun the one that wrote it")
+        raise CacheFormatError(
+            f"{directory}: its tables are being written, or their last write was interrupted "
+            "(killed?); if no build or import is running, rerun the one that wrote it"
+        )
     raw = _read_bytes(path, f"is {directory} a finished cache?")
-    if _read_bytes(directory / MANIFEST_HASH, "written by an older dersim? rebuild or re-import the cache") \
-            != manifest_hash_line(raw).encode():
-        raise CacheFormatError(f"{path}: does not match {MANIFEST_HASH} (edited or damaged since it was written; "
-                               "rebuild or re-import the cache)")
+    if (
+        _read_bytes(
+            directory / MANIFEST_HASH, "written by an older dersim? rebuild or re-import the cache"
+        )
+        != manifest_hash_line(raw).encode()
+    ):
+        raise CacheFormatError(
+            f"{path}: does not match {MANIFEST_HASH} (edited or damaged since it was written; "
+            "rebuild or re-import the cache)"
+        )
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -83,7 +91,9 @@ def missing_column(path: Path, name: str) -> str:
     return f"{path}: missing column '{name}' (written by another dersim version? rebuild or re-import it)"
 
 
-def read_columns(path: Path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+def read_columns(
+    path: Path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
     """`columns` of the Parquet file `path` (all when None) as an Arrow table, or a one-line
     `CacheFormatError` naming the file: missing, unreadable (truncated, damaged), lacking a column,
     or (when `schema` is given) holding one of `schema`'s columns it reads with another type."""
@@ -97,25 +107,41 @@ def read_columns(path: Path, columns: Sequence[str] | None = None, schema: pa.Sc
         if name not in found.names:
             raise CacheFormatError(missing_column(path, name))
     for field in schema or ():
-        if field.name in found.names and (columns is None or field.name in columns) \
-                and not found.field(field.name).type.equals(field.type):
-            raise CacheFormatError(f"{path}: column '{field.name}' has type {found.field(field.name).type}, "
-                                   f"expected {field.type}")
+        if (
+            field.name in found.names
+            and (columns is None or field.name in columns)
+            and not found.field(field.name).type.equals(field.type)
+        ):
+            raise CacheFormatError(
+                f"{path}: column '{field.name}' has type {found.field(field.name).type}, "
+                f"expected {field.type}"
+            )
     try:
         return pq.read_table(path, columns=list(columns) if columns is not None else None)
     except Exception as exc:  # a damaged page shows only when it is decoded
         raise CacheFormatError(f"{path}: unreadable Parquet ({describe_error(exc)})") from None
 
 
-def table_schemas(manifest: dict[str, Any], metrics: Iterable[str] | None = None) -> dict[str, pa.Schema]:
+def table_schemas(
+    manifest: dict[str, Any], metrics: Iterable[str] | None = None
+) -> dict[str, pa.Schema]:
     """Table file name -> the schema the manifest implies (states with the `metrics` columns,
     default all of the manifest's, and its embedding dimension)."""
     metrics = list(manifest["metric_columns"] if metrics is None else metrics)
     dim = int(manifest.get("embedding", {}).get("dim", 0) or 0)
-    return {QUESTIONS: QUESTIONS_SCHEMA, STATES: states_schema(metrics, dim), TRANSITIONS: TRANSITIONS_SCHEMA}
+    return {
+        QUESTIONS: QUESTIONS_SCHEMA,
+        STATES: states_schema(metrics, dim),
+        TRANSITIONS: TRANSITIONS_SCHEMA,
+    }
 
 
 def embedding_matrix(table: pa.Table) -> np.ndarray:
     """float32 [S, d]: the fixed-size-list `embedding` column of `table` as one array."""
     column = table["embedding"].combine_chunks()
-    return column.flatten().to_numpy().astype(np.float32).reshape(table.num_rows, column.type.list_size)
+    return (
+        column.flatten()
+        .to_numpy()
+        .astype(np.float32)
+        .reshape(table.num_rows, column.type.list_size)
+    )

@@ -11,7 +11,12 @@ from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
 from dersim.cache.schema import STATUS_OK, is_imported
 
-ANSWER_QUANTILES = (0.25, 0.5, 0.75, 0.9)  # where to put p0: the share of answers it calls good enough
+ANSWER_QUANTILES = (
+    0.25,
+    0.5,
+    0.75,
+    0.9,
+)  # where to put p0: the share of answers it calls good enough
 
 
 def _calls(cache: Cache) -> pl.DataFrame:
@@ -30,17 +35,29 @@ def cost_scales(cache: Cache) -> dict[str, float | None]:
     over the train questions' calls, in the mode's unit); None where the cache records no such cost."""
     ok = cache.transitions.filter(pl.col("status") == STATUS_OK)
     train_ids = cache.questions.filter(pl.col("split") == "train")["question_id"].implode()
-    train_states = cache.states.select("state_id", pl.col("question_id").is_in(train_ids).alias("train"))
-    train_calls = ok.join(train_states, on="state_id", how="left")["train"].fill_null(False).to_numpy()
+    train_states = cache.states.select(
+        "state_id", pl.col("question_id").is_in(train_ids).alias("train")
+    )
+    train_calls = (
+        ok.join(train_states, on="state_id", how="left")["train"].fill_null(False).to_numpy()
+    )
     params = [e.get("params_b") for e in cache.manifest["experts"]]
     scales: dict[str, float | None] = {}
     for mode in COST_MODES:
         try:
-            costs = per_call_costs(mode, ok["expert_id"].to_numpy(), params, ok["prompt_tokens"].to_numpy(),
-                                   ok["completion_tokens"].to_numpy(), ok["latency_s"].to_numpy(),
-                                   ok["cost_usd"].to_numpy(), str(cache.path))
-            scales[mode] = auto_cost_scale(costs, ok["expert_id"].to_numpy(), len(params), train_calls, mode,
-                                           str(cache.path))
+            costs = per_call_costs(
+                mode,
+                ok["expert_id"].to_numpy(),
+                params,
+                ok["prompt_tokens"].to_numpy(),
+                ok["completion_tokens"].to_numpy(),
+                ok["latency_s"].to_numpy(),
+                ok["cost_usd"].to_numpy(),
+                str(cache.path),
+            )
+            scales[mode] = auto_cost_scale(
+                costs, ok["expert_id"].to_numpy(), len(params), train_calls, mode, str(cache.path)
+            )
         except CostError:
             scales[mode] = None
     return scales
@@ -52,13 +69,21 @@ def _known_usage(manifest: dict[str, Any], expert: dict[str, Any]) -> dict[str, 
     US dollars when the expert has token prices."""
     if is_imported(manifest):
         settings = manifest.get("import", {})
-        given = {key: not str(settings.get(key, "")).startswith("not in the source")
-                 for key in ("latency_s", "tokens", "cost_usd")}
+        given = {
+            key: not str(settings.get(key, "")).startswith("not in the source")
+            for key in ("latency_s", "tokens", "cost_usd")
+        }
     else:
-        given = {"latency_s": True, "tokens": True,
-                 "cost_usd": bool(expert.get("usd_per_mtok_in") or expert.get("usd_per_mtok_out"))}
-    return {"mean_latency_s": given["latency_s"], "mean_completion_tokens": given["tokens"],
-            "mean_cost_usd": given["cost_usd"]}
+        given = {
+            "latency_s": True,
+            "tokens": True,
+            "cost_usd": bool(expert.get("usd_per_mtok_in") or expert.get("usd_per_mtok_out")),
+        }
+    return {
+        "mean_latency_s": given["latency_s"],
+        "mean_completion_tokens": given["tokens"],
+        "mean_cost_usd": given["cost_usd"],
+    }
 
 
 def cache_summary(cache: Cache) -> dict[str, Any]:
@@ -74,20 +99,33 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     s, t, q = cache.states, cache.transitions, cache.questions
     metrics = cache.metric_columns
     names = cache.expert_names
-    first = (t.join(q.select("root_state_id"), left_on="state_id", right_on="root_state_id")
-              .filter(pl.col("status") == STATUS_OK)
-              .join(s.select(["state_id", *metrics]), left_on="next_state_id", right_on="state_id"))
-    per_expert = (first.group_by("expert_id").agg([pl.col(m).mean() for m in metrics])
-                  .sort("expert_id").to_dicts())
+    first = (
+        t.join(q.select("root_state_id"), left_on="state_id", right_on="root_state_id")
+        .filter(pl.col("status") == STATUS_OK)
+        .join(s.select(["state_id", *metrics]), left_on="next_state_id", right_on="state_id")
+    )
+    per_expert = (
+        first.group_by("expert_id")
+        .agg([pl.col(m).mean() for m in metrics])
+        .sort("expert_id")
+        .to_dicts()
+    )
     made = _calls(cache)
     answered = pl.col("status") == STATUS_OK
-    calls = (made.group_by("expert_id").agg(
-        calls=answered.sum() if is_imported(cache.manifest) else pl.len(),  # a missing answer was no call
-        failed=(pl.col("status") != STATUS_OK).sum(),
-        mean_latency_s=pl.col("latency_s").mean(),
-        mean_completion_tokens=pl.col("completion_tokens").mean(),
-        mean_cost_usd=pl.col("cost_usd").mean(),
-    ).sort("expert_id").to_dicts())
+    calls = (
+        made.group_by("expert_id")
+        .agg(
+            calls=answered.sum()
+            if is_imported(cache.manifest)
+            else pl.len(),  # a missing answer was no call
+            failed=(pl.col("status") != STATUS_OK).sum(),
+            mean_latency_s=pl.col("latency_s").mean(),
+            mean_completion_tokens=pl.col("completion_tokens").mean(),
+            mean_cost_usd=pl.col("cost_usd").mean(),
+        )
+        .sort("expert_id")
+        .to_dicts()
+    )
     by_id = {row["expert_id"]: row for row in calls}
     by_step = expert_scores_by_step(cache, metrics)
     experts = []
@@ -95,18 +133,33 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         depth1 = next((row for row in per_expert if row["expert_id"] == index), {})
         usage = by_id.get(index, {})
         known = _known_usage(cache.manifest, spec)
-        experts.append({
-            "name": names[index], "backend": spec.get("backend"), "params_b": spec.get("params_b"),
-            "calls": usage.get("calls", 0), "failed": usage.get("failed", 0),
-            **{key: usage.get(key) if known[key] else None
-               for key in ("mean_latency_s", "mean_completion_tokens", "mean_cost_usd")},
-            "depth1": {m: depth1.get(m) for m in metrics},
-            "by_step": {m: by_step[m][index] for m in metrics},
-        })
-    oracle_single = (first.group_by("state_id").agg([pl.col(m).max() for m in metrics])
-                     .select([pl.col(m).mean() for m in metrics]).to_dicts())
-    oracle_any = (s.group_by("question_id").agg([pl.col(m).max() for m in metrics])
-                  .select([pl.col(m).mean() for m in metrics]).to_dicts())
+        experts.append(
+            {
+                "name": names[index],
+                "backend": spec.get("backend"),
+                "params_b": spec.get("params_b"),
+                "calls": usage.get("calls", 0),
+                "failed": usage.get("failed", 0),
+                **{
+                    key: usage.get(key) if known[key] else None
+                    for key in ("mean_latency_s", "mean_completion_tokens", "mean_cost_usd")
+                },
+                "depth1": {m: depth1.get(m) for m in metrics},
+                "by_step": {m: by_step[m][index] for m in metrics},
+            }
+        )
+    oracle_single = (
+        first.group_by("state_id")
+        .agg([pl.col(m).max() for m in metrics])
+        .select([pl.col(m).mean() for m in metrics])
+        .to_dicts()
+    )
+    oracle_any = (
+        s.group_by("question_id")
+        .agg([pl.col(m).max() for m in metrics])
+        .select([pl.col(m).mean() for m in metrics])
+        .to_dicts()
+    )
     depth_counts = s.group_by("depth").len().sort("depth")
     answers = s.filter(pl.col("depth") > 0)
     quantiles = {m: {f"{q:g}": answers[m].quantile(q) for q in ANSWER_QUANTILES} for m in metrics}

@@ -44,10 +44,15 @@ def open_cache(directory: str | Path, *, check: bool = True, verify_hashes: bool
     directory = Path(directory)
     schemas = table_schemas(read_manifest(directory))
     if check:
-        manifest, tables = read_checked(directory, {name: schema.names for name, schema in schemas.items()},
-                                        verify_hashes=verify_hashes)
+        manifest, tables = read_checked(
+            directory,
+            {name: schema.names for name, schema in schemas.items()},
+            verify_hashes=verify_hashes,
+        )
     else:
         manifest = read_manifest(directory)
-        tables = {name: read_columns(directory / name, schema.names) for name, schema in schemas.items()}
+        tables = {
+            name: read_columns(directory / name, schema.names) for name, schema in schemas.items()
+        }
     frames = {name: pl.from_arrow(table) for name, table in tables.items()}
     return Cache(directory, manifest, *(frames[name] for name in (QUESTIONS, STATES, TRANSITIONS)))  # type: ignore[arg-type]

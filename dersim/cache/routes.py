@@ -61,8 +61,14 @@ def next_state_matrix(cache: Cache) -> np.ndarray:
     return table
 
 
-def replay(routes: np.ndarray, roots: np.ndarray, tables: RouteTables, p0: float = 0.0,
-           stop_at_p0: bool = False, with_path: bool = False) -> Outcome:
+def replay(
+    routes: np.ndarray,
+    roots: np.ndarray,
+    tables: RouteTables,
+    p0: float = 0.0,
+    stop_at_p0: bool = False,
+    with_path: bool = False,
+) -> Outcome:
     """Replay routes [..., Q, L] (`routes[..., q, :]` from `roots[q]`, -1 = no more calls) with
     knowledge transfer, stopping once the answer's score reaches p0 if asked (that reads the
     reference). A call that is not in the cache ends the route at state -1."""
@@ -89,8 +95,9 @@ def replay(routes: np.ndarray, roots: np.ndarray, tables: RouteTables, p0: float
     return Outcome(state, calls, cost, path=np.stack(path, axis=-1) if with_path else None)
 
 
-def replay_from_root(routes: np.ndarray, roots: np.ndarray, tables: RouteTables,
-                     keep: np.ndarray | None = None) -> Outcome:
+def replay_from_root(
+    routes: np.ndarray, roots: np.ndarray, tables: RouteTables, keep: np.ndarray | None = None
+) -> Outcome:
     """Replay routes [Q, L] without knowledge transfer: every call answers the question from its
     root, and the final answer is call `keep[q]`'s (default: the last call's); a route without calls
     ends at the root (no answer). -1 where a kept call is not in the cache."""
@@ -98,8 +105,11 @@ def replay_from_root(routes: np.ndarray, roots: np.ndarray, tables: RouteTables,
     made = routes >= 0
     experts = np.maximum(routes, 0)
     answers = tables.next_state[roots[:, None], experts]  # [Q, L]
-    cost = (np.zeros(len(roots)) if tables.cost is None
-            else np.where(made, tables.cost[roots[:, None], experts], 0.0).sum(axis=1))
+    cost = (
+        np.zeros(len(roots))
+        if tables.cost is None
+        else np.where(made, tables.cost[roots[:, None], experts], 0.0).sum(axis=1)
+    )
     n_calls = made.sum(axis=1)
     keep = n_calls - 1 if keep is None else np.asarray(keep, dtype=np.int64)
     final = np.where(n_calls > 0, answers[np.arange(len(roots)), np.maximum(keep, 0)], roots)
@@ -143,12 +153,24 @@ def all_routes(n_experts: int, depth: int) -> list[tuple[int, ...]]:
     return routes
 
 
-def best_fixed_route(tables: RouteTables, train_roots: np.ndarray, t_max: int, n_experts: int, p0: float = 0.0,
-                     stop_at_p0: bool = False) -> tuple[int, ...]:
+def best_fixed_route(
+    tables: RouteTables,
+    train_roots: np.ndarray,
+    t_max: int,
+    n_experts: int,
+    p0: float = 0.0,
+    stop_at_p0: bool = False,
+) -> tuple[int, ...]:
     """The route of at most T_max calls with the best mean final score on the train questions."""
     routes = all_routes(n_experts, t_max)
-    scores = [tables.score[replay(fixed_route(r, len(train_roots)), train_roots, tables, p0,
-                                  stop_at_p0).final_state].mean() for r in routes]
+    scores = [
+        tables.score[
+            replay(
+                fixed_route(r, len(train_roots)), train_roots, tables, p0, stop_at_p0
+            ).final_state
+        ].mean()
+        for r in routes
+    ]
     return routes[int(np.argmax(scores))]
 
 
@@ -156,7 +178,9 @@ def best_fixed_routes(cache: Cache, metric: str, split: str | None = None) -> li
     """Every fixed route's mean final `metric` and mean parameter cost, best first.
 
     A route is scored only if it replays for every question of the split (complete caches)."""
-    questions = cache.questions if split is None else cache.questions.filter(pl.col("split") == split)
+    questions = (
+        cache.questions if split is None else cache.questions.filter(pl.col("split") == split)
+    )
     roots = questions["root_state_id"].to_numpy()
     scores = cache.states[metric].to_numpy()
     next_state = next_state_matrix(cache)
@@ -165,8 +189,13 @@ def best_fixed_routes(cache: Cache, metric: str, split: str | None = None) -> li
     for route in all_routes(next_state.shape[1], cache.depth):
         final = final_states(route, roots, next_state)
         if len(final) and (final >= 0).all():
-            results.append({"route": [cache.expert_names[e] for e in route], "score": float(scores[final].mean()),
-                            "params_b": float(params[list(route)].sum())})
+            results.append(
+                {
+                    "route": [cache.expert_names[e] for e in route],
+                    "score": float(scores[final].mean()),
+                    "params_b": float(params[list(route)].sum()),
+                }
+            )
     return sorted(results, key=lambda r: (-r["score"], r["params_b"], len(r["route"])))
 
 
@@ -179,7 +208,9 @@ def expert_scores_by_step(cache: Cache, metrics: list[str]) -> dict[str, list[li
     scores = {m: cache.states[m].to_numpy() for m in metrics}
     next_state = next_state_matrix(cache)
     n_experts = next_state.shape[1]
-    means: dict[str, list[list[float | None]]] = {m: [[] for _ in range(n_experts)] for m in metrics}
+    means: dict[str, list[list[float | None]]] = {
+        m: [[] for _ in range(n_experts)] for m in metrics
+    }
     for step in range(1, cache.depth + 1):
         prefixes = list(itertools.product(range(n_experts), repeat=step - 1))
         starts = np.concatenate([final_states(prefix, roots, next_state) for prefix in prefixes])
@@ -187,5 +218,7 @@ def expert_scores_by_step(cache: Cache, metrics: list[str]) -> dict[str, list[li
             final = final_states((expert,), starts, next_state)
             final = final[final >= 0]
             for metric in metrics:
-                means[metric][expert].append(float(scores[metric][final].mean()) if len(final) else None)
+                means[metric][expert].append(
+                    float(scores[metric][final].mean()) if len(final) else None
+                )
     return means

@@ -36,27 +36,31 @@ DEDUP_NONE = "none"
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
-QUESTIONS_SCHEMA = pa.schema([
-    ("question_id", pa.string()),
-    ("split", pa.string()),
-    ("question", pa.string()),
-    ("reference", pa.string()),
-    ("references", pa.list_(pa.string())),
-    ("label", pa.string()),
-    ("root_state_id", pa.int32()),
-])
+QUESTIONS_SCHEMA = pa.schema(
+    [
+        ("question_id", pa.string()),
+        ("split", pa.string()),
+        ("question", pa.string()),
+        ("reference", pa.string()),
+        ("references", pa.list_(pa.string())),
+        ("label", pa.string()),
+        ("root_state_id", pa.int32()),
+    ]
+)
 
-TRANSITIONS_SCHEMA = pa.schema([
-    ("state_id", pa.int32()),
-    ("expert_id", pa.int16()),
-    ("next_state_id", pa.int32()),  # null when the call failed
-    ("prompt_tokens", pa.int32()),
-    ("completion_tokens", pa.int32()),
-    ("latency_s", pa.float32()),
-    ("cost_usd", pa.float32()),  # from the expert's token prices, or as imported
-    ("status", pa.string()),
-    ("error", pa.string()),
-])
+TRANSITIONS_SCHEMA = pa.schema(
+    [
+        ("state_id", pa.int32()),
+        ("expert_id", pa.int16()),
+        ("next_state_id", pa.int32()),  # null when the call failed
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("latency_s", pa.float32()),
+        ("cost_usd", pa.float32()),  # from the expert's token prices, or as imported
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
 
 
 def is_imported(manifest: dict[str, Any]) -> bool:
@@ -66,14 +70,16 @@ def is_imported(manifest: dict[str, Any]) -> bool:
 
 def states_schema(metric_columns: list[str], dim: int) -> pa.Schema:
     """`states.parquet`: fixed columns, then one float32 column per metric, then the embedding."""
-    return pa.schema([
-        ("state_id", pa.int32()),
-        ("question_id", pa.string()),
-        ("answer", pa.string()),
-        ("depth", pa.int16()),
-        *[(name, pa.float32()) for name in metric_columns],
-        ("embedding", pa.list_(pa.float32(), dim)),
-    ])
+    return pa.schema(
+        [
+            ("state_id", pa.int32()),
+            ("question_id", pa.string()),
+            ("answer", pa.string()),
+            ("depth", pa.int16()),
+            *[(name, pa.float32()) for name in metric_columns],
+            ("embedding", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -104,8 +110,14 @@ def fsync_directory(directory: Path) -> None:
 def write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 6) -> None:
     """Write `table` to `path` with deterministic bytes (fixed settings, no timestamps), atomically."""
     tmp = path.with_name(f".tmp-{path.name}")
-    pq.write_table(table, tmp, compression="zstd", compression_level=compression_level, write_statistics=True,
-                   store_schema=True)
+    pq.write_table(
+        table,
+        tmp,
+        compression="zstd",
+        compression_level=compression_level,
+        write_statistics=True,
+        store_schema=True,
+    )
     _fsync_replace(tmp, path)
 
 

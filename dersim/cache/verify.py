@@ -40,8 +40,11 @@ NORM_TOLERANCE = 1e-3
 
 def _check_schemas(cache: Cache) -> list[str]:
     dim = int(cache.manifest.get("embedding", {}).get("dim", 0))
-    expected = {QUESTIONS: QUESTIONS_SCHEMA, TRANSITIONS: TRANSITIONS_SCHEMA,
-                STATES: states_schema(cache.metric_columns, dim)}
+    expected = {
+        QUESTIONS: QUESTIONS_SCHEMA,
+        TRANSITIONS: TRANSITIONS_SCHEMA,
+        STATES: states_schema(cache.metric_columns, dim),
+    }
     problems = []
     for name, schema in expected.items():
         actual = pq.read_schema(cache.path / name)
@@ -49,8 +52,10 @@ def _check_schemas(cache: Cache) -> list[str]:
             if field.name not in actual.names:
                 problems.append(f"{cache.path / name}: missing column '{field.name}'")
             elif not actual.field(field.name).type.equals(field.type):
-                problems.append(f"{cache.path / name}: column '{field.name}' has type "
-                                f"{actual.field(field.name).type}, expected {field.type}")
+                problems.append(
+                    f"{cache.path / name}: column '{field.name}' has type "
+                    f"{actual.field(field.name).type}, expected {field.type}"
+                )
     return problems
 
 
@@ -75,9 +80,12 @@ def _check_states(cache: Cache) -> list[str]:
     if cache.manifest.get("dedup") == DEDUP_BY_ANSWER:
         # The same normalisation as dersim.builder.expand.normalise_answer, vectorised.
         keys = s.filter(pl.col("depth") > 0).select(
-            "question_id", pl.col("answer").str.replace_all(r"\s+", " ").str.strip_chars())
+            "question_id", pl.col("answer").str.replace_all(r"\s+", " ").str.strip_chars()
+        )
         if keys.is_duplicated().any():
-            problems.append(f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's answer")
+            problems.append(
+                f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's answer"
+            )
     return problems
 
 
@@ -92,8 +100,9 @@ def _check_transitions(cache: Cache) -> list[str]:
     if t.filter((pl.col("status") != STATUS_OK) & pl.col("next_state_id").is_not_null()).height:
         problems.append(f"{where}: next_state_id must be set exactly for status 'ok'")
     info = s.select("state_id", "depth")
-    joined = (ok.join(info, on="state_id")
-                .join(info, left_on="next_state_id", right_on="state_id", suffix="_next"))
+    joined = ok.join(info, on="state_id").join(
+        info, left_on="next_state_id", right_on="state_id", suffix="_next"
+    )
     if joined.filter(pl.col("depth_next") > pl.col("depth") + 1).height:
         problems.append(f"{where}: a next state's depth exceeds its parent's depth + 1")
     failed = t.height - ok.height
@@ -103,10 +112,14 @@ def _check_transitions(cache: Cache) -> list[str]:
     counts = expandable.join(ok.group_by("state_id").len(), on="state_id", how="left").fill_null(0)
     incomplete = counts.filter(pl.col("len") != n_experts).height
     if incomplete:
-        problems.append(f"{where}: {incomplete} states above depth {depth} lack some of the {n_experts} experts' "
-                        "transitions (incomplete to depth D)")
+        problems.append(
+            f"{where}: {incomplete} states above depth {depth} lack some of the {n_experts} experts' "
+            "transitions (incomplete to depth D)"
+        )
     if t.join(s.filter(pl.col("depth") >= depth).select("state_id"), on="state_id").height:
-        problems.append(f"{where}: transitions from states at depth {depth} (beyond the built depth)")
+        problems.append(
+            f"{where}: transitions from states at depth {depth} (beyond the built depth)"
+        )
     return problems
 
 
@@ -114,8 +127,10 @@ def _failed_advice(manifest: dict) -> str:
     """What to do about failed calls: retry them (built caches) or drop the questions (imports,
     where a failed call is a (question, model) pair without an answer in the source)."""
     if is_imported(manifest):
-        return ("answers missing from the imported source; re-import without --no-drop-incomplete to drop "
-                "those questions")
+        return (
+            "answers missing from the imported source; re-import without --no-drop-incomplete to drop "
+            "those questions"
+        )
     return "rerun build-cache to retry them"
 
 
@@ -136,8 +151,15 @@ def verify_cache(directory: str | Path) -> list[str]:
     metrics = cache.metric_columns
     problems = states_problems(directory / STATES, cache.states, metrics, cache.depth)
     states = None if problems else cache.states  # the checks across tables need sound states
-    problems += questions_problems(directory / QUESTIONS, cache.questions, cache.states.height, states)
+    problems += questions_problems(
+        directory / QUESTIONS, cache.questions, cache.states.height, states
+    )
     problems += _check_states(cache)
-    transitions = transitions_problems(directory / TRANSITIONS, cache.transitions, len(cache.expert_names),
-                                       cache.states.height, None if states is None else question_codes(states))
+    transitions = transitions_problems(
+        directory / TRANSITIONS,
+        cache.transitions,
+        len(cache.expert_names),
+        cache.states.height,
+        None if states is None else question_codes(states),
+    )
     return problems + (transitions or _check_transitions(cache))

@@ -68,9 +68,15 @@ DEPLOYABLE_TERMINATORS = ("learned", "judge", "none")  # the oracle reads the re
 # The public API, imported on first use so that `import dersim.env` (every command does it for the
 # constants above) does not load JAX and Gymnasium.
 _API = {
-    "EnvSpec": "dersim.env.tables", "EnvTables": "dersim.env.tables", "load_tables": "dersim.env.tables",
-    "EnvParams": "dersim.env.der_env", "EnvState": "dersim.env.der_env", "make_params": "dersim.env.der_env",
-    "reset": "dersim.env.der_env", "step": "dersim.env.der_env", "DERGymEnv": "dersim.env.reference",
+    "EnvSpec": "dersim.env.tables",
+    "EnvTables": "dersim.env.tables",
+    "load_tables": "dersim.env.tables",
+    "EnvParams": "dersim.env.der_env",
+    "EnvState": "dersim.env.der_env",
+    "make_params": "dersim.env.der_env",
+    "reset": "dersim.env.der_env",
+    "step": "dersim.env.der_env",
+    "DERGymEnv": "dersim.env.reference",
     "EnvError": "dersim.errors",
 }
 

@@ -21,7 +21,17 @@ from dersim.env.tables import EnvError, EnvTables, check_setting
 
 ORACLE, LEARNED, JUDGE = (TERMINATORS.index(name) for name in ("oracle", "learned", "judge"))
 PAPER, FINAL = (REWARDS.index(name) for name in ("paper", "final"))
-POLICY_SETTINGS = ("alpha", "beta", "gamma", "p0", "t_max", "terminator", "reward", "judge_error", "judge_threshold")
+POLICY_SETTINGS = (
+    "alpha",
+    "beta",
+    "gamma",
+    "p0",
+    "t_max",
+    "terminator",
+    "reward",
+    "judge_error",
+    "judge_threshold",
+)
 
 
 @struct.dataclass
@@ -36,7 +46,9 @@ class EnvParams:
     judge_prob: jax.Array  # float32 [S]
     noise: jax.Array  # float32 [S]
     roots: jax.Array  # int32 [Q]
-    cost_scale: jax.Array  # float32 [], shared by every policy (a property of the cache and cost mode)
+    cost_scale: (
+        jax.Array
+    )  # float32 [], shared by every policy (a property of the cache and cost mode)
     alpha: jax.Array  # float32 []
     beta: jax.Array  # float32 []
     gamma: jax.Array  # float32 []
@@ -60,7 +72,12 @@ class EnvParams:
 
     @property
     def obs_dim(self) -> int:
-        return self.embedding.shape[-1] + self.max_depth + 1 + (self.n_experts + 1 if self.last_action_obs else 0)
+        return (
+            self.embedding.shape[-1]
+            + self.max_depth
+            + 1
+            + (self.n_experts + 1 if self.last_action_obs else 0)
+        )
 
 
 @struct.dataclass
@@ -89,16 +106,21 @@ def policy_settings(tables: EnvTables, **overrides: Any) -> dict[str, Any]:
     spec = tables.spec
     settings = {k: getattr(spec, k) for k in POLICY_SETTINGS} | overrides
     if not 1 <= int(settings["t_max"]) <= tables.max_depth:
-        raise EnvError(f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; routes "
-                       "never step past the built depth")
+        raise EnvError(
+            f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; routes "
+            "never step past the built depth"
+        )
     for name in ("alpha", "beta", "gamma"):
         check_setting(name, float(settings[name]))
     for name in ("p0", "judge_error", "judge_threshold"):
         check_setting(name, float(settings[name]), 0.0, 1.0)
     if _index("terminator", settings["terminator"], TERMINATORS) == JUDGE and (
-            tables.judge is None or np.float32(tables.judge.p0) != np.float32(settings["p0"])):
-        raise EnvError("the judge terminator needs the tables' judge, fitted at the same p0 (load the tables with "
-                       "with_judge=True and do not vary p0 across judge policies)")
+        tables.judge is None or np.float32(tables.judge.p0) != np.float32(settings["p0"])
+    ):
+        raise EnvError(
+            "the judge terminator needs the tables' judge, fitted at the same p0 (load the tables with "
+            "with_judge=True and do not vary p0 across judge policies)"
+        )
     return settings
 
 
@@ -107,24 +129,40 @@ def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
     t_max, terminator and reward given by name or index, judge_error, judge_threshold)."""
     settings = policy_settings(tables, **overrides)
     return EnvParams(
-        next_state=jnp.asarray(tables.next_state), score=jnp.asarray(tables.score), cost=jnp.asarray(tables.cost),
-        embedding=jnp.asarray(tables.embedding), judge_prob=jnp.asarray(tables.judge_prob),
-        noise=jnp.asarray(tables.noise), roots=jnp.asarray(tables.roots), cost_scale=jnp.float32(tables.cost_scale),
-        alpha=jnp.float32(settings["alpha"]), beta=jnp.float32(settings["beta"]),
-        gamma=jnp.float32(settings["gamma"]), p0=jnp.float32(settings["p0"]),
+        next_state=jnp.asarray(tables.next_state),
+        score=jnp.asarray(tables.score),
+        cost=jnp.asarray(tables.cost),
+        embedding=jnp.asarray(tables.embedding),
+        judge_prob=jnp.asarray(tables.judge_prob),
+        noise=jnp.asarray(tables.noise),
+        roots=jnp.asarray(tables.roots),
+        cost_scale=jnp.float32(tables.cost_scale),
+        alpha=jnp.float32(settings["alpha"]),
+        beta=jnp.float32(settings["beta"]),
+        gamma=jnp.float32(settings["gamma"]),
+        p0=jnp.float32(settings["p0"]),
         t_max=jnp.int32(settings["t_max"]),
         terminator=jnp.int32(_index("terminator", settings["terminator"], TERMINATORS)),
         reward=jnp.int32(_index("reward", settings["reward"], REWARDS)),
-        judge_error=jnp.float32(settings["judge_error"]), judge_threshold=jnp.float32(settings["judge_threshold"]),
-        max_depth=tables.max_depth, last_action_obs=tables.spec.last_action_obs,
+        judge_error=jnp.float32(settings["judge_error"]),
+        judge_threshold=jnp.float32(settings["judge_threshold"]),
+        max_depth=tables.max_depth,
+        last_action_obs=tables.spec.last_action_obs,
     )
 
 
-def observation(params: EnvParams, state_id: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Array:
+def observation(
+    params: EnvParams, state_id: jax.Array, t: jax.Array, last_action: jax.Array
+) -> jax.Array:
     """[d + D + 1 (+ N + 1)]: embedding, one-hot step, optional one-hot last action."""
-    parts = [params.embedding[state_id], jax.nn.one_hot(t, params.max_depth + 1, dtype=params.embedding.dtype)]
+    parts = [
+        params.embedding[state_id],
+        jax.nn.one_hot(t, params.max_depth + 1, dtype=params.embedding.dtype),
+    ]
     if params.last_action_obs:
-        parts.append(jax.nn.one_hot(last_action, params.n_experts + 1, dtype=params.embedding.dtype))
+        parts.append(
+            jax.nn.one_hot(last_action, params.n_experts + 1, dtype=params.embedding.dtype)
+        )
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -135,8 +173,15 @@ def observe(params: EnvParams, state: EnvState) -> jax.Array:
 def reset_to(params: EnvParams, question: jax.Array) -> tuple[jax.Array, EnvState]:
     """Start an episode on question index `question` of the split."""
     question = jnp.asarray(question, jnp.int32)
-    state = EnvState(question=question, state=params.roots[question], t=jnp.int32(0), prev_score=jnp.float32(0),
-                     last_action=jnp.int32(params.n_experts), cost=jnp.float32(0), ret=jnp.float32(0))
+    state = EnvState(
+        question=question,
+        state=params.roots[question],
+        t=jnp.int32(0),
+        prev_score=jnp.float32(0),
+        last_action=jnp.int32(params.n_experts),
+        cost=jnp.float32(0),
+        ret=jnp.float32(0),
+    )
     return observe(params, state), state
 
 
@@ -152,11 +197,14 @@ def terminator_stops(params: EnvParams, next_id: jax.Array, score: jax.Array) ->
     judge_threshold; learned and none: never (learned ends by STOP)."""
     oracle_stop = (score >= params.p0) ^ (params.noise[next_id] < params.judge_error)
     judge_stop = params.judge_prob[next_id] >= params.judge_threshold
-    return jnp.where(params.terminator == ORACLE, oracle_stop, (params.terminator == JUDGE) & judge_stop)
+    return jnp.where(
+        params.terminator == ORACLE, oracle_stop, (params.terminator == JUDGE) & judge_stop
+    )
 
 
-def call_payment(params: EnvParams, score: jax.Array, prev_score: jax.Array, t: jax.Array,
-                 call_cost: jax.Array) -> jax.Array:
+def call_payment(
+    params: EnvParams, score: jax.Array, prev_score: jax.Array, t: jax.Array, call_cost: jax.Array
+) -> jax.Array:
     """The reward of a call before the episode's end payment, c = alpha * C / cost_scale:
     paper: P - c at t == 0, P + beta * (P - P_prev) - c after; final: -c."""
     improvement = jnp.where(t > 0, params.beta * (score - prev_score), 0.0)
@@ -167,10 +215,14 @@ def call_payment(params: EnvParams, score: jax.Array, prev_score: jax.Array, t: 
 def end_payment(params: EnvParams, score: jax.Array) -> jax.Array:
     """What the episode's end pays for its final answer's score P: +gamma if P >= p0 else -gamma,
     plus P under the final reward."""
-    return jnp.where(score >= params.p0, params.gamma, -params.gamma) + jnp.where(params.reward == FINAL, score, 0.0)
+    return jnp.where(score >= params.p0, params.gamma, -params.gamma) + jnp.where(
+        params.reward == FINAL, score, 0.0
+    )
 
 
-def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[EnvState, jax.Array, jax.Array, dict]:
+def transition(
+    state: EnvState, action: jax.Array, params: EnvParams
+) -> tuple[EnvState, jax.Array, jax.Array, dict]:
     """One step without auto-reset: (next state, reward, done, outcome of the episode if done).
 
     Actions are clipped to 0..N (anything above N is STOP): a jitted step cannot raise."""
@@ -185,12 +237,26 @@ def transition(state: EnvState, action: jax.Array, params: EnvParams) -> tuple[E
     # Done: STOP, T_max reached, or the terminator's rule at s'.
     done = stop | (t >= params.t_max) | terminator_stops(params, next_id, score)
     # Reward: the call's payment (none for STOP), plus the end payment when done.
-    reward = jnp.where(stop, 0.0, call_payment(params, score, state.prev_score, state.t, call_cost)) \
-        + jnp.where(done, end_payment(params, score), 0.0)
-    next_state = EnvState(question=state.question, state=next_id, t=t, prev_score=score, last_action=action,
-                          cost=state.cost + call_cost, ret=state.ret + reward)
-    outcome = {"final_score": score, "calls": t, "cost": next_state.cost, "return": next_state.ret,
-               "success": score >= params.p0, "question": state.question}
+    reward = jnp.where(
+        stop, 0.0, call_payment(params, score, state.prev_score, state.t, call_cost)
+    ) + jnp.where(done, end_payment(params, score), 0.0)
+    next_state = EnvState(
+        question=state.question,
+        state=next_id,
+        t=t,
+        prev_score=score,
+        last_action=action,
+        cost=state.cost + call_cost,
+        ret=state.ret + reward,
+    )
+    outcome = {
+        "final_score": score,
+        "calls": t,
+        "cost": next_state.cost,
+        "return": next_state.ret,
+        "success": score >= params.p0,
+        "question": state.question,
+    }
     return next_state, reward, done, outcome
 
 
@@ -201,8 +267,9 @@ def _question_from_key(key: jax.Array, n_questions: int) -> jax.Array:
     return (bits[..., 0] % jnp.uint32(n_questions)).astype(jnp.int32)
 
 
-def step(key: jax.Array, state: EnvState, action: jax.Array,
-         params: EnvParams) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
+def step(
+    key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
+) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
     """Step, and auto-reset to a fresh question when the episode ends (gymnax convention: the
     returned observation and state then belong to the new episode; reward, done and info to the
     finished one)."""

@@ -78,8 +78,21 @@ def fit_judge(embedding: np.ndarray, score: np.ndarray, p0: float, metric: str) 
     rate = float(labels.mean())
     if rate in (0.0, 1.0):
         bias = 30.0 if rate == 1.0 else -30.0
-        return Judge(tuple(0.0 for _ in range(embedding.shape[1])), bias, metric, float(p0), len(labels), rate)
+        return Judge(
+            tuple(0.0 for _ in range(embedding.shape[1])),
+            bias,
+            metric,
+            float(p0),
+            len(labels),
+            rate,
+        )
     model = LogisticRegression(C=1.0, max_iter=5000)
     model.fit(np.asarray(embedding, dtype=np.float64), labels)
-    return Judge(tuple(float(c) for c in model.coef_[0]), float(model.intercept_[0]), metric, float(p0), len(labels),
-                 rate)
+    return Judge(
+        tuple(float(c) for c in model.coef_[0]),
+        float(model.intercept_[0]),
+        metric,
+        float(p0),
+        len(labels),
+        rate,
+    )

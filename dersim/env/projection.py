@@ -17,8 +17,13 @@ import numpy as np
 from dersim.errors import DersimError
 
 
-def project_states(embedding: np.ndarray, state_questions: np.ndarray, train_questions: np.ndarray, k: int,
-                   where: Path) -> np.ndarray:
+def project_states(
+    embedding: np.ndarray,
+    state_questions: np.ndarray,
+    train_questions: np.ndarray,
+    k: int,
+    where: Path,
+) -> np.ndarray:
     """`embedding` [S, d] projected onto the top `k` principal components of the train split's
     states (those whose question id, in `state_questions`, is one of `train_questions`)."""
     return principal_projection(embedding, np.isin(state_questions, train_questions), k, where)
@@ -33,7 +38,9 @@ class Projection:
 
     def apply(self, embedding: np.ndarray) -> np.ndarray:
         """float32 [n, k] for rows [n, d] (float64 arithmetic, so every caller gets the same bytes)."""
-        return ((np.asarray(embedding).astype(np.float64) - self.mean) @ self.components.T).astype(np.float32)
+        return ((np.asarray(embedding).astype(np.float64) - self.mean) @ self.components.T).astype(
+            np.float32
+        )
 
 
 def fit_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> Projection:
@@ -44,11 +51,15 @@ def fit_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: P
     the same cache always gives the same observation."""
     dim = embedding.shape[1]
     if not 1 <= k <= dim:
-        raise DersimError(f"{where}: --embedding-dim {k} must be between 1 and the cache's embedding size {dim}")
+        raise DersimError(
+            f"{where}: --embedding-dim {k} must be between 1 and the cache's embedding size {dim}"
+        )
     fit = embedding[fit_rows].astype(np.float64)
     if fit.shape[0] < k:
-        raise DersimError(f"{where}: --embedding-dim {k} needs at least {k} train states (the cache has "
-                          f"{fit.shape[0]})")
+        raise DersimError(
+            f"{where}: --embedding-dim {k} needs at least {k} train states (the cache has "
+            f"{fit.shape[0]})"
+        )
     mean = fit.mean(axis=0)
     _, _, components = np.linalg.svd(fit - mean, full_matrices=False)
     components = components[:k]
@@ -57,7 +68,9 @@ def fit_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: P
     return Projection(mean, components)
 
 
-def principal_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> np.ndarray:
+def principal_projection(
+    embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path
+) -> np.ndarray:
     """Every row of `embedding` [S, d] projected onto the top `k` principal components of the rows
     selected by `fit_rows` -> float32 [S, k]."""
     return fit_projection(embedding, fit_rows, k, where).apply(embedding)

@@ -53,8 +53,12 @@ class DERGymEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"]}
 
-    def __init__(self, cache_dir: str | Path, spec: EnvSpec = EnvSpec(),  # noqa: B008 (frozen, immutable)
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        spec: EnvSpec = EnvSpec(),  # noqa: B008 (frozen, immutable)
+        render_mode: str | None = None,
+    ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode '{render_mode}' is not supported (known: ansi)")
         self.render_mode = render_mode
@@ -62,8 +66,10 @@ class DERGymEnv(gym.Env):
         cache = open_cache(directory)
         spec = resolve_spec(spec, cache.manifest, directory)
         if not spec.transfer or spec.experts_per_step != 1:
-            raise EnvError("the Gymnasium twin replays the cache as built: the derived views (no transfer, two "
-                           "experts per step) exist in the JAX env only")
+            raise EnvError(
+                "the Gymnasium twin replays the cache as built: the derived views (no transfer, two "
+                "experts per step) exist in the JAX env only"
+            )
         self.env_spec = spec
         self.cache_dir = directory
         self.max_depth = cache.depth
@@ -74,10 +80,16 @@ class DERGymEnv(gym.Env):
         # States: ids must be 0..S-1 so that they index the arrays below (and match the JAX env).
         state_ids = cache.states["state_id"].to_list()
         if state_ids != list(range(len(state_ids))):
-            raise EnvError(f"{directory / 'states.parquet'}: state_id is not 0..S-1 (run dersim cache verify)")
+            raise EnvError(
+                f"{directory / 'states.parquet'}: state_id is not 0..S-1 (run dersim cache verify)"
+            )
         self.n_states = len(state_ids)
         self.score = cache.states[spec.metric].to_numpy().astype(np.float32)
-        self.embedding = np.stack(cache.states["embedding"].to_numpy()).astype(np.float32).reshape(self.n_states, -1)
+        self.embedding = (
+            np.stack(cache.states["embedding"].to_numpy())
+            .astype(np.float32)
+            .reshape(self.n_states, -1)
+        )
         self.depth = cache.states["depth"].to_list()
         self.answers = cache.states["answer"].to_list()
 
@@ -86,37 +98,64 @@ class DERGymEnv(gym.Env):
         assigned = question_assignment(cache.questions["split"].to_numpy(), spec)
         chosen = chosen_questions(assigned, spec.split, directory)
         rows = list(cache.questions.iter_rows(named=True))
-        self.roots = [int(row["root_state_id"]) for row, keep in zip(rows, chosen, strict=True) if keep]
-        self.question_ids = [row["question_id"] for row, keep in zip(rows, chosen, strict=True) if keep]
-        self.question_texts = [row["question"] for row, keep in zip(rows, chosen, strict=True) if keep]
+        self.roots = [
+            int(row["root_state_id"]) for row, keep in zip(rows, chosen, strict=True) if keep
+        ]
+        self.question_ids = [
+            row["question_id"] for row, keep in zip(rows, chosen, strict=True) if keep
+        ]
+        self.question_texts = [
+            row["question"] for row, keep in zip(rows, chosen, strict=True) if keep
+        ]
         state_questions = cache.states["question_id"].to_numpy()
-        train_ids = [row["question_id"] for row, split in zip(rows, assigned, strict=True) if split == "train"]
+        train_ids = [
+            row["question_id"]
+            for row, split in zip(rows, assigned, strict=True)
+            if split == "train"
+        ]
         cache_train_ids = {row["question_id"] for row in rows if row["split"] == "train"}
 
         # The judge (an input table, fitted by the same function as the JAX env's) and the noise.
         self.judge_prob = np.zeros(self.n_states, np.float32)
         if spec.terminator == "judge":
             train_states = np.isin(state_questions, train_ids)
-            judge = fit_state_judge(self.embedding, self.score, np.asarray(self.depth), train_states, spec)
+            judge = fit_state_judge(
+                self.embedding, self.score, np.asarray(self.depth), train_states, spec
+            )
             self.judge_prob = judge.prob(self.embedding)
         self.noise = oracle_noise(self.n_states, spec.split_seed)
         if spec.embedding_dim is not None:
-            self.embedding = project_states(self.embedding, state_questions, np.asarray(train_ids),
-                                            spec.embedding_dim, directory)
+            self.embedding = project_states(
+                self.embedding,
+                state_questions,
+                np.asarray(train_ids),
+                spec.embedding_dim,
+                directory,
+            )
 
         # Calls: (state, expert) -> (next state, cost of the call), built calls only.
         self.calls = self._read_calls(cache, spec)
-        missing = [s for s in range(self.n_states) if self.depth[s] < spec.t_max
-                   and any((s, e) not in self.calls for e in range(self.n_experts))]
+        missing = [
+            s
+            for s in range(self.n_states)
+            if self.depth[s] < spec.t_max
+            and any((s, e) not in self.calls for e in range(self.n_experts))
+        ]
         if missing:
             raise EnvError(incomplete_message(directory, cache.manifest, len(missing), spec.t_max))
-        self.cost_scale = resolve_cost_scale(spec.cost_scale, self._auto_scale(state_questions, cache_train_ids),
-                                             str(directory))
+        self.cost_scale = resolve_cost_scale(
+            spec.cost_scale, self._auto_scale(state_questions, cache_train_ids), str(directory)
+        )
 
         self.p0 = np.float32(spec.p0)  # scores are float32: compare at their precision
         n_actions = self.n_experts + 1 if spec.terminator == "learned" else self.n_experts
         self.action_space = spaces.Discrete(n_actions)
-        obs_dim = self.embedding.shape[1] + self.max_depth + 1 + (self.n_experts + 1 if spec.last_action_obs else 0)
+        obs_dim = (
+            self.embedding.shape[1]
+            + self.max_depth
+            + 1
+            + (self.n_experts + 1 if spec.last_action_obs else 0)
+        )
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
 
         self._question: int | None = None
@@ -158,8 +197,11 @@ class DERGymEnv(gym.Env):
         for (state, expert), (_, cost) in self.calls.items():
             if state_questions[state] in train_ids:
                 per_expert.setdefault(expert, []).append(cost)
-        return require_priced(max((float(np.mean(c)) for c in per_expert.values()), default=0.0),
-                              self.env_spec.cost_mode, str(self.cache_dir))
+        return require_priced(
+            max((float(np.mean(c)) for c in per_expert.values()), default=0.0),
+            self.env_spec.cost_mode,
+            str(self.cache_dir),
+        )
 
     # -----------------------------------------------------------------------------------------
     # Gymnasium API
@@ -177,17 +219,24 @@ class DERGymEnv(gym.Env):
             parts.append(last)
         return np.concatenate(parts).astype(np.float32)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
         """Start an episode: on question index `options["question"]` of the split, else on a
         uniformly drawn one."""
         super().reset(seed=seed)
         options = options or {}
         if "question" in options:
             question = options["question"]
-            if isinstance(question, bool) or not isinstance(question, int | np.integer) \
-                    or not 0 <= question < len(self.roots):
-                raise ValueError(f"options['question'] = {question!r}: expected a question index in "
-                                 f"0..{len(self.roots) - 1} of the '{self.env_spec.split}' split")
+            if (
+                isinstance(question, bool)
+                or not isinstance(question, int | np.integer)
+                or not 0 <= question < len(self.roots)
+            ):
+                raise ValueError(
+                    f"options['question'] = {question!r}: expected a question index in "
+                    f"0..{len(self.roots) - 1} of the '{self.env_spec.split}' split"
+                )
             question = int(question)
         else:
             question = int(self.np_random.integers(len(self.roots)))
@@ -203,22 +252,33 @@ class DERGymEnv(gym.Env):
 
     def _check_action(self, action: Any) -> int:
         integral = isinstance(action, int | np.integer) or (
-            isinstance(action, np.ndarray) and action.shape == () and np.issubdtype(action.dtype, np.integer))
+            isinstance(action, np.ndarray)
+            and action.shape == ()
+            and np.issubdtype(action.dtype, np.integer)
+        )
         if isinstance(action, bool) or not integral:
-            raise ValueError(f"invalid action {action!r}: expected an integer in 0..{self.action_space.n - 1}")
+            raise ValueError(
+                f"invalid action {action!r}: expected an integer in 0..{self.action_space.n - 1}"
+            )
         action = int(action)
         if action == self.stop_action and self.env_spec.terminator != "learned":
-            raise ValueError(f"invalid action {action}: STOP ({action}) is only offered by the 'learned' terminator "
-                             f"(this env uses '{self.env_spec.terminator}'); experts are 0..{self.n_experts - 1}")
+            raise ValueError(
+                f"invalid action {action}: STOP ({action}) is only offered by the 'learned' terminator "
+                f"(this env uses '{self.env_spec.terminator}'); experts are 0..{self.n_experts - 1}"
+            )
         if not 0 <= action < self.action_space.n:
-            raise ValueError(f"invalid action {action}: expected an integer in 0..{self.action_space.n - 1}")
+            raise ValueError(
+                f"invalid action {action}: expected an integer in 0..{self.action_space.n - 1}"
+            )
         return action
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
         if self._question is None:
             raise RuntimeError("step() before reset(): call reset() to start an episode")
         if self._done:
-            raise RuntimeError("step() after the episode ended: call reset() to start a new one (no auto-reset)")
+            raise RuntimeError(
+                "step() after the episode ended: call reset() to start a new one (no auto-reset)"
+            )
         action = self._check_action(action)
         spec = self.env_spec
         final = spec.reward == "final"
@@ -244,7 +304,10 @@ class DERGymEnv(gym.Env):
                 flipped = bool(self.noise[next_state] < np.float32(spec.judge_error))
                 done = (reached != flipped) or t == spec.t_max
             elif spec.terminator == "judge":
-                done = bool(self.judge_prob[next_state] >= np.float32(spec.judge_threshold)) or t == spec.t_max
+                done = (
+                    bool(self.judge_prob[next_state] >= np.float32(spec.judge_threshold))
+                    or t == spec.t_max
+                )
             else:  # "none" and "learned": the episode ends at T_max (or on STOP)
                 done = t == spec.t_max
             self._state = next_state
@@ -258,20 +321,29 @@ class DERGymEnv(gym.Env):
         self._done = done
         info: dict[str, Any] = {"state": self._state, "t": self._t}
         if done:
-            info.update(final_score=float(score), calls=self._t, cost=self._cost, success=reached,
-                        question=self._question)
+            info.update(
+                final_score=float(score),
+                calls=self._t,
+                cost=self._cost,
+                success=reached,
+                question=self._question,
+            )
             info["return"] = self._return
         return self.observation(), float(reward), done, False, info
 
     def render(self) -> str | None:
         if self.render_mode is None:
-            gym.logger.warn("render() without a render_mode: create the env with render_mode='ansi'")
+            gym.logger.warn(
+                "render() without a render_mode: create the env with render_mode='ansi'"
+            )
             return None
         if self._question is None:
             return "(no episode yet: call reset())"
         answer = self.answers[self._state] or "(no answer yet)"
-        return (f"question {self._question} ({self.question_ids[self._question]}): "
-                f"{self.question_texts[self._question]}\n"
-                f"t = {self._t}, state {self._state}, {self.env_spec.metric} = {float(self.score[self._state]):.3f}"
-                f"{' (ended)' if self._done else ''}\n"
-                f"answer: {answer}\n")
+        return (
+            f"question {self._question} ({self.question_ids[self._question]}): "
+            f"{self.question_texts[self._question]}\n"
+            f"t = {self._t}, state {self._state}, {self.env_spec.metric} = {float(self.score[self._state]):.3f}"
+            f"{' (ended)' if self._done else ''}\n"
+            f"answer: {answer}\n"
+        )

@@ -32,20 +32,32 @@ class QuestionRows:
         return self.states[0].shape[0]
 
 
-def question_rows(next_state: np.ndarray, roots: np.ndarray, steps: int, with_last: bool) -> QuestionRows:
+def question_rows(
+    next_state: np.ndarray, roots: np.ndarray, steps: int, with_last: bool
+) -> QuestionRows:
     """The decision points of every question of `roots` after 0..steps-1 calls (the last action is N at
     t = 0, and always N for a policy that does not observe it: one row per state)."""
     n_experts = next_state.shape[1]
     roots = np.asarray(roots, dtype=np.int64)
     n_questions = len(roots)
     width = n_experts + 1
-    states, lasts, valid, following = [roots[:, None]], [np.full((n_questions, 1), n_experts)], \
-        [np.ones((n_questions, 1), bool)], []
+    states, lasts, valid, following = (
+        [roots[:, None]],
+        [np.full((n_questions, 1), n_experts)],
+        [np.ones((n_questions, 1), bool)],
+        [],
+    )
     for _ in range(steps - 1):
         called = next_state[states[-1]]  # [Q, W, N]
         usable = valid[-1][..., None] & (called >= 0)
-        last = np.broadcast_to(np.arange(n_experts), called.shape) if with_last else np.full(called.shape, n_experts)
-        key = np.where(usable, np.maximum(called, 0).astype(np.int64) * width + last, -1)  # -1: no row
+        last = (
+            np.broadcast_to(np.arange(n_experts), called.shape)
+            if with_last
+            else np.full(called.shape, n_experts)
+        )
+        key = np.where(
+            usable, np.maximum(called, 0).astype(np.int64) * width + last, -1
+        )  # -1: no row
         # Distinct keys per question, numbered in key order: global keys offset by the question.
         span = int(key.max(initial=0)) + 2
         offset = (np.arange(n_questions) * span)[:, None, None]
@@ -63,8 +75,12 @@ def question_rows(next_state: np.ndarray, roots: np.ndarray, steps: int, with_la
         valid.append(grid >= 0)
         states.append(np.where(grid >= 0, grid // width, roots[:, None]))
         lasts.append(np.where(grid >= 0, grid % width, n_experts))
-    return QuestionRows(tuple(s.astype(np.int32) for s in states), tuple(x.astype(np.int32) for x in lasts),
-                        tuple(valid), tuple(following))
+    return QuestionRows(
+        tuple(s.astype(np.int32) for s in states),
+        tuple(x.astype(np.int32) for x in lasts),
+        tuple(valid),
+        tuple(following),
+    )
 
 
 def flat_rows(rows: QuestionRows) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:

@@ -35,7 +35,9 @@ class EnvSpec:
     split: str = "train"  # train (the cache's train questions minus val), val, test or all
     metric: str | None = None  # default: bertscore_f1 if the cache has it, else its first metric
     cost_mode: str = "params"
-    cost_scale: str | float = AUTO  # divides C in the reward: auto = the dearest expert's mean train call
+    cost_scale: str | float = (
+        AUTO  # divides C in the reward: auto = the dearest expert's mean train call
+    )
     t_max: int | None = None  # default: the cache's depth
     terminator: str = "learned"
     reward: str = "final"
@@ -47,11 +49,15 @@ class EnvSpec:
     judge_threshold: float = 0.5  # the judge stops when its probability reaches this
     val_fraction: float = DEFAULT_VAL_FRACTION
     split_seed: int = 0
-    last_action_obs: bool = True  # observe which expert answered last (a router knows whom it called)
+    last_action_obs: bool = (
+        True  # observe which expert answered last (a router knows whom it called)
+    )
     embedding_dim: int | None = None  # PCA the embeddings to this many dimensions (None: as cached)
     transfer: bool = True  # False: the "without transfer" view (every call answers from scratch)
     experts_per_step: int = 1  # 2: every action calls a pair of experts and keeps the better answer
-    pair_pick: str = "reference"  # how a pair's better answer is picked: by the reference or by the judge
+    pair_pick: str = (
+        "reference"  # how a pair's better answer is picked: by the reference or by the judge
+    )
 
 
 @dataclass(frozen=True)
@@ -87,12 +93,16 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
     metrics = list(manifest["metric_columns"])
     metric = spec.metric or ("bertscore_f1" if "bertscore_f1" in metrics else metrics[0])
     if metric not in metrics:
-        raise EnvError(f"{where}: metric '{metric}' is not in the cache (available: {', '.join(metrics)})")
+        raise EnvError(
+            f"{where}: metric '{metric}' is not in the cache (available: {', '.join(metrics)})"
+        )
     depth = int(manifest["depth"])
     t_max = depth if spec.t_max is None else spec.t_max
     if not 1 <= t_max <= depth:
-        raise EnvError(f"{where}: T_max = {t_max} but the cache is built to depth {depth}; routes never step "
-                       "past the built depth (rebuild with a larger --depth)")
+        raise EnvError(
+            f"{where}: T_max = {t_max} but the cache is built to depth {depth}; routes never step "
+            "past the built depth (rebuild with a larger --depth)"
+        )
     if spec.cost_mode not in COST_MODES:
         raise EnvError(f"unknown cost mode '{spec.cost_mode}' (known: {', '.join(COST_MODES)})")
     if spec.terminator not in TERMINATORS:
@@ -104,7 +114,9 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
     if spec.cost_mode == "params":
         unknown = [e["name"] for e in manifest["experts"] if e.get("params_b") is None]
         if unknown:
-            raise EnvError(f"{where}: expert '{unknown[0]}' has no params_b; choose another --cost-mode (e.g. usd)")
+            raise EnvError(
+                f"{where}: expert '{unknown[0]}' has no params_b; choose another --cost-mode (e.g. usd)"
+            )
     for name in ("alpha", "beta", "gamma"):
         check_setting(name, getattr(spec, name))
     check_setting("p0", spec.p0, 0.0, 1.0)
@@ -122,16 +134,23 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
 def reads_reference(spec: EnvSpec, terminator: str) -> bool:
     """Whether a policy with `terminator` under `spec` reads the reference to decide: the oracle
     terminator does, and so does a pair action that keeps the better answer by the reference."""
-    return terminator not in DEPLOYABLE_TERMINATORS or (spec.experts_per_step == 2 and spec.pair_pick == "reference")
+    return terminator not in DEPLOYABLE_TERMINATORS or (
+        spec.experts_per_step == 2 and spec.pair_pick == "reference"
+    )
 
 
 def incomplete_message(directory: Path, manifest: dict, n_states: int, t_max: int) -> str:
     """Why some reachable state lacks a call, with the advice that fits how the cache was made."""
     imported = is_imported(manifest)
-    advice = ("re-import it without --no-drop-incomplete (questions where a model has no answer are then dropped)"
-              if imported else "rerun build-cache to retry the failed calls")
-    return (f"{directory}: {n_states} states reachable within T_max = {t_max} lack some expert's "
-            f"{'answer' if imported else 'transition (failed calls?)'}; {advice}")
+    advice = (
+        "re-import it without --no-drop-incomplete (questions where a model has no answer are then dropped)"
+        if imported
+        else "rerun build-cache to retry the failed calls"
+    )
+    return (
+        f"{directory}: {n_states} states reachable within T_max = {t_max} lack some expert's "
+        f"{'answer' if imported else 'transition (failed calls?)'}; {advice}"
+    )
 
 
 def question_assignment(cache_splits: np.ndarray, spec: EnvSpec) -> np.ndarray:
@@ -147,24 +166,40 @@ def chosen_questions(assigned: np.ndarray, split: str, where: Path) -> np.ndarra
     return chosen
 
 
-def fit_state_judge(embedding: np.ndarray, score: np.ndarray, depth: np.ndarray, train_states: np.ndarray,
-                    spec: EnvSpec) -> Judge:
+def fit_state_judge(
+    embedding: np.ndarray,
+    score: np.ndarray,
+    depth: np.ndarray,
+    train_states: np.ndarray,
+    spec: EnvSpec,
+) -> Judge:
     """The judge for `spec` (its metric and p0), fitted on the train split's answer states."""
     rows = train_states & (depth > 0)
     return fit_judge(embedding[rows], score[rows], spec.p0, spec.metric)
 
 
-def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bool | None = None,
-                verify: bool = True) -> EnvTables:
+def load_tables(
+    directory: str | Path,
+    spec: EnvSpec = EnvSpec(),
+    with_judge: bool | None = None,
+    verify: bool = True,
+) -> EnvTables:
     """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge is
     fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked first
     (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids, finite scores of the metric,
     finite embeddings), so a damaged cache is refused with one line before any work."""
     directory = Path(directory)
     spec = resolve_spec(spec, read_manifest(directory), directory)
-    manifest, read = read_checked(directory, {STATES: ["question_id", "depth", spec.metric, "embedding"],
-                                              QUESTIONS: QUESTION_COLUMNS, TRANSITIONS: None},
-                                  verify_hashes=verify, metrics=[spec.metric])
+    manifest, read = read_checked(
+        directory,
+        {
+            STATES: ["question_id", "depth", spec.metric, "embedding"],
+            QUESTIONS: QUESTION_COLUMNS,
+            TRANSITIONS: None,
+        },
+        verify_hashes=verify,
+        metrics=[spec.metric],
+    )
     n_experts = len(manifest["experts"])
     states, questions = read[STATES], read[QUESTIONS]
     transitions = read[TRANSITIONS].filter(pc.equal(pc.field("status"), STATUS_OK))
@@ -174,17 +209,25 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     cols = transitions["expert_id"].to_numpy().astype(np.int64)
     next_state = np.full((n_states, n_experts), -1, dtype=np.int32)
     next_state[rows, cols] = transitions["next_state_id"].to_numpy()
-    per_call = per_call_costs(spec.cost_mode, cols, [e.get("params_b") for e in manifest["experts"]],
-                              transitions["prompt_tokens"].to_numpy(), transitions["completion_tokens"].to_numpy(),
-                              transitions["latency_s"].to_numpy(), transitions["cost_usd"].to_numpy(),
-                              str(directory))
+    per_call = per_call_costs(
+        spec.cost_mode,
+        cols,
+        [e.get("params_b") for e in manifest["experts"]],
+        transitions["prompt_tokens"].to_numpy(),
+        transitions["completion_tokens"].to_numpy(),
+        transitions["latency_s"].to_numpy(),
+        transitions["cost_usd"].to_numpy(),
+        str(directory),
+    )
     cost = np.zeros((n_states, n_experts), dtype=np.float32)
     cost[rows, cols] = per_call
 
     depth = states["depth"].to_numpy().astype(np.int32)
     missing = (depth < spec.t_max)[:, None] & (next_state < 0)
     if missing.any():
-        raise EnvError(incomplete_message(directory, manifest, int(missing.any(axis=1).sum()), spec.t_max))
+        raise EnvError(
+            incomplete_message(directory, manifest, int(missing.any(axis=1).sum()), spec.t_max)
+        )
     question_ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
     state_questions = np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
     cache_splits = np.asarray(questions["split"].to_numpy(zero_copy_only=False))
@@ -192,14 +235,21 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
     chosen = chosen_questions(assigned, spec.split, directory)
     cache_train_states = np.isin(state_questions, question_ids[cache_splits == "train"])
     # The auto scale is computed even when a number is given: it refuses a mode whose costs are all zero.
-    scale = resolve_cost_scale(spec.cost_scale, auto_cost_scale(per_call, cols, n_experts, cache_train_states[rows],
-                                                                spec.cost_mode, str(directory)), str(directory))
+    scale = resolve_cost_scale(
+        spec.cost_scale,
+        auto_cost_scale(
+            per_call, cols, n_experts, cache_train_states[rows], spec.cost_mode, str(directory)
+        ),
+        str(directory),
+    )
     train_states = np.isin(state_questions, question_ids[assigned == "train"])
 
     embedding = embedding_matrix(states)
     score = states[spec.metric].to_numpy().astype(np.float32)
     judge = None
-    needs_judge = spec.terminator == "judge" or (spec.experts_per_step == 2 and spec.pair_pick == "judge")
+    needs_judge = spec.terminator == "judge" or (
+        spec.experts_per_step == 2 and spec.pair_pick == "judge"
+    )
     if with_judge if with_judge is not None else needs_judge:
         judge = fit_state_judge(embedding, score, depth, train_states, spec)
     judge_prob = judge.prob(embedding) if judge else np.zeros(n_states, np.float32)
@@ -211,26 +261,50 @@ def load_tables(directory: str | Path, spec: EnvSpec = EnvSpec(), with_judge: bo
         next_state, cost = without_transfer(next_state, cost, state_root)
     if spec.experts_per_step == 2:
         if spec.pair_pick == "judge" and judge is None:
-            raise EnvError("pairs picked by the judge need the judge (load the tables with with_judge=True)")
-        next_state, cost = with_pairs(next_state, cost, judge_prob if spec.pair_pick == "judge" else score)
+            raise EnvError(
+                "pairs picked by the judge need the judge (load the tables with with_judge=True)"
+            )
+        next_state, cost = with_pairs(
+            next_state, cost, judge_prob if spec.pair_pick == "judge" else score
+        )
         expert_names = pair_names(expert_names)
     if spec.embedding_dim is not None:
-        embedding = project_states(embedding, state_questions, question_ids[assigned == "train"], spec.embedding_dim,
-                                   directory)
+        embedding = project_states(
+            embedding,
+            state_questions,
+            question_ids[assigned == "train"],
+            spec.embedding_dim,
+            directory,
+        )
     return EnvTables(
-        next_state=next_state, score=score, cost=cost, embedding=embedding, depth=depth, judge_prob=judge_prob,
+        next_state=next_state,
+        score=score,
+        cost=cost,
+        embedding=embedding,
+        depth=depth,
+        judge_prob=judge_prob,
         noise=oracle_noise(n_states, spec.split_seed),
         roots=questions["root_state_id"].to_numpy()[chosen].astype(np.int32),
         question_ids=tuple(question_ids[chosen].tolist()),
-        expert_names=expert_names, max_depth=int(manifest["depth"]), metric=spec.metric, cost_scale=scale, judge=judge,
+        expert_names=expert_names,
+        max_depth=int(manifest["depth"]),
+        metric=spec.metric,
+        cost_scale=scale,
+        judge=judge,
         spec=replace(spec, cost_scale=scale),
     )
 
 
-def split_roots(tables: EnvTables, directory: Path, split: str) -> tuple[np.ndarray, tuple[str, ...]]:
+def split_roots(
+    tables: EnvTables, directory: Path, split: str
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Root states and question ids of another split of the same cache, under the tables' spec."""
-    questions = read_checked(directory, {QUESTIONS: QUESTION_COLUMNS}, verify_hashes=False)[1][QUESTIONS]
-    assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), tables.spec)
+    questions = read_checked(directory, {QUESTIONS: QUESTION_COLUMNS}, verify_hashes=False)[1][
+        QUESTIONS
+    ]
+    assigned = question_assignment(
+        np.asarray(questions["split"].to_numpy(zero_copy_only=False)), tables.spec
+    )
     chosen = chosen_questions(assigned, split, directory)
     ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))[chosen]
     return questions["root_state_id"].to_numpy()[chosen].astype(np.int32), tuple(ids.tolist())

@@ -43,7 +43,9 @@ def observes_last(probs: jax.Array) -> bool:
     return probs.ndim == 4
 
 
-def calls(params: EnvParams, states: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def calls(
+    params: EnvParams, states: jax.Array, t: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Every call from `states` [...] at step `t` (a scalar or [...]): the next state, its score and
     whether the episode ends there, each [..., N]."""
     next_id = jnp.maximum(params.next_state[states], 0)  # -1 (not built) is never reachable
@@ -52,21 +54,26 @@ def calls(params: EnvParams, states: jax.Array, t: jax.Array) -> tuple[jax.Array
     return next_id, score, (step + 1 >= params.t_max) | terminator_stops(params, next_id, score)
 
 
-def backup(params: EnvParams, states: jax.Array, t: jax.Array, continuation: jax.Array) -> jax.Array:
+def backup(
+    params: EnvParams, states: jax.Array, t: jax.Array, continuation: jax.Array
+) -> jax.Array:
     """Q_t(s, a) [..., N + 1] for `states` [...] at step `t` (a scalar or [...]), given the value of going
     on after each call, continuation[..., a] = V_{t+1}(next[s, a]) (only read where the call does not
     end the episode)."""
     next_id, score, done = calls(params, states, t)
     step = jnp.asarray(t)[..., None] if jnp.ndim(t) else t
-    call = call_payment(params, score, params.score[states][..., None], step, params.cost[states]) \
-        + jnp.where(done, end_payment(params, score), continuation)
+    call = call_payment(
+        params, score, params.score[states][..., None], step, params.cost[states]
+    ) + jnp.where(done, end_payment(params, score), continuation)
     stop = end_payment(params, params.score[states])
     return jnp.concatenate([call, stop[..., None]], axis=-1)
 
 
 def entropy(probs: jax.Array) -> jax.Array:
     """Shannon entropy over the last axis (0 log 0 = 0)."""
-    return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1)
+    return -jnp.sum(
+        jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=-1
+    )
 
 
 def following_values(v_next: jax.Array, next_id: jax.Array) -> jax.Array:
@@ -76,7 +83,9 @@ def following_values(v_next: jax.Array, next_id: jax.Array) -> jax.Array:
     return v_next[next_id, jnp.arange(next_id.shape[-1])]
 
 
-def action_values(params: EnvParams, probs: jax.Array, entropy_weight: float | jax.Array = 0.0) -> Values:
+def action_values(
+    params: EnvParams, probs: jax.Array, entropy_weight: float | jax.Array = 0.0
+) -> Values:
     """Exact Q and V of the policy whose action probabilities are probs[t, s] ([D, S, N + 1], D the
     cache's depth) or probs[t, s, l] (a policy that observes its last action l); with entropy_weight
     tau > 0 the soft values of the entropy-regularised return."""
@@ -105,8 +114,11 @@ def occupancy(params: EnvParams, probs: jax.Array, roots: jax.Array) -> jax.Arra
     depth, n_states = probs.shape[0], params.next_state.shape[0]
     states = jnp.arange(n_states)
     here = jnp.zeros(probs.shape[1:-1], probs.dtype)
-    here = here.at[roots, params.n_experts].add(1.0 / roots.shape[0]) if observes_last(probs) \
+    here = (
+        here.at[roots, params.n_experts].add(1.0 / roots.shape[0])
+        if observes_last(probs)
         else here.at[roots].add(1.0 / roots.shape[0])
+    )
     shares = [here]
     for t in range(depth - 1):
         next_id, _, done = calls(params, states, jnp.int32(t))
@@ -114,29 +126,41 @@ def occupancy(params: EnvParams, probs: jax.Array, roots: jax.Array) -> jax.Arra
             moving = (here[:, :, None] * probs[t, :, :, :-1]).sum(axis=1) * ~done
             here = jnp.zeros_like(here).at[next_id, jnp.arange(next_id.shape[1])].add(moving)
         else:
-            moving = here[:, None] * probs[t, :, :-1] * ~done  # STOP (the last column) ends the episode
+            moving = (
+                here[:, None] * probs[t, :, :-1] * ~done
+            )  # STOP (the last column) ends the episode
             here = jnp.zeros_like(here).at[next_id.ravel()].add(moving.ravel())
         shares.append(here)
     return jnp.stack(shares)
 
 
-def row_values(params: EnvParams, states: tuple[jax.Array, ...], following: tuple[jax.Array, ...],
-               probs: tuple[jax.Array, ...], entropy_weight: float | jax.Array = 0.0) -> jax.Array:
+def row_values(
+    params: EnvParams,
+    states: tuple[jax.Array, ...],
+    following: tuple[jax.Array, ...],
+    probs: tuple[jax.Array, ...],
+    entropy_weight: float | jax.Array = 0.0,
+) -> jax.Array:
     """V_0 at the root row of each question, from its decision points only (`dersim.env.subgraph`):
     per step t, states[t] [B, W_t], the policy's probs[t] [B, W_t, N + 1] there, and for t < T-1
     following[t] [B, W_t, N], the row of step t + 1 each call leads to. The same backup as
     `action_values`, on the rows a route can reach instead of every state: [B]."""
     value = None
     for t in reversed(range(len(states))):
-        continuation = jnp.zeros(states[t].shape + (params.n_experts,), probs[t].dtype) if value is None else \
-            jnp.take_along_axis(value, following[t].reshape(following[t].shape[0], -1), axis=1).reshape(
-                following[t].shape)
+        continuation = (
+            jnp.zeros(states[t].shape + (params.n_experts,), probs[t].dtype)
+            if value is None
+            else jnp.take_along_axis(
+                value, following[t].reshape(following[t].shape[0], -1), axis=1
+            ).reshape(following[t].shape)
+        )
         q = backup(params, states[t], jnp.int32(t), continuation)
         value = jnp.sum(probs[t] * q, axis=-1) + entropy_weight * entropy(probs[t])
     return value[:, 0]
 
 
-def expected_return(params: EnvParams, probs: jax.Array, roots: jax.Array,
-                    entropy_weight: float | jax.Array = 0.0) -> jax.Array:
+def expected_return(
+    params: EnvParams, probs: jax.Array, roots: jax.Array, entropy_weight: float | jax.Array = 0.0
+) -> jax.Array:
     """The policy's exact mean return over episodes started at `roots` (V_0 averaged over them)."""
     return start_values(params, action_values(params, probs, entropy_weight).v[0], roots).mean()

@@ -20,7 +20,9 @@ import numpy as np
 PAIR_PICKS = ("reference", "judge")
 
 
-def without_transfer(next_state: np.ndarray, cost: np.ndarray, state_root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def without_transfer(
+    next_state: np.ndarray, cost: np.ndarray, state_root: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(next_state', cost') [S, N]: every call made from the question's root state."""
     return next_state[state_root], cost[state_root]
 
@@ -33,7 +35,9 @@ def pair_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"{names[i]}+{names[j]}" for i, j in expert_pairs(len(names)))
 
 
-def with_pairs(next_state: np.ndarray, cost: np.ndarray, preference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def with_pairs(
+    next_state: np.ndarray, cost: np.ndarray, preference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(next_state', cost') [S, N(N-1)/2]: pair k = (i, j) leads to the answer of i or j with the higher
     `preference` (the score, or the judge's probability; ties go to i) and costs both calls; -1
     where either call was not built."""

@@ -29,13 +29,19 @@ class Estimate:
 
     def format(self, scale: float = 1.0, digits: int = 2) -> str:
         """'64.19 [62.10, 66.30]'."""
-        return (f"{self.mean * scale:.{digits}f} [{self.low * scale:.{digits}f}, "
-                f"{self.high * scale:.{digits}f}]")
+        return (
+            f"{self.mean * scale:.{digits}f} [{self.low * scale:.{digits}f}, "
+            f"{self.high * scale:.{digits}f}]"
+        )
 
 
 def bootstrap_indices(n: int, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> np.ndarray:
     """int [n_boot, n]: question indices drawn with replacement."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n else np.zeros((n_boot, 0), np.int64)
+    return (
+        np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        if n
+        else np.zeros((n_boot, 0), np.int64)
+    )
 
 
 def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -44,7 +50,9 @@ def percentile_interval(samples: np.ndarray, level: float = LEVEL) -> tuple[floa
     return float(low), float(high)
 
 
-def mean_ci(values: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> Estimate:
+def mean_ci(
+    values: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0, level: float = LEVEL
+) -> Estimate:
     """Mean of per-question `values` [Q] with its percentile-bootstrap interval."""
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
@@ -53,12 +61,19 @@ def mean_ci(values: np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = 0, level:
     return Estimate(float(values.mean()), *percentile_interval(samples, level))
 
 
-def statistic_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = N_BOOTSTRAP, seed: int = 0,
-                 level: float = LEVEL) -> Estimate:
+def statistic_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Estimate:
     """Any statistic of a question subset (`statistic(indices) -> float`, called on all n questions for
     the point estimate and on each bootstrap resample for the interval)."""
     point = statistic(np.arange(n))
-    samples = np.array([statistic(idx) for idx in bootstrap_indices(n, n_boot, seed)], dtype=np.float64)
+    samples = np.array(
+        [statistic(idx) for idx in bootstrap_indices(n, n_boot, seed)], dtype=np.float64
+    )
     return Estimate(float(point), *percentile_interval(samples, level))
 
 

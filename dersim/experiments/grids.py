@@ -29,11 +29,21 @@ class TrainedGrid:
 
 
 def grid_trainer(plan: Plan, grid: Grid, out: Path, verify: bool) -> GridTrainer:
-    return GridTrainer(grid.cache, out / GRIDS / grid.name, grid.spec(plan), PPOConfig(), grid.policies(plan),
-                       plan.steps, keep="best", verify=verify)
+    return GridTrainer(
+        grid.cache,
+        out / GRIDS / grid.name,
+        grid.spec(plan),
+        PPOConfig(),
+        grid.policies(plan),
+        plan.steps,
+        keep="best",
+        verify=verify,
+    )
 
 
-def train_grid(plan: Plan, grid: Grid, out: Path, console: Console, verify: bool = True) -> TrainedGrid:
+def train_grid(
+    plan: Plan, grid: Grid, out: Path, console: Console, verify: bool = True
+) -> TrainedGrid:
     """The grid's trained state: loaded if finished, resumed if interrupted, trained otherwise."""
     trainer = grid_trainer(plan, grid, out, verify)
     run_dir = trainer.out
@@ -41,20 +51,26 @@ def train_grid(plan: Plan, grid: Grid, out: Path, console: Console, verify: bool
     if (run_dir / RUN_FILE).exists():
         recorded = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         if recorded != json.loads(json.dumps(trainer.run_record())):
-            raise DersimError(f"{run_dir}: holds a grid trained with other settings; use another --out or "
-                              "--overwrite")
+            raise DersimError(
+                f"{run_dir}: holds a grid trained with other settings; use another --out or "
+                "--overwrite"
+            )
         if (run_dir / CHECKPOINT).exists():
             state = trainer.load()
             if int(state.chunk) == trainer.n_chunks:
                 console.print(f"grid {grid.name}: finished earlier, loaded")
                 return TrainedGrid(grid, trainer, state, 0.0)
-            console.print(f"grid {grid.name}: resuming after chunk {int(state.chunk)} of {trainer.n_chunks}")
+            console.print(
+                f"grid {grid.name}: resuming after chunk {int(state.chunk)} of {trainer.n_chunks}"
+            )
             state, _ = trainer.train(resume=True, show_progress=console.is_terminal)
             return TrainedGrid(grid, trainer, state, time.perf_counter() - started)
     per_chunk = trainer.config.steps_per_chunk
     steps = -(-plan.steps // per_chunk) * per_chunk
     groups = ", ".join(f"{len(g.indices)} {g.label}" for g in trainer.groups)
-    console.print(f"grid {grid.name}: training {len(trainer.policies)} policies ({groups}; PPO: {steps:,} env steps "
-                  "each)")
+    console.print(
+        f"grid {grid.name}: training {len(trainer.policies)} policies ({groups}; PPO: {steps:,} env steps "
+        "each)"
+    )
     state, _ = trainer.train(show_progress=console.is_terminal)
     return TrainedGrid(grid, trainer, state, time.perf_counter() - started)

@@ -34,18 +34,25 @@ class CostTables:
 
 def cost_tables(tables: EnvTables, cache, spec: EnvSpec) -> CostTables:
     """The same view of the cache costed in parameters and in seconds, where the cache knows them."""
+
     def other(mode: str) -> np.ndarray | None:
         try:
-            return load_tables(cache, replace(spec, cost_mode=mode, split="all", terminator="none"), verify=False).cost
+            return load_tables(
+                cache, replace(spec, cost_mode=mode, split="all", terminator="none"), verify=False
+            ).cost
         except DersimError:  # no sizes, or no latencies recorded
             return None
+
     return CostTables(tables.next_state, tables.cost, other("params"), other("latency"))
 
 
-def replay_costed(routes: np.ndarray, roots: np.ndarray, costs: CostTables, keep: np.ndarray | None = None) -> Outcome:
+def replay_costed(
+    routes: np.ndarray, roots: np.ndarray, costs: CostTables, keep: np.ndarray | None = None
+) -> Outcome:
     """Routes [K, Q, L] (K seeds, -1 = no more calls) from `roots` with knowledge transfer, or, with
     `keep` ([Q], one seed), every call from the root keeping call keep[q]'s answer; costed three
     ways: the outcome's `params` and `seconds` are [K, Q] (NaN where the cache does not know them)."""
+
     def run(table: np.ndarray) -> Outcome:
         tables = RouteTables(costs.next_state, cost=table)
         if keep is None:
@@ -59,7 +66,9 @@ def replay_costed(routes: np.ndarray, roots: np.ndarray, costs: CostTables, keep
     return replace(run(costs.cost), params=cost(costs.params), seconds=cost(costs.seconds))
 
 
-def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables) -> Outcome:
+def setting_outcome(
+    trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables
+) -> Outcome:
     """The seeds `policies` of a trained grid, greedy on `roots`, replayed and checked against the env;
     calls count LLM calls (two per step when a step calls a pair)."""
     trainer = trained.trainer
@@ -68,10 +77,14 @@ def setting_outcome(trained: TrainedGrid, policies: list[int], roots: np.ndarray
     outcome = replay_costed(routes, roots, costs)
     if not np.array_equal(outcome.final_state, result["final_state"][policies]):
         raise AssertionError("replaying the greedy actions did not reach the env's final states")
-    return replace(outcome, calls=outcome.calls * trainer.spec.experts_per_step)  # LLM calls, not steps
+    return replace(
+        outcome, calls=outcome.calls * trainer.spec.experts_per_step
+    )  # LLM calls, not steps
 
 
 def metric_scores(cache, metrics: list[str]) -> dict[str, np.ndarray]:
     """Every metric column of the cache's states (float32 [S] each), checked."""
-    states = read_checked(cache, {STATES: metrics}, verify_hashes=False, metrics=metrics, embeddings=False)[1][STATES]
+    states = read_checked(
+        cache, {STATES: metrics}, verify_hashes=False, metrics=metrics, embeddings=False
+    )[1][STATES]
     return {m: states[m].to_numpy().astype(np.float32) for m in metrics}

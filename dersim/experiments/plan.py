@@ -28,7 +28,10 @@ QUICK_STEPS = 10_240
 QUICK_SEEDS = 1
 
 
-FULL_INFORMATION = ("fqi", "exact-pg")  # trained beside PPO in the deployable setting of the main grid
+FULL_INFORMATION = (
+    "fqi",
+    "exact-pg",
+)  # trained beside PPO in the deployable setting of the main grid
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,18 @@ class Setting:
 
     def policy(self, seed: int, p0: float) -> dict:
         rewards = PAPER if self.family == "paper" else DEPLOYABLE
-        return with_defaults({"algo": self.algo, **rewards, "p0": p0, "t_max": self.t_max,
-                              "terminator": self.terminator, "judge_error": 0.0, "judge_threshold": 0.5, "seed": seed})
+        return with_defaults(
+            {
+                "algo": self.algo,
+                **rewards,
+                "p0": p0,
+                "t_max": self.t_max,
+                "terminator": self.terminator,
+                "judge_error": 0.0,
+                "judge_threshold": 0.5,
+                "seed": seed,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,18 @@ class Grid:
     settings: tuple[Setting, ...] = field(default_factory=tuple)
 
     def spec(self, plan: Plan) -> EnvSpec:
-        return EnvSpec(split="train", metric=plan.metric, cost_mode=plan.cost_mode, t_max=plan.depth,
-                       terminator="learned", reward="final", p0=plan.p0, transfer=self.transfer,
-                       experts_per_step=self.experts_per_step, pair_pick=self.pair_pick)
+        return EnvSpec(
+            split="train",
+            metric=plan.metric,
+            cost_mode=plan.cost_mode,
+            t_max=plan.depth,
+            terminator="learned",
+            reward="final",
+            p0=plan.p0,
+            transfer=self.transfer,
+            experts_per_step=self.experts_per_step,
+            pair_pick=self.pair_pick,
+        )
 
     def policies(self, plan: Plan) -> list[dict]:
         return [s.policy(seed, plan.p0) for s in self.settings for seed in range(plan.seeds)]
@@ -105,8 +127,12 @@ def main_settings(depth: int) -> tuple[Setting, ...]:
     paper = [Setting("paper", "oracle", t, "main") for t in range(1, depth + 1)]
     paper += [Setting("paper", term, depth, "main") for term in ("none", "learned", "judge")]
     deployable = [Setting("deployable", "learned", t, "main") for t in range(1, depth + 1)]
-    deployable += [Setting("deployable", term, depth, "main") for term in ("judge", "none", "oracle")]
-    deployable += [Setting("deployable", "learned", depth, "main", algo) for algo in FULL_INFORMATION]
+    deployable += [
+        Setting("deployable", term, depth, "main") for term in ("judge", "none", "oracle")
+    ]
+    deployable += [
+        Setting("deployable", "learned", depth, "main", algo) for algo in FULL_INFORMATION
+    ]
     return tuple(paper + deployable)
 
 
@@ -115,15 +141,37 @@ def both_der(grid: str, depth: int) -> tuple[Setting, ...]:
     return Setting("paper", "oracle", depth, grid), Setting("deployable", "learned", depth, grid)
 
 
-def make_plan(cache: Path, metric: str, p0: float, cost_mode: str, depth: int, seeds: int, steps: int,
-              compare: dict[str, Path]) -> Plan:
-    grids = [Grid("main", cache, settings=main_settings(depth)),
-             Grid("no-transfer", cache, transfer=False, settings=both_der("no-transfer", depth)),
-             Grid("pairs-reference", cache, experts_per_step=2, settings=both_der("pairs-reference", depth)),
-             Grid("pairs-judge", cache, experts_per_step=2, pair_pick="judge",
-                  settings=both_der("pairs-judge", depth))]
-    grids += [Grid(f"compare-{name}", path, settings=both_der(f"compare-{name}", depth))
-              for name, path in compare.items()]
+def make_plan(
+    cache: Path,
+    metric: str,
+    p0: float,
+    cost_mode: str,
+    depth: int,
+    seeds: int,
+    steps: int,
+    compare: dict[str, Path],
+) -> Plan:
+    grids = [
+        Grid("main", cache, settings=main_settings(depth)),
+        Grid("no-transfer", cache, transfer=False, settings=both_der("no-transfer", depth)),
+        Grid(
+            "pairs-reference",
+            cache,
+            experts_per_step=2,
+            settings=both_der("pairs-reference", depth),
+        ),
+        Grid(
+            "pairs-judge",
+            cache,
+            experts_per_step=2,
+            pair_pick="judge",
+            settings=both_der("pairs-judge", depth),
+        ),
+    ]
+    grids += [
+        Grid(f"compare-{name}", path, settings=both_der(f"compare-{name}", depth))
+        for name, path in compare.items()
+    ]
     return Plan(cache, metric, p0, cost_mode, depth, seeds, steps, tuple(grids))
 
 

@@ -61,12 +61,16 @@ def cell(values: np.ndarray, trained: bool) -> Cell:
         return Cell(np.nan, np.nan, np.nan, np.nan)
     estimate = mean_ci(values.mean(axis=0))
     _, std = seed_spread(values.mean(axis=1))
-    return Cell(estimate.mean, estimate.low, estimate.high, std if trained and len(values) > 1 else np.nan)
+    return Cell(
+        estimate.mean, estimate.low, estimate.high, std if trained and len(values) > 1 else np.nan
+    )
 
 
 def delta(values: np.ndarray, against: np.ndarray) -> Cell:
     """Paired per-question difference of seed-averaged values, with its interval."""
-    difference = np.asarray(values, np.float64).mean(axis=0) - np.asarray(against, np.float64).mean(axis=0)
+    difference = np.asarray(values, np.float64).mean(axis=0) - np.asarray(against, np.float64).mean(
+        axis=0
+    )
     estimate = mean_ci(difference)
     return Cell(estimate.mean, estimate.low, estimate.high, np.nan)
 
@@ -87,6 +91,7 @@ class Scored:
 
 def score_table(table: Table, scores: dict[str, np.ndarray], depth: int) -> list[Scored]:
     """Every row of `table` with its cells; deltas on the first metric (x100)."""
+
     def values(row: Row, metric: str) -> np.ndarray:
         return scores[metric][row.outcome.final_state] * 100
 
@@ -95,11 +100,24 @@ def score_table(table: Table, scores: dict[str, np.ndarray], depth: int) -> list
         o = row.outcome
         lengths = [float((o.calls == k * row.calls_per_step).mean()) for k in range(depth + 1)]
         compared = table.row(row.vs) if row.vs else None
-        out.append(Scored(
-            row=row, scores={m: cell(values(row, m), row.trained) for m in table.metrics},
-            costs={name: cell(getattr(o, name), row.trained) for name in ("cost", "params", "seconds")},
-            calls=cell(o.calls, row.trained), lengths=lengths,
-            delta=delta(values(row, table.metrics[0]), values(compared, table.metrics[0])) if compared else None,
-            delta_cost=(float(o.cost.mean() / compared.outcome.cost.mean() - 1)
-                        if compared and compared.outcome.cost.mean() > 0 else None)))
+        out.append(
+            Scored(
+                row=row,
+                scores={m: cell(values(row, m), row.trained) for m in table.metrics},
+                costs={
+                    name: cell(getattr(o, name), row.trained)
+                    for name in ("cost", "params", "seconds")
+                },
+                calls=cell(o.calls, row.trained),
+                lengths=lengths,
+                delta=delta(values(row, table.metrics[0]), values(compared, table.metrics[0]))
+                if compared
+                else None,
+                delta_cost=(
+                    float(o.cost.mean() / compared.outcome.cost.mean() - 1)
+                    if compared and compared.outcome.cost.mean() > 0
+                    else None
+                ),
+            )
+        )
     return out

@@ -93,15 +93,19 @@ def discover_models(path: Path, frame: pl.DataFrame) -> list[str]:
     """Models in header order of their `|model_response` columns; each needs its score and cost."""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
-        raise DatasetError(f"{path}: column '{missing[0]}' not found (columns: {', '.join(frame.columns)})")
+        raise DatasetError(
+            f"{path}: column '{missing[0]}' not found (columns: {', '.join(frame.columns)})"
+        )
     models = [c.removesuffix(RESPONSE_SUFFIX) for c in frame.columns if c.endswith(RESPONSE_SUFFIX)]
     if not models:
         raise DatasetError(f"{path}: no '<model>{RESPONSE_SUFFIX}' columns, so no models")
     for model in models:
         for column in (model, model + COST_SUFFIX):
             if column not in frame.columns:
-                raise DatasetError(f"{path}: column '{column}' not found (model '{model}' has a "
-                                   f"'{model}{RESPONSE_SUFFIX}' column)")
+                raise DatasetError(
+                    f"{path}: column '{column}' not found (model '{model}' has a "
+                    f"'{model}{RESPONSE_SUFFIX}' column)"
+                )
     return models
 
 
@@ -112,12 +116,16 @@ def _file_split(path: Path, test_fraction: float | None) -> tuple[str, str | Non
     if test_fraction is not None:
         return task, None
     if not match:
-        raise DatasetError(f"{path}: cannot tell the split from the file name (expected <task>_train.csv or "
-                           "<task>_test.csv); pass --test-fraction F to split at random")
+        raise DatasetError(
+            f"{path}: cannot tell the split from the file name (expected <task>_train.csv or "
+            "<task>_test.csv); pass --test-fraction F to split at random"
+        )
     return task, match["split"]
 
 
-def _read_file(path: Path, index: int, test_fraction: float | None) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
+def _read_file(
+    path: Path, index: int, test_fraction: float | None
+) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
     """(models, rows, cells) of one file; rows and cells carry file index and 1-based row numbers."""
     frame = read_wide_csv(path)
     models = discover_models(path, frame)
@@ -125,39 +133,69 @@ def _read_file(path: Path, index: int, test_fraction: float | None) -> tuple[lis
     sample = frame["sample_id"].str.strip_chars()
     empty = sample.is_null() | (sample == "")
     if empty.any():
-        raise DatasetError(f"{path}: row {int(empty.arg_true()[0]) + 1}, column 'sample_id': empty sample id")
-    evals = (frame["eval_name"].str.strip_chars() if "eval_name" in frame.columns
-             else pl.Series([None] * frame.height, dtype=pl.String))
-    evals = evals.replace("", None).fill_null(task)  # the question id's prefix: eval_name, else the file's task
+        raise DatasetError(
+            f"{path}: row {int(empty.arg_true()[0]) + 1}, column 'sample_id': empty sample id"
+        )
+    evals = (
+        frame["eval_name"].str.strip_chars()
+        if "eval_name" in frame.columns
+        else pl.Series([None] * frame.height, dtype=pl.String)
+    )
+    evals = evals.replace("", None).fill_null(
+        task
+    )  # the question id's prefix: eval_name, else the file's task
     prompts = [parse_listed_text(p)[0] or (p or "") for p in frame["prompt"].to_list()]
-    rows = pl.DataFrame({
-        "file": [index] * frame.height,
-        "row": range(1, frame.height + 1),
-        "question_id": evals + "-" + sample,
-        "task": evals,
-        "split": [split] * frame.height,
-        "question": prompts,
-    }, schema_overrides={"split": pl.String, "file": pl.Int64, "row": pl.Int64})
+    rows = pl.DataFrame(
+        {
+            "file": [index] * frame.height,
+            "row": range(1, frame.height + 1),
+            "question_id": evals + "-" + sample,
+            "task": evals,
+            "split": [split] * frame.height,
+            "question": prompts,
+        },
+        schema_overrides={"split": pl.String, "file": pl.Int64, "row": pl.Int64},
+    )
     no_text = rows.filter(pl.col("question").str.strip_chars() == "")
     if no_text.height:
         raise DatasetError(f"{path}: row {no_text['row'][0]}, column 'prompt': empty prompt")
 
     cells = []
     for model in models:
-        score = parse_numbers(path, frame, model, "a score of 0 or 1", pl.col("value").is_in([0.0, 1.0]))
-        cost = parse_numbers(path, frame, model + COST_SUFFIX, "a cost in US dollars (a number >= 0)",
-                        pl.col("value").is_finite() & (pl.col("value") >= 0))
+        score = parse_numbers(
+            path, frame, model, "a score of 0 or 1", pl.col("value").is_in([0.0, 1.0])
+        )
+        cost = parse_numbers(
+            path,
+            frame,
+            model + COST_SUFFIX,
+            "a cost in US dollars (a number >= 0)",
+            pl.col("value").is_finite() & (pl.col("value") >= 0),
+        )
         parsed = [parse_listed_text(cell) for cell in frame[model + RESPONSE_SUFFIX].to_list()]
-        cells.append(pl.DataFrame({
-            "file": rows["file"], "row": rows["row"], "question_id": rows["question_id"],
-            "model": [model] * frame.height,
-            "text": [text for text, _ in parsed], "parse_problem": [why for _, why in parsed],
-            "score": score, "cost_usd": cost,
-        }, schema_overrides={"text": pl.String, "parse_problem": pl.String}))
+        cells.append(
+            pl.DataFrame(
+                {
+                    "file": rows["file"],
+                    "row": rows["row"],
+                    "question_id": rows["question_id"],
+                    "model": [model] * frame.height,
+                    "text": [text for text, _ in parsed],
+                    "parse_problem": [why for _, why in parsed],
+                    "score": score,
+                    "cost_usd": cost,
+                },
+                schema_overrides={"text": pl.String, "parse_problem": pl.String},
+            )
+        )
     cells_frame = pl.concat(cells).with_columns(
-        missing=pl.when(pl.col("score").is_null()).then(pl.lit(MISSING_NO_SCORE))
-        .when(pl.col("parse_problem").is_not_null()).then(pl.col("parse_problem"))
-        .when(pl.col("cost_usd").is_null()).then(pl.lit(MISSING_NO_COST)))
+        missing=pl.when(pl.col("score").is_null())
+        .then(pl.lit(MISSING_NO_SCORE))
+        .when(pl.col("parse_problem").is_not_null())
+        .then(pl.col("parse_problem"))
+        .when(pl.col("cost_usd").is_null())
+        .then(pl.lit(MISSING_NO_COST))
+    )
     return models, rows, cells_frame
 
 
@@ -171,28 +209,48 @@ def _check_same_models(paths: list[Path], model_lists: list[list[str]]) -> None:
             raise DatasetError(f"{path}: {what} {other} (all files must have the same models)")
 
 
-def merge_repeated(paths: list[Path], rows: pl.DataFrame, cells: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
-                                                                                          dict]:
+def merge_repeated(
+    paths: list[Path], rows: pl.DataFrame, cells: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
     """One row per question id and one cell per (question, model); see the module docstring."""
     valid = cells.filter(pl.col("missing").is_null())
-    clash = valid.filter(pl.struct("question_id", "model").is_duplicated()).sort("question_id", "model", "file",
-                                                                                  "row")
+    clash = valid.filter(pl.struct("question_id", "model").is_duplicated()).sort(
+        "question_id", "model", "file", "row"
+    )
     if clash.height:
         a, b = clash.row(0, named=True), clash.row(1, named=True)
-        raise DatasetError(f"{paths[a['file']]}: row {a['row']} and {paths[b['file']]} row {b['row']} both score "
-                           f"model '{a['model']}' on question '{a['question_id']}'")
+        raise DatasetError(
+            f"{paths[a['file']]}: row {a['row']} and {paths[b['file']]} row {b['row']} both score "
+            f"model '{a['model']}' on question '{a['question_id']}'"
+        )
     counts = valid.group_by("file", "row").len("n_valid")
-    rows = (rows.with_row_index("order").join(counts, on=["file", "row"], how="left")
-            .with_columns(pl.col("n_valid").fill_null(0)))
-    primary = (rows.sort(["n_valid", "order"], descending=[True, False]).unique("question_id", keep="first")
-               .sort("order"))
-    repeated = rows.group_by("question_id").agg(n=pl.len(), splits=pl.col("split").n_unique(),
-                                                files=pl.col("file").n_unique()).filter(pl.col("n") > 1)
-    merged = (cells.join(primary.select("question_id", pl.lit(True).alias("primary"), "file", "row"),
-                         on=["question_id", "file", "row"], how="left")
-              .with_columns(pl.col("primary").fill_null(False), pl.col("missing").is_null().alias("valid"))
-              .sort(["valid", "primary"], descending=True)
-              .unique(["question_id", "model"], keep="first"))
+    rows = (
+        rows.with_row_index("order")
+        .join(counts, on=["file", "row"], how="left")
+        .with_columns(pl.col("n_valid").fill_null(0))
+    )
+    primary = (
+        rows.sort(["n_valid", "order"], descending=[True, False])
+        .unique("question_id", keep="first")
+        .sort("order")
+    )
+    repeated = (
+        rows.group_by("question_id")
+        .agg(n=pl.len(), splits=pl.col("split").n_unique(), files=pl.col("file").n_unique())
+        .filter(pl.col("n") > 1)
+    )
+    merged = (
+        cells.join(
+            primary.select("question_id", pl.lit(True).alias("primary"), "file", "row"),
+            on=["question_id", "file", "row"],
+            how="left",
+        )
+        .with_columns(
+            pl.col("primary").fill_null(False), pl.col("missing").is_null().alias("valid")
+        )
+        .sort(["valid", "primary"], descending=True)
+        .unique(["question_id", "model"], keep="first")
+    )
     notes = {
         "repeated_question_ids": repeated.height,
         "merged_rows": int((repeated["n"] - 1).sum()) if repeated.height else 0,
@@ -206,13 +264,21 @@ def _source_notes(paths: list[Path], cells: pl.DataFrame) -> dict:
     """Counts (and a few examples) of cells without an answer, per reason, as found in the files."""
     lacking = cells.filter(pl.col("missing").is_not_null())
     counts = lacking.group_by("missing").len().sort("missing")
-    malformed = lacking.filter(pl.col("parse_problem") == MISSING_MALFORMED).sort("file", "row").head(EXAMPLES)
+    malformed = (
+        lacking.filter(pl.col("parse_problem") == MISSING_MALFORMED)
+        .sort("file", "row")
+        .head(EXAMPLES)
+    )
     return {
         "cells_without_answer": {str(reason): int(n) for reason, n in counts.iter_rows()},
         "empty_responses": int(cells.filter(pl.col("parse_problem") == MISSING_EMPTY).height),
-        "malformed_responses": int(cells.filter(pl.col("parse_problem") == MISSING_MALFORMED).height),
-        "malformed_examples": [f"{paths[r['file']].name} row {r['row']} column '{r['model']}{RESPONSE_SUFFIX}'"
-                               for r in malformed.iter_rows(named=True)],
+        "malformed_responses": int(
+            cells.filter(pl.col("parse_problem") == MISSING_MALFORMED).height
+        ),
+        "malformed_examples": [
+            f"{paths[r['file']].name} row {r['row']} column '{r['model']}{RESPONSE_SUFFIX}'"
+            for r in malformed.iter_rows(named=True)
+        ],
     }
 
 
@@ -223,10 +289,10 @@ def shared_prefix(texts: list[str]) -> str:
         return ""
     common = os.path.commonprefix(texts)
     cut = common.rfind("\n\n")
-    prefix = common[:cut + 2] if cut >= 0 else ""
-    while prefix and any(not t[len(prefix):].strip() for t in texts):
+    prefix = common[: cut + 2] if cut >= 0 else ""
+    while prefix and any(not t[len(prefix) :].strip() for t in texts):
         cut = prefix.rfind("\n\n", 0, len(prefix) - 2)
-        prefix = prefix[:cut + 2] if cut >= 0 else ""
+        prefix = prefix[: cut + 2] if cut >= 0 else ""
     return prefix
 
 
@@ -234,8 +300,13 @@ def merged_cells(merged: pl.DataFrame) -> pl.DataFrame:
     """The answer set's cells from `merge_repeated`'s merged cells: the text where the cell is valid; a
     wide file records no token counts."""
     return merged.select(
-        "question_id", "model", pl.when(pl.col("valid")).then(pl.col("text")).alias("answer"), "score", "cost_usd",
-        pl.lit(None, dtype=pl.Int64).alias("prompt_tokens"), pl.lit(None, dtype=pl.Int64).alias("completion_tokens"),
+        "question_id",
+        "model",
+        pl.when(pl.col("valid")).then(pl.col("text")).alias("answer"),
+        "score",
+        "cost_usd",
+        pl.lit(None, dtype=pl.Int64).alias("prompt_tokens"),
+        pl.lit(None, dtype=pl.Int64).alias("completion_tokens"),
         "missing",
     ).cast(CELL_COLUMNS)
 
@@ -249,13 +320,19 @@ def strip_shared_prefixes(questions: pl.DataFrame) -> tuple[pl.DataFrame, dict[s
             prefixes[str(task)] = prefix
     if not prefixes:
         return questions, prefixes
-    lengths = pl.col("task").replace_strict({t: len(p) for t, p in prefixes.items()}, default=0,
-                                             return_dtype=pl.Int64)
+    lengths = pl.col("task").replace_strict(
+        {t: len(p) for t, p in prefixes.items()}, default=0, return_dtype=pl.Int64
+    )
     return questions.with_columns(pl.col("question").str.slice(lengths)), prefixes
 
 
-def read_routerbench(paths: list[Path], *, test_fraction: float | None = None, seed: int = 0,
-                     strip_shared_prefix: bool = False) -> AnswerSet:
+def read_routerbench(
+    paths: list[Path],
+    *,
+    test_fraction: float | None = None,
+    seed: int = 0,
+    strip_shared_prefix: bool = False,
+) -> AnswerSet:
     """The RouterBench CSVs `paths` as one answer set; split by file name, or at random when
     `test_fraction` is given. `strip_shared_prefix` removes the few-shot examples that every prompt
     of a task starts with from the question text (they are kept in the manifest): MiniLM reads only
@@ -279,26 +356,43 @@ def read_routerbench(paths: list[Path], *, test_fraction: float | None = None, s
         splits = random_split(primary["question_id"].to_list(), test_fraction, seed)
         primary = primary.with_columns(pl.col("question_id").replace_strict(splits).alias("split"))
     questions = primary.select(
-        "question_id", "split", "question", pl.lit("").alias("reference"),
-        pl.lit([], dtype=pl.List(pl.String)).alias("references"), pl.lit("").alias("label"),
+        "question_id",
+        "split",
+        "question",
+        pl.lit("").alias("reference"),
+        pl.lit([], dtype=pl.List(pl.String)).alias("references"),
+        pl.lit("").alias("label"),
     ).cast(QUESTION_COLUMNS)
     answers = merged_cells(merged)
     tasks = list(dict.fromkeys(_file_split(p, 0.0)[0] for p in paths))
     return AnswerSet(
-        questions=questions, cells=answers,
+        questions=questions,
+        cells=answers,
         experts=[ImportedExpert(m, PARAMS_B.get(m)) for m in models],
         metric=METRIC,
-        metric_manifest={"source": "RouterBench 0/1 label",
-                         "description": "the model's 0/1 correctness label from the RouterBench column "
-                                        "'<model>'; root states score 0"},
-        dataset={"id": "routerbench/" + "+".join(tasks), "source": "routerbench",
-                 "files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths]},
-        settings={"importer": "routerbench",
-                  "split": "file name" if test_fraction is None else {"test_fraction": test_fraction, "seed": seed},
-                  "question_id": "<eval_name or file task>-<sample_id>",
-                  "answer": "ast.literal_eval of '<model>|model_response', list items joined with newlines",
-                  "cost_usd": "'<model>|total_cost'", "tokens": "not in the source (0)",
-                  "latency_s": "not in the source (0)",
-                  "strip_shared_prefix": strip_shared_prefix, "shared_prefixes": prefixes},
-        notes=notes, read_seconds=time.perf_counter() - started,
+        metric_manifest={
+            "source": "RouterBench 0/1 label",
+            "description": "the model's 0/1 correctness label from the RouterBench column "
+            "'<model>'; root states score 0",
+        },
+        dataset={
+            "id": "routerbench/" + "+".join(tasks),
+            "source": "routerbench",
+            "files": [{"path": str(p), "sha256": file_sha256(p)} for p in paths],
+        },
+        settings={
+            "importer": "routerbench",
+            "split": "file name"
+            if test_fraction is None
+            else {"test_fraction": test_fraction, "seed": seed},
+            "question_id": "<eval_name or file task>-<sample_id>",
+            "answer": "ast.literal_eval of '<model>|model_response', list items joined with newlines",
+            "cost_usd": "'<model>|total_cost'",
+            "tokens": "not in the source (0)",
+            "latency_s": "not in the source (0)",
+            "strip_shared_prefix": strip_shared_prefix,
+            "shared_prefixes": prefixes,
+        },
+        notes=notes,
+        read_seconds=time.perf_counter() - started,
     )

@@ -65,12 +65,16 @@ class CheckReport:
     same_final_state: int = 0
     steps: dict[int, StepAgreement] = field(default_factory=lambda: defaultdict(StepAgreement))
     mismatches: list[dict[str, Any]] = field(default_factory=list)
-    states_compared: int = 0  # live states whose answer is the cached state's: their embeddings compared
+    states_compared: int = (
+        0  # live states whose answer is the cached state's: their embeddings compared
+    )
     embeddings_equal: int = 0  # ... of which bit for bit
     max_embedding_diff: float = 0.0
     question_seconds: list[float] = field(default_factory=list)
     call_seconds: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    experts: dict[str, ExpertAgreement] = field(default_factory=dict)  # every expert (or pair), in the run's order
+    experts: dict[str, ExpertAgreement] = field(
+        default_factory=dict
+    )  # every expert (or pair), in the run's order
     kernels: dict[str, Any] = field(default_factory=dict)  # `kernel_report` of the cache
 
     @property
@@ -80,16 +84,28 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         median = statistics.median
         return {
-            "policy": self.policy, "split": self.split, "questions": self.questions, "agreeing": self.agreeing,
-            "same_final_state": self.same_final_state, "full_agreement": self.full_agreement,
+            "policy": self.policy,
+            "split": self.split,
+            "questions": self.questions,
+            "agreeing": self.agreeing,
+            "same_final_state": self.same_final_state,
+            "full_agreement": self.full_agreement,
             "steps": {d: vars(a) for d, a in sorted(self.steps.items())},
-            "experts": {name: vars(a) for name, a in self.experts.items()}, "fingerprint": self.kernels,
+            "experts": {name: vars(a) for name, a in self.experts.items()},
+            "fingerprint": self.kernels,
             "mismatches": self.mismatches,
-            "embeddings": {"states_compared": self.states_compared, "bitwise_equal": self.embeddings_equal,
-                           "max_abs_diff": self.max_embedding_diff},
-            "latency": {"median_question_s": median(self.question_seconds) if self.question_seconds else None,
-                        "median_call_s": {name: median(v) for name, v in self.call_seconds.items()},
-                        "calls": {name: len(v) for name, v in self.call_seconds.items()}},
+            "embeddings": {
+                "states_compared": self.states_compared,
+                "bitwise_equal": self.embeddings_equal,
+                "max_abs_diff": self.max_embedding_diff,
+            },
+            "latency": {
+                "median_question_s": median(self.question_seconds)
+                if self.question_seconds
+                else None,
+                "median_call_s": {name: median(v) for name, v in self.call_seconds.items()},
+                "calls": {name: len(v) for name, v in self.call_seconds.items()},
+            },
         }
 
 
@@ -107,20 +123,30 @@ def sim_to_real(router: LiveRouter, n: int, split: str = "test") -> CheckReport:
     cached_embedding, _ = raw_state_embeddings(trainer.cache)
     rows = {r["question_id"]: r for r in cache.questions.iter_rows(named=True)}
     states_by_answer: dict[str, dict[str, int]] = defaultdict(dict)
-    for state, (qid, depth) in enumerate(zip(cache.states["question_id"], cache.states["depth"], strict=True)):
+    for state, (qid, depth) in enumerate(
+        zip(cache.states["question_id"], cache.states["depth"], strict=True)
+    ):
         if depth > 0:
             states_by_answer[qid][normalise_answer(answers[state])] = state
     names = trainer.tables.expert_names
     next_state = trainer.tables.next_state
-    report = CheckReport(policy.name, split, experts={name: ExpertAgreement() for name in names},
-                         kernels=kernel_report(read_manifest(trainer.cache)))
+    report = CheckReport(
+        policy.name,
+        split,
+        experts={name: ExpertAgreement() for name in names},
+        kernels=kernel_report(read_manifest(trainer.cache)),
+    )
     for q, qid in enumerate(ids):
         row = rows[qid]
-        question = Question(qid, row["question"], row["reference"], tuple(row["references"]), row["label"])
+        question = Question(
+            qid, row["question"], row["reference"], tuple(row["references"]), row["label"]
+        )
         route = router.route(question)
         replay_tokens, replay_states = _walk_replay(actions[q], int(roots[q]), next_state, names)
         live_states = _live_states(int(roots[q]), route, states_by_answer[qid])
-        _compare(report, route, replay_tokens, replay_states, live_states, int(final_states[q]), answers)
+        _compare(
+            report, route, replay_tokens, replay_states, live_states, int(final_states[q]), answers
+        )
         _compare_embeddings(report, route, live_states, answers, cached_embedding)
         report.question_seconds.append(route.wall_s)
         for step in route.steps:
@@ -128,8 +154,9 @@ def sim_to_real(router: LiveRouter, n: int, split: str = "test") -> CheckReport:
     return report
 
 
-def _walk_replay(actions: np.ndarray, root: int, next_state: np.ndarray,
-                 names: tuple[str, ...]) -> tuple[list[str], list[int]]:
+def _walk_replay(
+    actions: np.ndarray, root: int, next_state: np.ndarray, names: tuple[str, ...]
+) -> tuple[list[str], list[int]]:
     """The replay's tokens (expert names, then STOP if it stopped so) and the states it visited."""
     route = policy_routes(actions, len(names))
     outcome = replay(route[None], np.array([root]), RouteTables(next_state), with_path=True)
@@ -137,7 +164,7 @@ def _walk_replay(actions: np.ndarray, root: int, next_state: np.ndarray,
     tokens = [names[e] for e in route[:calls]]
     if calls < len(actions) and actions[calls] == len(names):
         tokens.append(STOP_TOKEN)
-    return tokens, [int(s) for s in outcome.path[0, :calls + 1]]
+    return tokens, [int(s) for s in outcome.path[0, : calls + 1]]
 
 
 def _live_states(root: int, route: Route, by_answer: dict[str, int]) -> list[int]:
@@ -146,9 +173,18 @@ def _live_states(root: int, route: Route, by_answer: dict[str, int]) -> list[int
     return [root] + [by_answer.get(normalise_answer(step.answer), -1) for step in route.steps]
 
 
-def _compare(report: CheckReport, route: Route, replay_tokens: list[str], replay_states: list[int],
-             live_states: list[int], replay_final: int, answers: list[str]) -> None:
-    live_tokens = [s.expert for s in route.steps] + ([STOP_TOKEN] if route.stopped_by == STOP else [])
+def _compare(
+    report: CheckReport,
+    route: Route,
+    replay_tokens: list[str],
+    replay_states: list[int],
+    live_states: list[int],
+    replay_final: int,
+    answers: list[str],
+) -> None:
+    live_tokens = [s.expert for s in route.steps] + (
+        [STOP_TOKEN] if route.stopped_by == STOP else []
+    )
     qid = route.question.question_id
     agree = True
     for d in range(1, max(len(live_tokens), len(replay_tokens)) + 1):
@@ -158,8 +194,15 @@ def _compare(report: CheckReport, route: Route, replay_tokens: list[str], replay
         live_token = live_tokens[d - 1] if d <= len(live_tokens) else "(ended)"
         if replay_token != live_token:
             agree = False
-            report.mismatches.append({"question_id": qid, "step": d, "what": "expert", "replay": replay_token,
-                                      "live": live_token})
+            report.mismatches.append(
+                {
+                    "question_id": qid,
+                    "step": d,
+                    "what": "expert",
+                    "replay": replay_token,
+                    "live": live_token,
+                }
+            )
             break  # later steps follow different routes: nothing more to compare
         counts.same_expert += 1
         if live_token == STOP_TOKEN:
@@ -173,20 +216,40 @@ def _compare(report: CheckReport, route: Route, replay_tokens: list[str], replay
             expert.same_answer += 1
             continue
         agree = False
-        report.mismatches.append({"question_id": qid, "step": d, "what": "answer", "expert": live_token,
-                                  "replay": cached, "live": live})
+        report.mismatches.append(
+            {
+                "question_id": qid,
+                "step": d,
+                "what": "answer",
+                "expert": live_token,
+                "replay": cached,
+                "live": live,
+            }
+        )
     if live_states[-1] == replay_final:
         report.same_final_state += 1
     else:
         agree = False
-        report.mismatches.append({"question_id": qid, "step": None, "what": "final state",
-                                  "replay": answers[replay_final], "live": route.answer})
+        report.mismatches.append(
+            {
+                "question_id": qid,
+                "step": None,
+                "what": "final state",
+                "replay": answers[replay_final],
+                "live": route.answer,
+            }
+        )
     report.questions += 1
     report.agreeing += agree
 
 
-def _compare_embeddings(report: CheckReport, route: Route, live_states: list[int], answers: list[str],
-                        cached: np.ndarray) -> None:
+def _compare_embeddings(
+    report: CheckReport,
+    route: Route,
+    live_states: list[int],
+    answers: list[str],
+    cached: np.ndarray,
+) -> None:
     """Live embedding vs cached embedding for every visited state whose live answer is the cached one."""
     live_answers = [""] + [s.answer for s in route.steps]
     for state, answer, embedding in zip(live_states, live_answers, route.embeddings, strict=True):
@@ -208,8 +271,10 @@ def kernel_report(manifest: dict[str, Any]) -> dict[str, Any]:
     if not recorded:
         return {"status": "not applicable", "backends": {}}
     backends = {name: _compare_kernels(name, build) for name, build in recorded.items()}
-    return {"status": "differs" if any(b["differences"] for b in backends.values()) else "match",
-            "backends": backends}
+    return {
+        "status": "differs" if any(b["differences"] for b in backends.values()) else "match",
+        "backends": backends,
+    }
 
 
 def _compare_kernels(backend: str, build: dict[str, Any]) -> dict[str, Any]:
@@ -218,10 +283,17 @@ def _compare_kernels(backend: str, build: dict[str, Any]) -> dict[str, Any]:
         differences = {"backend": {"build": backend, "here": "not available here"}}
     else:
         mine, theirs = replay_key(here), replay_key(build)
-        differences = {k: {"build": theirs.get(k), "here": mine.get(k)} for k in sorted(set(mine) | set(theirs))
-                       if mine.get(k) != theirs.get(k)}
-    return {"build": build, "here": here, "differences": differences,
-            "cpu": {"build": build.get("cpu", "unknown"), "here": (here or {}).get("cpu", "unknown")}}
+        differences = {
+            k: {"build": theirs.get(k), "here": mine.get(k)}
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        }
+    return {
+        "build": build,
+        "here": here,
+        "differences": differences,
+        "cpu": {"build": build.get("cpu", "unknown"), "here": (here or {}).get("cpu", "unknown")},
+    }
 
 
 def _kernels_here(backend: str) -> dict[str, Any] | None:
@@ -240,25 +312,35 @@ def describe_kernels(report: dict[str, Any]) -> list[str]:
     if status == "unknown":
         return ["kernels: unknown: the cache records no fingerprint (built by an older dersim)"]
     if status == "not applicable":
-        return ["kernels: not applicable: no expert runs in this process on this machine's kernels (synthetic "
-                "answers are the same everywhere, HTTP experts answer on their servers)"]
+        return [
+            "kernels: not applicable: no expert runs in this process on this machine's kernels (synthetic "
+            "answers are the same everywhere, HTTP experts answer on their servers)"
+        ]
     lines = []
     for backend, entry in report["backends"].items():
         cpus = f"CPU here {entry['cpu']['here']!r}, build {entry['cpu']['build']!r}"
         if not entry["differences"]:
             build = entry["build"]
-            lines.append(f"kernels ({backend}): match the build's (llama-cpp-python {build.get('llama_cpp_python')}, "
-                         f"{' '.join(build.get('features', []))}); {cpus}")
+            lines.append(
+                f"kernels ({backend}): match the build's (llama-cpp-python {build.get('llama_cpp_python')}, "
+                f"{' '.join(build.get('features', []))}); {cpus}"
+            )
             continue
-        what = "; ".join(_difference(key, d["build"], d["here"]) for key, d in entry["differences"].items())
-        lines.append(f"kernels ({backend}): DIFFER from the build's: {what}; {cpus}: answers may differ")
+        what = "; ".join(
+            _difference(key, d["build"], d["here"]) for key, d in entry["differences"].items()
+        )
+        lines.append(
+            f"kernels ({backend}): DIFFER from the build's: {what}; {cpus}: answers may differ"
+        )
     return lines
 
 
 def _difference(key: str, build: Any, here: Any) -> str:
     if isinstance(build, list) and isinstance(here, list):
-        parts = [f"{side} only {' '.join(sorted(set(a) - set(b)))}" for side, a, b in (("build", build, here),
-                                                                                      ("here", here, build))
-                 if set(a) - set(b)]
+        parts = [
+            f"{side} only {' '.join(sorted(set(a) - set(b)))}"
+            for side, a, b in (("build", build, here), ("here", here, build))
+            if set(a) - set(b)
+        ]
         return f"{key}: {', '.join(parts)}"
     return f"{key}: build {build}, here {here}"

@@ -36,7 +36,10 @@ class CallPricer:
         ok = np.asarray(table["status"].to_numpy(zero_copy_only=False)) == STATUS_OK
         experts = table["expert_id"].to_numpy()[ok]
         latency = table["latency_s"].to_numpy()[ok].astype(np.float32)
-        medians = [np.median(latency[experts == e]) if (experts == e).any() else 1.0 for e in range(len(self.experts))]
+        medians = [
+            np.median(latency[experts == e]) if (experts == e).any() else 1.0
+            for e in range(len(self.experts))
+        ]
         return np.asarray([m if m > 0 else 1.0 for m in medians], dtype=np.float64)
 
     def cost(self, expert: int, call: Completion) -> float:
@@ -46,7 +49,10 @@ class CallPricer:
         if self.mode == "tokens":
             return (call.prompt_tokens + call.completion_tokens) / 1000
         if self.mode == "usd":
-            return (call.prompt_tokens * spec.usd_per_mtok_in + call.completion_tokens * spec.usd_per_mtok_out) / 1e6
+            return (
+                call.prompt_tokens * spec.usd_per_mtok_in
+                + call.completion_tokens * spec.usd_per_mtok_out
+            ) / 1e6
         if self.mode == "latency":
             return float(call.latency_s)
         return float(call.latency_s / self.medians[expert])  # type: ignore[index]

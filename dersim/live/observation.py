@@ -22,8 +22,12 @@ from dersim.env.tables import EnvSpec, question_assignment
 
 def raw_state_embeddings(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """float32 [S, d] cached state embeddings (state id order) and each state's question id."""
-    states = read_checked(cache, {STATES: ["question_id", "embedding"]}, verify_hashes=False, metrics=[])[1][STATES]
-    return embedding_matrix(states), np.asarray(states["question_id"].to_numpy(zero_copy_only=False))
+    states = read_checked(
+        cache, {STATES: ["question_id", "embedding"]}, verify_hashes=False, metrics=[]
+    )[1][STATES]
+    return embedding_matrix(states), np.asarray(
+        states["question_id"].to_numpy(zero_copy_only=False)
+    )
 
 
 class ObservedEmbedding:
@@ -34,11 +38,16 @@ class ObservedEmbedding:
         if spec.embedding_dim is None:
             return
         embedding, state_questions = raw_state_embeddings(cache)
-        questions = read_checked(cache, {QUESTIONS: ["question_id", "split"]}, verify_hashes=False)[1][QUESTIONS]
+        questions = read_checked(cache, {QUESTIONS: ["question_id", "split"]}, verify_hashes=False)[
+            1
+        ][QUESTIONS]
         ids = np.asarray(questions["question_id"].to_numpy(zero_copy_only=False))
-        assigned = question_assignment(np.asarray(questions["split"].to_numpy(zero_copy_only=False)), spec)
-        self.projection = fit_projection(embedding, np.isin(state_questions, ids[assigned == "train"]),
-                                         spec.embedding_dim, cache)
+        assigned = question_assignment(
+            np.asarray(questions["split"].to_numpy(zero_copy_only=False)), spec
+        )
+        self.projection = fit_projection(
+            embedding, np.isin(state_questions, ids[assigned == "train"]), spec.embedding_dim, cache
+        )
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         """float32 [n, k] (or [n, d] without a projection) for raw rows [n, d]."""

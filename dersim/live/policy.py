@@ -33,8 +33,12 @@ from dersim.trainer.selection import choose_policy
 
 def per_policy(env_params: EnvParams, index: int) -> EnvParams:
     """One policy's EnvParams out of the stacked ones (per-policy leaves indexed, tables shared)."""
-    return jax.tree.map(lambda axis, leaf: leaf if axis is None else leaf[index], policy_axes(env_params), env_params,
-                        is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda axis, leaf: leaf if axis is None else leaf[index],
+        policy_axes(env_params),
+        env_params,
+        is_leaf=lambda x: x is None,
+    )
 
 
 class LiveRun:
@@ -51,26 +55,39 @@ class LiveRun:
         self.params = self.trainer.kept_params(state)
         self.best = self._best(state)
         self.observed = ObservedEmbedding(self.trainer.cache, self.trainer.spec)
-        judged = any(p["terminator"] == "judge" for p in self.trainer.policies) or picks_by_judge(self.trainer.spec)
+        judged = any(p["terminator"] == "judge" for p in self.trainer.policies) or picks_by_judge(
+            self.trainer.spec
+        )
         self.judge = Judge.load(self.run_dir / JUDGE_FILE) if judged else None
         network = self.trainer.network
-        self.logits_fn = jax.jit(lambda params, env, rows, t, last: action_scores(
-            network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last)[0])
+        self.logits_fn = jax.jit(
+            lambda params, env, rows, t, last: action_scores(
+                network, params, env.replace(embedding=rows), jnp.zeros((1,), jnp.int32), t, last
+            )[0]
+        )
 
     def _best(self, state: TrainState) -> int | None:
         """The best deployable policy on val (on train when the run has no val split)."""
         chosen = self.trainer.best_on_val(state)
         if chosen is not None:
             return chosen["policy"]
-        result = self.trainer.greedy(self.params, self.trainer.env_params, self.trainer.tables.roots)
+        result = self.trainer.greedy(
+            self.params, self.trainer.env_params, self.trainer.tables.roots
+        )
         score = self.trainer.tables.score[result["final_state"]].mean(axis=1)
-        return choose_policy(self.trainer.policies, score, result["env_cost"].mean(axis=1), self.trainer.spec)
+        return choose_policy(
+            self.trainer.policies, score, result["env_cost"].mean(axis=1), self.trainer.spec
+        )
 
     @property
     def servable(self) -> list[int]:
         """Indices of the policies that can run live (reading no reference answer)."""
         spec = self.trainer.spec
-        return [i for i, p in enumerate(self.trainer.policies) if not reads_reference(spec, p["terminator"])]
+        return [
+            i
+            for i, p in enumerate(self.trainer.policies)
+            if not reads_reference(spec, p["terminator"])
+        ]
 
     def model_names(self) -> dict[str, int]:
         """OpenAI model names: der-<run>-<policy> for each servable policy, der-<run> for the best."""
@@ -84,21 +101,30 @@ class LiveRun:
         n = len(self.trainer.policies)
         if index is None:
             if self.best is None:
-                why = ("keeps each pair's better answer by the reference (pair_pick 'reference')"
-                       if _pairs_by_reference(self.trainer.spec) else "stops by the oracle terminator")
-                raise DersimError(f"{self.run_dir}: every policy {why}, which reads the reference answer; none can "
-                                  "route live")
+                why = (
+                    "keeps each pair's better answer by the reference (pair_pick 'reference')"
+                    if _pairs_by_reference(self.trainer.spec)
+                    else "stops by the oracle terminator"
+                )
+                raise DersimError(
+                    f"{self.run_dir}: every policy {why}, which reads the reference answer; none can "
+                    "route live"
+                )
             index = self.best
         if not 0 <= index < n:
             raise DersimError(f"--policy {index}: the run has policies 0..{n - 1}")
         settings = self.trainer.policies[index]
         if settings["terminator"] not in DEPLOYABLE_TERMINATORS:
-            raise DersimError(f"--policy {index} stops by the oracle terminator, which reads the reference answer; "
-                              "a live question has none (choose a learned, judge or none policy)")
+            raise DersimError(
+                f"--policy {index} stops by the oracle terminator, which reads the reference answer; "
+                "a live question has none (choose a learned, judge or none policy)"
+            )
         if _pairs_by_reference(self.trainer.spec):
-            raise DersimError(f"--policy {index} keeps each pair's better answer by the reference answer (pair_pick "
-                              "'reference'), which a live question does not have (a pairs run picked by the judge "
-                              "can route live)")
+            raise DersimError(
+                f"--policy {index} keeps each pair's better answer by the reference answer (pair_pick "
+                "'reference'), which a live question does not have (a pairs run picked by the judge "
+                "can route live)"
+            )
         return LivePolicy(self, index)
 
 
@@ -121,9 +147,13 @@ class LivePolicy:
         self.terminator: str = self.settings["terminator"]
         self.t_max = int(self.settings["t_max"])
         self.judge_threshold = float(self.settings["judge_threshold"])
-        self.n_experts = len(run.trainer.tables.expert_names)  # actions but STOP (pairs of experts, under pairs)
+        self.n_experts = len(
+            run.trainer.tables.expert_names
+        )  # actions but STOP (pairs of experts, under pairs)
         self.max_depth = run.trainer.tables.max_depth
-        self.transfer = run.trainer.spec.transfer  # False: every call answers from the question alone (no KTP)
+        self.transfer = (
+            run.trainer.spec.transfer
+        )  # False: every call answers from the question alone (no KTP)
         self.pairs = run.trainer.spec.experts_per_step == 2
         self._params = jax.tree.map(lambda x: x[index], run.params)
         self._env = per_policy(run.trainer.env_params, index)
@@ -141,7 +171,10 @@ class LivePolicy:
     def logits(self, raw_embedding: np.ndarray, t: int, last_action: int) -> np.ndarray:
         """Masked logits [N + 1] for the state whose raw embedding is `raw_embedding` [d]."""
         rows = jnp.asarray(self.run.observed(raw_embedding[None, :]))
-        step, last = jnp.asarray([self.observed_step(t)], jnp.int32), jnp.asarray([last_action], jnp.int32)
+        step, last = (
+            jnp.asarray([self.observed_step(t)], jnp.int32),
+            jnp.asarray([last_action], jnp.int32),
+        )
         return np.asarray(self.run.logits_fn(self._params, self._env, rows, step, last))
 
     def act(self, raw_embedding: np.ndarray, t: int, last_action: int) -> int:

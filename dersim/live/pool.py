@@ -37,7 +37,10 @@ from dersim.errors import DersimError
 from dersim.recipe import EmbeddingSpec, ExpertSpec, PromptSpec, Recipe
 
 HTTP_BACKEND = "openai"
-ENDPOINT_OPTIONS = ("base_url", "api_key_env")  # where a call goes and the variable its key is read from
+ENDPOINT_OPTIONS = (
+    "base_url",
+    "api_key_env",
+)  # where a call goes and the variable its key is read from
 
 
 class ExpertCallError(DersimError):
@@ -56,12 +59,16 @@ def expert_specs(manifest: dict[str, Any], where: Path) -> tuple[ExpertSpec, ...
     for entry in manifest["experts"]:
         unknown = sorted(set(entry) - known)
         if unknown:
-            raise DersimError(f"{where}: expert entry has unknown key '{unknown[0]}' (written by another dersim "
-                              "version?)")
+            raise DersimError(
+                f"{where}: expert entry has unknown key '{unknown[0]}' (written by another dersim "
+                "version?)"
+            )
         try:
             specs.append(ExpertSpec(**{**entry, "stop": tuple(entry.get("stop", ()))}))
         except TypeError as exc:
-            raise DersimError(f"{where}: expert entry {entry.get('name', '?')!r} is incomplete ({exc})") from None
+            raise DersimError(
+                f"{where}: expert entry {entry.get('name', '?')!r} is incomplete ({exc})"
+            ) from None
     return tuple(specs)
 
 
@@ -81,7 +88,9 @@ def live_prompt(manifest: dict[str, Any], where: Path) -> PromptSpec:
     try:
         return PromptSpec(**manifest["prompt"])
     except TypeError as exc:
-        raise DersimError(f"{where}: 'prompt' is not a prompt spec of this dersim version ({exc})") from None
+        raise DersimError(
+            f"{where}: 'prompt' is not a prompt spec of this dersim version ({exc})"
+        ) from None
 
 
 def resolve_experts(cache: Path, endpoints: Endpoints) -> tuple[ExpertSpec, ...]:
@@ -91,21 +100,27 @@ def resolve_experts(cache: Path, endpoints: Endpoints) -> tuple[ExpertSpec, ...]
     manifest = read_manifest(cache)
     where = cache / "manifest.json"
     if is_imported(manifest) or "prompt" not in manifest or "embedding" not in manifest:
-        raise DersimError(f"{cache}: an imported cache (or one without prompt and embedding settings) has no "
-                          "experts to call live; route with a cache built by dersim build-cache")
+        raise DersimError(
+            f"{cache}: an imported cache (or one without prompt and embedding settings) has no "
+            "experts to call live; route with a cache built by dersim build-cache"
+        )
     cached = expert_specs(manifest, where)
     if endpoints.recipe is not None:
         experts = _recipe_experts(endpoints.recipe, cached, live_prompt(manifest, where))
     else:
-        experts = tuple(replace(e, options={k: v for k, v in e.options.items() if k not in ENDPOINT_OPTIONS})
-                        for e in cached)
+        experts = tuple(
+            replace(e, options={k: v for k, v in e.options.items() if k not in ENDPOINT_OPTIONS})
+            for e in cached
+        )
     experts = _overlay(experts, endpoints.base_urls, "base_url", "--base-url", "URL")
     experts = _overlay(experts, endpoints.api_key_envs, "api_key_env", "--api-key-env", "VAR")
     for expert in experts:
         if expert.backend == HTTP_BACKEND and not expert.options.get("base_url"):
-            raise DersimError(f"expert '{expert.name}' is called over HTTP and has no endpoint: pass --base-url "
-                              f"{expert.name}=URL (and --api-key-env {expert.name}=VAR for a key) or --recipe RECIPE; "
-                              "a cache's or run's files never choose where calls and keys go")
+            raise DersimError(
+                f"expert '{expert.name}' is called over HTTP and has no endpoint: pass --base-url "
+                f"{expert.name}=URL (and --api-key-env {expert.name}=VAR for a key) or --recipe RECIPE; "
+                "a cache's or run's files never choose where calls and keys go"
+            )
     return experts
 
 
@@ -118,7 +133,9 @@ def _answer_settings(spec: ExpertSpec) -> dict[str, Any]:
     return settings
 
 
-def _first_difference(mine: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> tuple[str, Any, Any] | None:
+def _first_difference(
+    mine: dict[str, Any], theirs: dict[str, Any], prefix: str = ""
+) -> tuple[str, Any, Any] | None:
     """(dotted key, recipe value, cache value) of the first setting that differs, or None."""
     for key in sorted(set(mine) | set(theirs)):
         a, b = mine.get(key), theirs.get(key)
@@ -131,38 +148,54 @@ def _first_difference(mine: dict[str, Any], theirs: dict[str, Any], prefix: str 
     return None
 
 
-def _recipe_experts(recipe: Recipe, cached: tuple[ExpertSpec, ...], prompt: PromptSpec) -> tuple[ExpertSpec, ...]:
+def _recipe_experts(
+    recipe: Recipe, cached: tuple[ExpertSpec, ...], prompt: PromptSpec
+) -> tuple[ExpertSpec, ...]:
     """The recipe's experts, once every one agrees with the cache's on all that changes answers or costs."""
     names, cache_names = [e.name for e in recipe.experts], [e.name for e in cached]
     if names != cache_names:
-        raise DersimError(f"{recipe.path}: its experts {names} are not the cache's {cache_names} (same names, same "
-                          "order)")
+        raise DersimError(
+            f"{recipe.path}: its experts {names} are not the cache's {cache_names} (same names, same "
+            "order)"
+        )
     for mine, theirs in zip(recipe.experts, cached, strict=True):
         found = _first_difference(_answer_settings(mine), _answer_settings(theirs))
         if found is not None:
             key, a, b = found
-            raise DersimError(f"{recipe.path}: expert '{mine.name}' differs from the cache's in '{key}' (recipe "
-                              f"{a!r}, cache {b!r}); route with the recipe the cache was built with")
+            raise DersimError(
+                f"{recipe.path}: expert '{mine.name}' differs from the cache's in '{key}' (recipe "
+                f"{a!r}, cache {b!r}); route with the recipe the cache was built with"
+            )
     found = _first_difference(asdict(recipe.prompt), asdict(prompt))
     if found is not None:
-        raise DersimError(f"{recipe.path}: [prompt] differs from the cache's in '{found[0]}' (recipe {found[1]!r}, "
-                          f"cache {found[2]!r})")
+        raise DersimError(
+            f"{recipe.path}: [prompt] differs from the cache's in '{found[0]}' (recipe {found[1]!r}, "
+            f"cache {found[2]!r})"
+        )
     return recipe.experts
 
 
-def _overlay(experts: tuple[ExpertSpec, ...], values: Mapping[str, str], key: str, option: str,
-             metavar: str) -> tuple[ExpertSpec, ...]:
+def _overlay(
+    experts: tuple[ExpertSpec, ...], values: Mapping[str, str], key: str, option: str, metavar: str
+) -> tuple[ExpertSpec, ...]:
     """`experts` with option `key` set from `values` (expert name -> value); each name an HTTP expert."""
     by_name = {e.name: e for e in experts}
     for name, value in values.items():
         expert = by_name.get(name)
         if expert is None:
-            raise DersimError(f"{option} {name}={value}: the cache has no expert '{name}' (its experts: "
-                              f"{', '.join(by_name)})")
+            raise DersimError(
+                f"{option} {name}={value}: the cache has no expert '{name}' (its experts: "
+                f"{', '.join(by_name)})"
+            )
         if expert.backend != HTTP_BACKEND:
-            raise DersimError(f"{option} {name}={metavar}: expert '{name}' runs in process (backend "
-                              f"{expert.backend}) and takes no endpoint or key")
-    return tuple(replace(e, options={**e.options, key: values[e.name]}) if e.name in values else e for e in experts)
+            raise DersimError(
+                f"{option} {name}={metavar}: expert '{name}' runs in process (backend "
+                f"{expert.backend}) and takes no endpoint or key"
+            )
+    return tuple(
+        replace(e, options={**e.options, key: values[e.name]}) if e.name in values else e
+        for e in experts
+    )
 
 
 def _detail(exc: Exception, name: str) -> str:
@@ -183,8 +216,11 @@ class ExpertPool:
         self.backoff_s = float(build.get("backoff_s", 1.0))
         embedding = manifest["embedding"]
         batch = recipe.get("embedding", {}).get("batch_size", EmbeddingSpec.batch_size)
-        self.embedder: Embedder = make_embedder(EmbeddingSpec(model=embedding["model"], dim=int(embedding["dim"]),
-                                                              batch_size=int(batch)))
+        self.embedder: Embedder = make_embedder(
+            EmbeddingSpec(
+                model=embedding["model"], dim=int(embedding["dim"]), batch_size=int(batch)
+            )
+        )
         self._embed_lock = threading.Lock()
         self.backends: list[Backend] = []
         try:
@@ -212,14 +248,18 @@ class ExpertPool:
             try:
                 return self.backends[expert].complete(request)
             except CallRejected as exc:
-                raise ExpertCallError(f"expert '{spec.name}' refused the call: {_detail(exc, spec.name)}",
-                                      rejected=True) from None
+                raise ExpertCallError(
+                    f"expert '{spec.name}' refused the call: {_detail(exc, spec.name)}",
+                    rejected=True,
+                ) from None
             except CallFailed as exc:
                 error = _detail(exc, spec.name)
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
-        raise ExpertCallError(f"expert '{spec.name}' failed after {self.retries + 1} attempts: {error}",
-                              rejected=False)
+        raise ExpertCallError(
+            f"expert '{spec.name}' failed after {self.retries + 1} attempts: {error}",
+            rejected=False,
+        )
 
     def close(self) -> None:
         for backend in self.backends:

@@ -38,14 +38,24 @@ from dersim.live.pool import ExpertPool
 STOP, JUDGE, T_MAX = "stop", "judge", "t_max"
 
 
-def live_question(text: str, question_id: str | None = None, reference: str = "", references: tuple[str, ...] = (),
-                  label: str = "") -> Question:
+def live_question(
+    text: str,
+    question_id: str | None = None,
+    reference: str = "",
+    references: tuple[str, ...] = (),
+    label: str = "",
+) -> Question:
     """A question to route. Routing never reads the reference fields (only the synthetic backend, which
     writes its answers from them, does). The id defaults to a hash of the text, since the synthetic
     backend also seeds its answers by id: the same text always routes alike."""
     qid = question_id or "live-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return Question(question_id=qid, text=text, reference=reference, references=references or
-                    ((reference,) if reference else ()), label=label)
+    return Question(
+        question_id=qid,
+        text=text,
+        reference=reference,
+        references=references or ((reference,) if reference else ()),
+        label=label,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,9 @@ class Route:
     steps: list[Step] = field(default_factory=list)
     stopped_by: str = ""
     wall_s: float = 0.0
-    embeddings: list[np.ndarray] = field(default_factory=list)  # root, then after each call (not serialised)
+    embeddings: list[np.ndarray] = field(
+        default_factory=list
+    )  # root, then after each call (not serialised)
 
     @property
     def answer(self) -> str:
@@ -91,14 +103,24 @@ class Route:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON record of the route (one output line)."""
-        return {"id": self.question.question_id, "question": self.question.text, "answer": self.answer,
-                "policy": self.policy, "stopped_by": self.stopped_by, "calls": len(self.steps),
-                "max_calls": self.max_calls, "cache_depth": self.cache_depth,
-                "beyond_cache_depth": len(self.steps) > self.cache_depth,
-                "cost": sum(s.cost for s in self.steps), "cost_unit": self.cost_unit,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "latency_s": sum(s.latency_s for s in self.steps), "wall_s": self.wall_s,
-                "steps": [asdict(s) for s in self.steps]}
+        return {
+            "id": self.question.question_id,
+            "question": self.question.text,
+            "answer": self.answer,
+            "policy": self.policy,
+            "stopped_by": self.stopped_by,
+            "calls": len(self.steps),
+            "max_calls": self.max_calls,
+            "cache_depth": self.cache_depth,
+            "beyond_cache_depth": len(self.steps) > self.cache_depth,
+            "cost": sum(s.cost for s in self.steps),
+            "cost_unit": self.cost_unit,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_s": sum(s.latency_s for s in self.steps),
+            "wall_s": self.wall_s,
+            "steps": [asdict(s) for s in self.steps],
+        }
 
 
 class LiveRouter:
@@ -107,19 +129,27 @@ class LiveRouter:
     def __init__(self, policy: LivePolicy, pool: ExpertPool, pricer: CallPricer) -> None:
         actions = pair_names(pool.names) if policy.pairs else pool.names
         if actions != policy.run.trainer.tables.expert_names:
-            raise DersimError(f"the run's experts {list(policy.run.trainer.tables.expert_names)} are not the "
-                              f"cache's {list(actions)}")
+            raise DersimError(
+                f"the run's experts {list(policy.run.trainer.tables.expert_names)} are not the "
+                f"cache's {list(actions)}"
+            )
         self.policy, self.pool, self.pricer = policy, pool, pricer
         self.pairs = expert_pairs(len(pool.names)) if policy.pairs else None
 
-    def route(self, question: Question, max_calls: int | None = None,
-              on_step: Callable[[Step], None] | None = None) -> Route:
+    def route(
+        self,
+        question: Question,
+        max_calls: int | None = None,
+        on_step: Callable[[Step], None] | None = None,
+    ) -> Route:
         """Route `question` until STOP, the judge or max_calls (default: the policy's T_max)."""
         max_calls = self.policy.t_max if max_calls is None else max_calls
         if max_calls < 1:
             raise DersimError(f"--max-calls {max_calls}: expected at least 1")
         started = time.perf_counter()
-        route = Route(question, self.policy.name, max_calls, self.policy.max_depth, self.pricer.unit)
+        route = Route(
+            question, self.policy.name, max_calls, self.policy.max_depth, self.pricer.unit
+        )
         answer, last, n_experts = "", self.policy.n_experts, self.policy.n_experts
         raw = self._embed(question, answer)
         route.embeddings.append(raw)
@@ -133,9 +163,17 @@ class LiveRouter:
             last = action
             route.embeddings.append(raw)
             prob = self.policy.judge_prob(raw)
-            step = Step(len(route.steps) + 1, self.policy.run.trainer.tables.expert_names[action], action, answer,
-                        sum(c.prompt_tokens for c in calls), sum(c.completion_tokens for c in calls),
-                        sum(c.latency_s for c in calls), cost, prob)
+            step = Step(
+                len(route.steps) + 1,
+                self.policy.run.trainer.tables.expert_names[action],
+                action,
+                answer,
+                sum(c.prompt_tokens for c in calls),
+                sum(c.completion_tokens for c in calls),
+                sum(c.latency_s for c in calls),
+                cost,
+                prob,
+            )
             route.steps.append(step)
             if on_step is not None:
                 on_step(step)
@@ -148,8 +186,9 @@ class LiveRouter:
         route.wall_s = time.perf_counter() - started
         return route
 
-    def _act(self, action: int, question: Question,
-             previous: str | None) -> tuple[str, np.ndarray, list[Completion], float]:
+    def _act(
+        self, action: int, question: Question, previous: str | None
+    ) -> tuple[str, np.ndarray, list[Completion], float]:
         """(answer, its state's raw embedding, the calls made, their cost) of one action: one expert's
         call, or under the pairs view both experts' and the answer the judge prefers."""
         experts = [action] if self.pairs is None else list(self.pairs[action])

@@ -66,21 +66,46 @@ HEALTH_PATH = "/health"
 LOADING_RETRY_S = 5
 
 T = TypeVar("T")
-Loaded = tuple[dict[str, LiveRouter], Callable[[], None]]  # the routers by model name, and what closes their experts
+Loaded = tuple[
+    dict[str, LiveRouter], Callable[[], None]
+]  # the routers by model name, and what closes their experts
 
 
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.status, self.message, self.kind, self.param, self.code = (
+            status,
+            message,
+            kind,
+            param,
+            code,
+        )
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+        return JSONResponse(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.kind,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            },
+            status_code=self.status,
+            headers=self.headers,
+        )
 
 
 class Message(BaseModel):
@@ -108,15 +133,22 @@ def question_text(messages: list[Message], max_chars: int) -> str:
         raise APIError(400, "no message with role 'user' to route", param="messages")
     content = user.content
     if isinstance(content, list):
-        if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in content):
+        if any(
+            part.get("type") != "text" or not isinstance(part.get("text"), str) for part in content
+        ):
             raise APIError(400, "only text content parts can be routed", param="messages")
         content = "\n".join(part["text"] for part in content)
     text = (content or "").strip()
     if not text:
         raise APIError(400, "the last user message is empty", param="messages")
     if len(text) > max_chars:
-        raise APIError(400, f"the last user message has {len(text)} characters; this server routes at most "
-                            f"{max_chars}", param="messages", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"the last user message has {len(text)} characters; this server routes at most "
+            f"{max_chars}",
+            param="messages",
+            code="context_length_exceeded",
+        )
     return text
 
 
@@ -130,9 +162,15 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] != HEALTH_PATH:
             scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.token):
-                error = APIError(401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                                 code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            if scheme.lower() != "bearer" or not secrets.compare_digest(
+                given.strip().encode(), self.token
+            ):
+                error = APIError(
+                    401,
+                    "missing or wrong bearer token (Authorization: Bearer ...)",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 await error.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -166,7 +204,11 @@ class BodyLimit:
                 return
             if not message.get("more_body", False):
                 break
-        body: ASGIMessage | None = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        body: ASGIMessage | None = {
+            "type": "http.request",
+            "body": b"".join(chunks),
+            "more_body": False,
+        }
 
         async def replay() -> ASGIMessage:
             nonlocal body
@@ -178,8 +220,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = APIError(413, f"the request body is over {self.max_bytes} bytes, this server's limit",
-                         code="request_too_large", headers={"Connection": "close"})
+        error = APIError(
+            413,
+            f"the request body is over {self.max_bytes} bytes, this server's limit",
+            code="request_too_large",
+            headers={"Connection": "close"},
+        )
         await error.response()(scope, receive, send)
 
 
@@ -216,9 +262,14 @@ class Service:
         """The router of a known model; a 503 while the experts are loading."""
         router = self.routers.get(model)
         if router is None:
-            raise APIError(503, "the experts are still loading; retry shortly (GET /health says when they are "
-                                "ready)", kind="server_error", code="loading",
-                           headers={"Retry-After": str(LOADING_RETRY_S)})
+            raise APIError(
+                503,
+                "the experts are still loading; retry shortly (GET /health says when they are "
+                "ready)",
+                kind="server_error",
+                code="loading",
+                headers={"Retry-After": str(LOADING_RETRY_S)},
+            )
         return router
 
     def close(self) -> None:
@@ -244,9 +295,13 @@ class RouteQueue:
 
     async def run(self, fn: Callable[[], T]) -> T:
         if self._admitted >= self._capacity:
-            raise APIError(429, f"the server is busy ({self._admitted} requests routing or queued); retry later",
-                           kind="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(max(1, math.ceil(self._request_s)))})
+            raise APIError(
+                429,
+                f"the server is busy ({self._admitted} requests routing or queued); retry later",
+                kind="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(max(1, math.ceil(self._request_s)))},
+            )
         self._admitted += 1
         started = time.perf_counter()
         try:
@@ -267,30 +322,55 @@ def route_question(router: LiveRouter, question: Question, max_calls: int | None
 
 
 def usage(route: Route) -> dict[str, int]:
-    return {"prompt_tokens": route.prompt_tokens, "completion_tokens": route.completion_tokens,
-            "total_tokens": route.prompt_tokens + route.completion_tokens}
+    return {
+        "prompt_tokens": route.prompt_tokens,
+        "completion_tokens": route.completion_tokens,
+        "total_tokens": route.prompt_tokens + route.completion_tokens,
+    }
 
 
 def completion(route: Route, model: str) -> dict[str, Any]:
     """The route as a `chat.completion`, with its trace in `route`."""
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": route.answer},
-                         "finish_reason": "stop", "logprobs": None}],
-            "usage": usage(route), "route": route.to_dict()}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": route.answer},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(route),
+        "route": route.to_dict(),
+    }
 
 
 def stream_events(route: Route, model: str) -> list[str]:
     """The route as server-sent `chat.completion.chunk` events: the role, the answer, an empty delta with
     finish_reason "stop", the usage and the trace (`route`); then [DONE]."""
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model}
+    head = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
 
     def chunk(delta: dict[str, str], finish: str | None = None, **extra: Any) -> dict[str, Any]:
-        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
+        return {
+            **head,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra,
+        }
 
-    chunks = [chunk({"role": "assistant", "content": ""}), chunk({"content": route.answer}),
-              chunk({}, "stop", usage=usage(route), route=route.to_dict())]
+    chunks = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": route.answer}),
+        chunk({}, "stop", usage=usage(route), route=route.to_dict()),
+    ]
     return [*(f"data: {json.dumps(c)}\n\n" for c in chunks), "data: [DONE]\n\n"]
 
 
@@ -299,14 +379,24 @@ def event_stream(events: list[str]) -> StreamingResponse:
         for event in events:
             yield event
 
-    return StreamingResponse(body(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
-def create_app(models: list[str], load: Callable[[], Loaded], *, token: str | None = None,
-               max_calls: int | None = None, max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_queue: int = DEFAULT_MAX_QUEUE,
-               concurrency: int = DEFAULT_CONCURRENCY) -> FastAPI:
+def create_app(
+    models: list[str],
+    load: Callable[[], Loaded],
+    *,
+    token: str | None = None,
+    max_calls: int | None = None,
+    max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    concurrency: int = DEFAULT_CONCURRENCY,
+) -> FastAPI:
     """The API over `models` (OpenAI model names); `load` builds their routers once the server starts."""
     created = int(time.time())
     service = Service(models, load)
@@ -332,8 +422,9 @@ def create_app(models: list[str], load: Callable[[], Loaded], *, token: str | No
     async def invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        return APIError(400, f"{'.'.join(loc) or 'body'}: {first.get('msg')}", param=loc[0] if loc else None
-                        ).response()
+        return APIError(
+            400, f"{'.'.join(loc) or 'body'}: {first.get('msg')}", param=loc[0] if loc else None
+        ).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -343,8 +434,11 @@ def create_app(models: list[str], load: Callable[[], Loaded], *, token: str | No
     async def health() -> JSONResponse:
         status = service.status
         ready = status == "ready"
-        return JSONResponse({"status": status, **queue.counts()}, status_code=200 if ready else 503,
-                            headers=None if ready else {"Retry-After": str(LOADING_RETRY_S)})
+        return JSONResponse(
+            {"status": status, **queue.counts()},
+            status_code=200 if ready else 503,
+            headers=None if ready else {"Retry-After": str(LOADING_RETRY_S)},
+        )
 
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "dersim"}
@@ -356,19 +450,31 @@ def create_app(models: list[str], load: Callable[[], Loaded], *, token: str | No
     @app.get("/v1/models/{name}")
     async def get_model(name: str) -> dict[str, Any]:
         if name not in models:
-            raise APIError(404, f"model '{name}' does not exist", param="model", code="model_not_found")
+            raise APIError(
+                404, f"model '{name}' does not exist", param="model", code="model_not_found"
+            )
         return model_card(name)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest) -> dict[str, Any] | StreamingResponse:
         if body.model not in models:
-            raise APIError(404, f"model '{body.model}' does not exist (known: {', '.join(models)})", param="model",
-                           code="model_not_found")
+            raise APIError(
+                404,
+                f"model '{body.model}' does not exist (known: {', '.join(models)})",
+                param="model",
+                code="model_not_found",
+            )
         if body.n != 1:
             raise APIError(400, "n must be 1: a greedy route has one answer", param="n")
         question = live_question(question_text(body.messages, max_input_chars))
-        route = await queue.run(partial(route_question, service.router(body.model), question, max_calls))
-        return event_stream(stream_events(route, body.model)) if body.stream else completion(route, body.model)
+        route = await queue.run(
+            partial(route_question, service.router(body.model), question, max_calls)
+        )
+        return (
+            event_stream(stream_events(route, body.model))
+            if body.stream
+            else completion(route, body.model)
+        )
 
     return app
 
@@ -379,10 +485,14 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        if (
+            threading.current_thread() is not threading.main_thread()
+        ):  # signals reach the main thread only
             yield
             return
-        handlers = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        handlers = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             yield
         finally:

@@ -68,7 +68,9 @@ class TrainData:
     questions: Questions
     score: np.ndarray  # float [Q, N], expert e's first answer to question q
     cost: np.ndarray  # float [Q, N], that call's cost (raw unit)
-    cost_scale: float  # the dearest expert's mean first-call cost: lambda * cost / cost_scale is unitless
+    cost_scale: (
+        float  # the dearest expert's mean first-call cost: lambda * cost / cost_scale is unitless
+    )
     answer_states: np.ndarray  # int [K], answer states (depth > 0) reachable from these questions
     answer_score: np.ndarray  # float [K]
     metric: str
@@ -88,7 +90,9 @@ class TrainData:
         """float [S]: a learned judge's probability that each state of the world is good enough
         (score >= p0): `dersim.env.judge` fitted on these questions' answer states, once."""
         world = self.questions.world
-        judge = fit_judge(world.embedding[self.answer_states], self.answer_score, self.p0, self.metric)
+        judge = fit_judge(
+            world.embedding[self.answer_states], self.answer_score, self.p0, self.metric
+        )
         return judge.prob(world.embedding)
 
 
@@ -126,7 +130,9 @@ class Routes:
                 raise RouterError("a route with knowledge transfer keeps its last answer")
             outcome = replay(calls, roots, tables)
             if (outcome.final_state < 0).any():
-                raise RouterError("a route goes past the cache's built depth (or through a failed call)")
+                raise RouterError(
+                    "a route goes past the cache's built depth (or through a failed call)"
+                )
             return outcome
         n_calls = made.sum(axis=1)
         if self.keep is not None:
@@ -135,7 +141,9 @@ class Routes:
                 raise RouterError("a route keeps the answer of a call it did not make")
         outcome = replay_from_root(calls, roots, tables, self.keep)
         if (outcome.final_state < 0).any():
-            raise RouterError("a route calls an expert whose first answer is not in the cache (failed call)")
+            raise RouterError(
+                "a route calls an expert whose first answer is not in the cache (failed call)"
+            )
         return outcome
 
 
@@ -143,8 +151,12 @@ class Routes:
 class RouterOptions:
     """Command-line settings shared by the routers that use them (`Router.fixed_settings`)."""
 
-    judge: str = "learned"  # the cascades' judge: learned (deployable) or oracle (reads the reference)
-    judge_error: float = 0.0  # the cascades' judge decision is flipped on this share of answer states
+    judge: str = (
+        "learned"  # the cascades' judge: learned (deployable) or oracle (reads the reference)
+    )
+    judge_error: float = (
+        0.0  # the cascades' judge decision is flipped on this share of answer states
+    )
     p0: float | None = None  # the learned judge's good-enough threshold (default: `data.median_p0`)
 
 
@@ -188,7 +200,10 @@ class Router(ABC):
         """The hyperparameter combinations to choose among on val (every combination of `search`;
         `depth` is the longest route the cache replays)."""
         keys = list(cls.search)
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*cls.search.values())]
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*cls.search.values())
+        ]
 
     @abstractmethod
     def fit(self, train: TrainData) -> Self:
@@ -245,9 +260,15 @@ class QualityRouter(Router):
         return LAMBDAS
 
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
-        return Routes.single(tradeoff(self.quality(questions), self.expert_cost_, self.cost_scale_,
-                                      willingness_to_pay))
+        return Routes.single(
+            tradeoff(
+                self.quality(questions), self.expert_cost_, self.cost_scale_, willingness_to_pay
+            )
+        )
 
     def sweep(self, questions: Questions) -> list[Routes]:
         quality = self.quality(questions)
-        return [Routes.single(tradeoff(quality, self.expert_cost_, self.cost_scale_, w)) for w in self.grid()]
+        return [
+            Routes.single(tradeoff(quality, self.expert_cost_, self.cost_scale_, w))
+            for w in self.grid()
+        ]

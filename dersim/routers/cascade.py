@@ -36,10 +36,14 @@ LONGEST = 4
 
 def chains(cost: np.ndarray, score: np.ndarray, longest: int) -> list[tuple[int, ...]]:
     """Every chain of 2..longest experts in ascending cost from the POOL best experts and the cheapest."""
-    order = np.lexsort((np.arange(len(cost)), -score, cost))  # by cost, the better first among equals
+    order = np.lexsort(
+        (np.arange(len(cost)), -score, cost)
+    )  # by cost, the better first among equals
     best = set(np.argsort(-score, kind="stable")[:POOL].tolist())
     pool = [int(e) for e in order if e in best or e == order[0]]
-    found = [c for k in range(2, min(longest, len(pool)) + 1) for c in itertools.combinations(pool, k)]
+    found = [
+        c for k in range(2, min(longest, len(pool)) + 1) for c in itertools.combinations(pool, k)
+    ]
     return found or [tuple(pool[:1])]
 
 
@@ -47,8 +51,14 @@ class CascadeRouter(Router):
     name = "cascade"
     transfer = False
 
-    def __init__(self, chain: tuple[int, ...] = (0,), judge: str = "learned", judge_error: float = 0.0,
-                 reference: np.ndarray | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        chain: tuple[int, ...] = (0,),
+        judge: str = "learned",
+        judge_error: float = 0.0,
+        reference: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(seed)
         if judge not in JUDGES:
             raise RouterError(f"--judge {judge}: expected one of {', '.join(JUDGES)}")
@@ -56,15 +66,23 @@ class CascadeRouter(Router):
             raise RouterError(f"--judge-error {judge_error}: expected a probability in [0, 1]")
         if judge == "oracle" and reference is None:
             raise RouterError("the oracle judge needs the reference scores")
-        self.chain, self.judge, self.judge_error, self.reference = tuple(chain), judge, judge_error, reference
+        self.chain, self.judge, self.judge_error, self.reference = (
+            tuple(chain),
+            judge,
+            judge_error,
+            reference,
+        )
         self.uses_reference = judge == "oracle"
         self.stochastic = judge_error > 0
 
     @classmethod
     def fixed_settings(cls, data: RouterData, options: RouterOptions) -> dict[str, Any]:
         """The command line's judge (and the reference, for the oracle judge)."""
-        return {"judge": options.judge, "judge_error": options.judge_error,
-                "reference": data.score if options.judge == "oracle" else None}
+        return {
+            "judge": options.judge,
+            "judge_error": options.judge_error,
+            "reference": data.score if options.judge == "oracle" else None,
+        }
 
     @classmethod
     def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
@@ -73,8 +91,12 @@ class CascadeRouter(Router):
 
     def fit(self, train: TrainData) -> Self:
         world = train.questions.world
-        self.value_ = train.judge_prob if self.judge == "learned" else np.asarray(self.reference, np.float64)
-        self.flip_ = np.random.default_rng(self.seed).random(len(world.embedding)) < self.judge_error
+        self.value_ = (
+            train.judge_prob if self.judge == "learned" else np.asarray(self.reference, np.float64)
+        )
+        self.flip_ = (
+            np.random.default_rng(self.seed).random(len(world.embedding)) < self.judge_error
+        )
         return self
 
     def grid(self) -> np.ndarray:

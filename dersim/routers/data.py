@@ -41,7 +41,9 @@ class RouterData:
 
     cache: Path
     world: World
-    score: np.ndarray  # float32 [S], the chosen metric; routers never see it (reference rows excepted)
+    score: (
+        np.ndarray
+    )  # float32 [S], the chosen metric; routers never see it (reference rows excepted)
     roots: dict[str, np.ndarray]  # train (minus val), val, test
     expert_names: tuple[str, ...]
     metric: str
@@ -79,23 +81,58 @@ class RouterData:
         score, cost = self.first_calls(roots)
         answers = reachable_states(roots, self.world.next_state, self.depth)
         answer_score = self.score[answers]
-        return TrainData(questions=Questions(roots, self.world.embedding[roots], self.world), score=score,
-                         cost=cost, cost_scale=self.cost_scale, answer_states=answers, answer_score=answer_score,
-                         metric=self.metric, p0=median_p0(answer_score) if p0 is None else p0)
+        return TrainData(
+            questions=Questions(roots, self.world.embedding[roots], self.world),
+            score=score,
+            cost=cost,
+            cost_scale=self.cost_scale,
+            answer_states=answers,
+            answer_score=answer_score,
+            metric=self.metric,
+            p0=median_p0(answer_score) if p0 is None else p0,
+        )
 
 
-def load_router_data(cache: Path, metric: str | None = None, cost_mode: str | None = None,
-                     val_fraction: float = DEFAULT_VAL_FRACTION, verify: bool = True) -> RouterData:
+def load_router_data(
+    cache: Path,
+    metric: str | None = None,
+    cost_mode: str | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    verify: bool = True,
+) -> RouterData:
     """Read `cache` for routing, checked as every reader checks it (the tables' sha256 unless not
     `verify`); one-line errors."""
     manifest = read_manifest(cache)
     mode = cost_mode or default_cost_mode(manifest)
     if val_fraction <= 0:
-        raise RouterError(f"--val-fraction {val_fraction}: routers choose hyperparameters on val; it must be > 0")
-    tables = load_tables(cache, EnvSpec(split="train", metric=metric, cost_mode=mode, terminator="none",
-                                        val_fraction=val_fraction), verify=verify)
-    roots = {split: split_roots(tables, cache, split)[0].astype(np.int64) for split in ("train", "val", "test")}
+        raise RouterError(
+            f"--val-fraction {val_fraction}: routers choose hyperparameters on val; it must be > 0"
+        )
+    tables = load_tables(
+        cache,
+        EnvSpec(
+            split="train",
+            metric=metric,
+            cost_mode=mode,
+            terminator="none",
+            val_fraction=val_fraction,
+        ),
+        verify=verify,
+    )
+    roots = {
+        split: split_roots(tables, cache, split)[0].astype(np.int64)
+        for split in ("train", "val", "test")
+    }
     world = World(tables.next_state, tables.embedding, tables.cost)
-    return RouterData(cache=cache, world=world, score=tables.score, roots=roots, expert_names=tables.expert_names,
-                      metric=tables.metric, cost_mode=mode, cost_scale=tables.cost_scale, depth=tables.max_depth,
-                      imported="import" in manifest)
+    return RouterData(
+        cache=cache,
+        world=world,
+        score=tables.score,
+        roots=roots,
+        expert_names=tables.expert_names,
+        metric=tables.metric,
+        cost_mode=mode,
+        cost_scale=tables.cost_scale,
+        depth=tables.max_depth,
+        imported="import" in manifest,
+    )

@@ -37,7 +37,9 @@ class DERFQIRouter(Router):
 
     @classmethod
     def candidates(cls, train: TrainData, depth: int) -> list[dict[str, Any]]:
-        return [{"l2": l2, "t_max": t_max} for l2 in cls.search["l2"] for t_max in range(1, depth + 1)]
+        return [
+            {"l2": l2, "t_max": t_max} for l2 in cls.search["l2"] for t_max in range(1, depth + 1)
+        ]
 
     def __init__(self, l2: float = 10.0, t_max: int = 1, seed: int = 0) -> None:
         super().__init__(seed)
@@ -49,21 +51,60 @@ class DERFQIRouter(Router):
         score = np.zeros(n_states, np.float32)  # scores of the train questions' states only
         score[train.answer_states] = train.answer_score
         spec = EnvSpec(metric=train.metric, t_max=self.t_max, val_fraction=0.0)
-        tables = EnvTables(next_state=world.next_state, score=score, cost=world.cost, embedding=world.embedding,
-                           depth=np.zeros(n_states, np.int32), judge_prob=np.zeros(n_states, np.float32),
-                           noise=oracle_noise(n_states, 0), roots=np.asarray(train.questions.roots, np.int32),
-                           question_ids=(), expert_names=(), max_depth=self.t_max, metric=train.metric,
-                           cost_scale=train.cost_scale, judge=None, spec=spec)
+        tables = EnvTables(
+            next_state=world.next_state,
+            score=score,
+            cost=world.cost,
+            embedding=world.embedding,
+            depth=np.zeros(n_states, np.int32),
+            judge_prob=np.zeros(n_states, np.float32),
+            noise=oracle_noise(n_states, 0),
+            roots=np.asarray(train.questions.roots, np.int32),
+            question_ids=(),
+            expert_names=(),
+            max_depth=self.t_max,
+            metric=train.metric,
+            cost_scale=train.cost_scale,
+            judge=None,
+            spec=spec,
+        )
         base = make_params(tables)
-        policies = [with_defaults({"algo": "fqi", "l2": self.l2, "alpha": float(w), "beta": 0.0, "gamma": 0.0,
-                                   "p0": spec.p0, "t_max": self.t_max, "terminator": "learned", "reward": "final",
-                                   "judge_error": 0.0, "judge_threshold": 0.5, "seed": 0}) for w in LAMBDAS]
+        policies = [
+            with_defaults(
+                {
+                    "algo": "fqi",
+                    "l2": self.l2,
+                    "alpha": float(w),
+                    "beta": 0.0,
+                    "gamma": 0.0,
+                    "p0": spec.p0,
+                    "t_max": self.t_max,
+                    "terminator": "learned",
+                    "reward": "final",
+                    "judge_error": 0.0,
+                    "judge_threshold": 0.5,
+                    "seed": 0,
+                }
+            )
+            for w in LAMBDAS
+        ]
         env_params = stack_env_params(base, policies)
         axes = policy_axes(env_params)
         network = make_network(PPOConfig(), base)
-        fqi = FittedQ(FullInfoConfig(), network, env_params, axes, stack_hyper(policies),
-                      np.full(len(policies), self.l2), "ridge", "policy", tables.roots)
-        state, _ = fqi.train_chunk(fqi.init(jax.vmap(jax.random.PRNGKey)(np.zeros(len(policies), np.uint32))))
+        fqi = FittedQ(
+            FullInfoConfig(),
+            network,
+            env_params,
+            axes,
+            stack_hyper(policies),
+            np.full(len(policies), self.l2),
+            "ridge",
+            "policy",
+            tables.roots,
+        )
+        state, _ = fqi.train_chunk(
+            fqi.init(jax.vmap(jax.random.PRNGKey)(np.zeros(len(policies), np.uint32)))
+        )
         self.params_, self.env_params_ = fqi.policy_params(state), env_params
         self.greedy_ = make_greedy(network, axes)
         self.n_experts_ = world.n_experts
@@ -73,7 +114,9 @@ class DERFQIRouter(Router):
         return LAMBDAS
 
     def sweep(self, questions: Questions) -> list[Routes]:
-        actions = self.greedy_(self.params_, self.env_params_, questions.roots)["actions"]  # [P, Q, D]
+        actions = self.greedy_(self.params_, self.env_params_, questions.roots)[
+            "actions"
+        ]  # [P, Q, D]
         calls = np.where((actions >= 0) & (actions < self.n_experts_), actions, -1).astype(np.int64)
         return [Routes(per_policy, transfer=True) for per_policy in calls]
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dersim.evaluation.stats import LEVEL, N_BOOTSTRAP, bootstrap_indices, percentile_interval, seed_spread
+from dersim.evaluation.stats import (
+    LEVEL,
+    N_BOOTSTRAP,
+    bootstrap_indices,
+    percentile_interval,
+    seed_spread,
+)
 from dersim.routers.metrics import METRICS, Reference, curve_metrics
 
 
@@ -48,16 +54,27 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 class Bootstrap:
     """Shared resamples of the evaluated questions (row 0 of every matrix is the full set)."""
 
-    def __init__(self, single_score: np.ndarray, single_cost: np.ndarray, weak: int, strong: int,
-                 n_boot: int = N_BOOTSTRAP, seed: int = 0) -> None:
+    def __init__(
+        self,
+        single_score: np.ndarray,
+        single_cost: np.ndarray,
+        weak: int,
+        strong: int,
+        n_boot: int = N_BOOTSTRAP,
+        seed: int = 0,
+    ) -> None:
         n_questions = single_score.shape[1]
         indices = bootstrap_indices(n_questions, n_boot, seed)
         counts = np.zeros((n_boot + 1, n_questions))
         counts[0] = 1.0
-        np.add.at(counts, (np.repeat(np.arange(1, n_boot + 1), n_questions), indices.reshape(-1)), 1.0)
+        np.add.at(
+            counts, (np.repeat(np.arange(1, n_boot + 1), n_questions), indices.reshape(-1)), 1.0
+        )
         self.weights = counts / n_questions  # [B + 1, Q]: a mean over a resample is a weighted sum
         scores, costs = self.means(single_score), self.means(single_cost)  # [N, B + 1]
-        self.references = [Reference(costs[:, b], scores[:, b], weak, strong) for b in range(n_boot + 1)]
+        self.references = [
+            Reference(costs[:, b], scores[:, b], weak, strong) for b in range(n_boot + 1)
+        ]
 
     def means(self, values: np.ndarray) -> np.ndarray:
         """[..., B + 1]: the mean over the last axis (questions) on the full set and each resample."""
@@ -65,13 +82,18 @@ class Bootstrap:
 
     def figures(self, score: np.ndarray, cost: np.ndarray) -> dict[str, Figure]:
         """Every metric of the curve(s) `score`, `cost` [R seeds, P points, Q questions]."""
-        values = np.array([self.seed_values(score[r], cost[r]) for r in range(score.shape[0])])  # [R, B + 1, M]
+        values = np.array(
+            [self.seed_values(score[r], cost[r]) for r in range(score.shape[0])]
+        )  # [R, B + 1, M]
         per_seed = values[:, 0]  # [R, M]
         resampled = values[:, 1:].mean(axis=0)  # [B, M], the seed mean on each resample
         out = {}
         for i, metric in enumerate(METRICS):
-            mean, std = seed_spread(per_seed[:, i]) if np.isfinite(per_seed[:, i]).all() \
+            mean, std = (
+                seed_spread(per_seed[:, i])
+                if np.isfinite(per_seed[:, i]).all()
                 else (float(per_seed[:, i].mean()), float("nan"))
+            )
             out[metric] = Figure(mean, *interval(resampled[:, i]), std)
         return out
 
@@ -80,7 +102,12 @@ class Bootstrap:
         with the same outcome on every question (sweep values giving the same routes) count once."""
         points = np.unique(np.concatenate([score, cost], axis=1), axis=0)
         n_questions = score.shape[1]
-        mean_score, mean_cost = self.means(points[:, :n_questions]), self.means(points[:, n_questions:])
-        figures = (curve_metrics(mean_cost[:, b], mean_score[:, b], reference)
-                   for b, reference in enumerate(self.references))
+        mean_score, mean_cost = (
+            self.means(points[:, :n_questions]),
+            self.means(points[:, n_questions:]),
+        )
+        figures = (
+            curve_metrics(mean_cost[:, b], mean_score[:, b], reference)
+            for b, reference in enumerate(self.references)
+        )
         return np.array([[values[m] for m in METRICS] for values in figures])

@@ -64,11 +64,16 @@ class Comparison:
     bootstrap_seconds: float = 0.0
 
 
-def sweep_outcomes(router: Router, questions: Questions, data: RouterData) -> tuple[np.ndarray, ...]:
+def sweep_outcomes(
+    router: Router, questions: Questions, data: RouterData
+) -> tuple[np.ndarray, ...]:
     """(score [P, Q], cost [P, Q], calls [P, Q]) of the router's routes at every grid value."""
     outcomes = [routes.replay(questions.roots, data.world) for routes in router.sweep(questions)]
-    return (np.stack([data.score[o.final_state] for o in outcomes]).astype(np.float64),
-            np.stack([o.cost for o in outcomes]), np.stack([o.calls for o in outcomes]))
+    return (
+        np.stack([data.score[o.final_state] for o in outcomes]).astype(np.float64),
+        np.stack([o.cost for o in outcomes]),
+        np.stack([o.calls for o in outcomes]),
+    )
 
 
 def reference_on(data: RouterData, roots: np.ndarray, train: TrainData) -> Reference:
@@ -77,7 +82,9 @@ def reference_on(data: RouterData, roots: np.ndarray, train: TrainData) -> Refer
     return Reference(cost.mean(axis=0), score.mean(axis=0), *weak_and_strong(train))
 
 
-def choose(name: str, data: RouterData, options: RouterOptions) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def choose(
+    name: str, data: RouterData, options: RouterOptions
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The hyperparameters with the best val AIQ, and every candidate's val AIQ."""
     train = data.train_data("train", options.p0)
     options_list = CLASSES[name].candidates(train, data.depth)
@@ -91,29 +98,53 @@ def choose(name: str, data: RouterData, options: RouterOptions) -> tuple[dict[st
         score, cost, _ = sweep_outcomes(router, val, data)
         aiq = curve_metrics(cost.mean(axis=1), score.mean(axis=1), reference)["aiq"]
         selection.append({**hyperparameters, "val_aiq": aiq})
-    best = max(range(len(selection)), key=lambda i: (np.nan_to_num(selection[i]["val_aiq"], nan=-np.inf), -i))
+    best = max(
+        range(len(selection)),
+        key=lambda i: (np.nan_to_num(selection[i]["val_aiq"], nan=-np.inf), -i),
+    )
     return options_list[best], selection
 
 
-def run_router(name: str, data: RouterData, split: str, options: RouterOptions, seeds: int) -> Curve:
+def run_router(
+    name: str, data: RouterData, split: str, options: RouterOptions, seeds: int
+) -> Curve:
     """Choose, refit and sweep one router; its curve on `split` (figures are added later)."""
     started = time.perf_counter()
     hyperparameters, selection = choose(name, data, options)
     fit = data.train_data("fit", options.p0)
     questions = data.questions(split)
     first = make(name, data, options, 0, hyperparameters)
-    runs = [first] + [make(name, data, options, s, hyperparameters) for s in range(1, seeds if first.stochastic else 1)]
+    runs = [first] + [
+        make(name, data, options, s, hyperparameters)
+        for s in range(1, seeds if first.stochastic else 1)
+    ]
     swept = [sweep_outcomes(router.fit(fit), questions, data) for router in runs]
     score, cost, calls = (np.stack(parts) for parts in zip(*swept, strict=True))
-    return Curve(name=name, kind="reference" if name in ("oracle", "best-single") else "router",
-                 uses_reference=first.uses_reference, stochastic=first.stochastic, settings=first.grid(),
-                 score=score, cost=cost, calls=calls, hyperparameters=hyperparameters, selection=selection,
-                 seconds=time.perf_counter() - started)
+    return Curve(
+        name=name,
+        kind="reference" if name in ("oracle", "best-single") else "router",
+        uses_reference=first.uses_reference,
+        stochastic=first.stochastic,
+        settings=first.grid(),
+        score=score,
+        cost=cost,
+        calls=calls,
+        hyperparameters=hyperparameters,
+        selection=selection,
+        seconds=time.perf_counter() - started,
+    )
 
 
-def compare(data: RouterData, names: list[str], split: str = "test", options: RouterOptions | None = None,
-            seeds: int = 3, n_boot: int = 1000, extra: list[Curve] | None = None,
-            progress: Any = None) -> Comparison:
+def compare(
+    data: RouterData,
+    names: list[str],
+    split: str = "test",
+    options: RouterOptions | None = None,
+    seeds: int = 3,
+    n_boot: int = 1000,
+    extra: list[Curve] | None = None,
+    progress: Any = None,
+) -> Comparison:
     """Every router of `names` (and the `extra` curves, e.g. DER policies) measured on `split`."""
     options = options or RouterOptions()
     fit = data.train_data("fit", options.p0)
@@ -121,7 +152,9 @@ def compare(data: RouterData, names: list[str], split: str = "test", options: Ro
     roots = data.roots[split]
     single_score, single_cost = (m.T.astype(np.float64) for m in data.first_calls(roots))
     curves, skipped = [], {}
-    with threadpool_limits(1):  # small matrices: one BLAS thread is several times faster on a busy CPU
+    with threadpool_limits(
+        1
+    ):  # small matrices: one BLAS thread is several times faster on a busy CPU
         for name in names:
             why = CLASSES[name].unavailable(data)
             if why:
@@ -135,7 +168,20 @@ def compare(data: RouterData, names: list[str], split: str = "test", options: Ro
     bootstrap = Bootstrap(single_score, single_cost, weak, strong, n_boot=n_boot)
     for curve in curves:
         curve.figures = bootstrap.figures(curve.score, curve.cost)
-    return Comparison(curves=curves, skipped=skipped, split=split, n_questions=len(roots), metric=data.metric,
-                      cost_unit=data.cost_unit, expert_names=data.expert_names, weak=weak, strong=strong,
-                      single_score=single_score, single_cost=single_cost, seeds=seeds, n_boot=n_boot, p0=fit.p0,
-                      bootstrap_seconds=time.perf_counter() - started)
+    return Comparison(
+        curves=curves,
+        skipped=skipped,
+        split=split,
+        n_questions=len(roots),
+        metric=data.metric,
+        cost_unit=data.cost_unit,
+        expert_names=data.expert_names,
+        weak=weak,
+        strong=strong,
+        single_score=single_score,
+        single_cost=single_cost,
+        seeds=seeds,
+        n_boot=n_boot,
+        p0=fit.p0,
+        bootstrap_seconds=time.perf_counter() - started,
+    )

@@ -44,7 +44,9 @@ class FORCRouter(Router):
     def predictions(self, questions: Questions) -> tuple[np.ndarray, np.ndarray]:
         """(score [Q, N], cost [Q, N] in units of cost_scale, at least the cheapest train call)."""
         x = questions.embedding
-        return self.score_model_.predict(x), np.maximum(self.cost_model_.predict(x), max(self.floor_, 1e-9))
+        return self.score_model_.predict(x), np.maximum(
+            self.cost_model_.predict(x), max(self.floor_, 1e-9)
+        )
 
     def assign(self, score: np.ndarray, cost: np.ndarray, budget: float) -> Routes:
         limit = budget / self.cost_scale_ * len(score)

@@ -32,7 +32,9 @@ class HybridRouter(Router):
         labels = train.score[:, self.small_] >= train.score[:, self.large_] - self.relax
         self.constant_ = float(labels.mean()) if labels.all() or not labels.any() else None
         if self.constant_ is None:
-            self.model_ = LogisticRegression(C=self.c, max_iter=2000).fit(train.questions.embedding, labels)
+            self.model_ = LogisticRegression(C=self.c, max_iter=2000).fit(
+                train.questions.embedding, labels
+            )
         return self
 
     def grid(self) -> np.ndarray:

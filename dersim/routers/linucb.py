@@ -42,7 +42,9 @@ class LinUCBRouter(Router):
         self.pca_ = PCA(n_components=min(DIM, *embedding.shape), random_state=0).fit(embedding)
         x = self.context(embedding)
         lambdas, (n_questions, n) = self.grid(), train.score.shape
-        reward = train.score[None] - lambdas[:, None, None] * train.cost[None] / train.cost_scale  # [L, Q, N]
+        reward = (
+            train.score[None] - lambdas[:, None, None] * train.cost[None] / train.cost_scale
+        )  # [L, Q, N]
         d, n_l = x.shape[1], len(lambdas)
         inverse = np.tile(np.eye(d), (n_l, n, 1, 1))  # [L, N, d, d]: A^-1 per bandit and arm
         b = np.zeros((n_l, n, d))
@@ -52,15 +54,23 @@ class LinUCBRouter(Router):
             context = x[question]
             theta = np.einsum("lnij,lnj->lni", inverse, b)
             spread = np.einsum("i,lnij,j->ln", context, inverse, context)
-            arm = (theta @ context + self.alpha * np.sqrt(np.maximum(spread, 0))).argmax(axis=1)  # [L]
+            arm = (theta @ context + self.alpha * np.sqrt(np.maximum(spread, 0))).argmax(
+                axis=1
+            )  # [L]
             chosen = inverse[lanes, arm]  # [L, d, d]
             projected = chosen @ context  # [L, d]
-            inverse[lanes, arm] = chosen - projected[:, :, None] * projected[:, None, :] / (
-                1 + projected @ context)[:, None, None]
+            inverse[lanes, arm] = (
+                chosen
+                - projected[:, :, None]
+                * projected[:, None, :]
+                / (1 + projected @ context)[:, None, None]
+            )
             b[lanes, arm] += reward[lanes, question, arm][:, None] * context
         self.theta_ = np.einsum("lnij,lnj->lni", inverse, b)
         return self
 
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
         lane = int(np.flatnonzero(self.grid() == willingness_to_pay)[0])
-        return Routes.single((self.context(questions.embedding) @ self.theta_[lane].T).argmax(axis=1))
+        return Routes.single(
+            (self.context(questions.embedding) @ self.theta_[lane].T).argmax(axis=1)
+        )

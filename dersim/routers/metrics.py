@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 
 METRICS = ("aiq", "apgr", "cpt50", "cpt80", "best_within", "cost_to_match")
-TOLERANCE = 1e-9  # a score this close to a target reaches it (means summed in another order differ by ulps)
+TOLERANCE = (
+    1e-9  # a score this close to a target reaches it (means summed in another order differ by ulps)
+)
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,20 @@ def nondecreasing_hull(cost: np.ndarray, score: np.ndarray) -> tuple[np.ndarray,
     """Vertices of the non-decreasing concave envelope: the upper hull from the cheapest point (the
     best one at that cost) up to the best point; flat after it (np.interp extends it flat)."""
     order = np.lexsort((-np.asarray(score), np.asarray(cost)))
-    xs, ys = np.asarray(cost, np.float64)[order].tolist(), np.asarray(score, np.float64)[order].tolist()
+    xs, ys = (
+        np.asarray(cost, np.float64)[order].tolist(),
+        np.asarray(score, np.float64)[order].tolist(),
+    )
     peak = int(np.argmax(ys))  # the first of the best points (cheapest among equals)
     hull: list[tuple[float, float]] = []
-    for x, y in zip(xs[:peak + 1], ys[:peak + 1], strict=True):
+    for x, y in zip(xs[: peak + 1], ys[: peak + 1], strict=True):
         if hull and x == hull[-1][0]:
             continue  # the same cost, not better (sorted best first)
         while len(hull) >= 2:
             (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            if (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) < 0:  # the last vertex stays above the chord
+            if (x2 - x1) * (y - y1) - (y2 - y1) * (
+                x - x1
+            ) < 0:  # the last vertex stays above the chord
                 break
             hull.pop()
         hull.append((x, y))
@@ -110,7 +117,10 @@ def curve_metrics(cost: np.ndarray, score: np.ndarray, reference: Reference) -> 
     else:
         out.update(apgr=float("nan"), cpt50=float("nan"), cpt80=float("nan"))
     within = ys[xs <= c_b]
-    out["best_within"] = float(max(within.max(initial=-np.inf), np.interp(c_b, xs, ys))) if xs[0] <= c_b \
+    out["best_within"] = (
+        float(max(within.max(initial=-np.inf), np.interp(c_b, xs, ys)))
+        if xs[0] <= c_b
         else float("nan")
+    )
     out["cost_to_match"] = first_reach(xs, ys, s_b)
     return out

@@ -35,26 +35,39 @@ class MFRouter(QualityRouter):
         q_index, m_index = np.nonzero(won != 0.5)
         labels = won[q_index, m_index]
         sign = np.zeros((len(pairs), n))
-        sign[np.arange(len(pairs)), pairs[:, 0]], sign[np.arange(len(pairs)), pairs[:, 1]] = 1.0, -1.0
+        sign[np.arange(len(pairs)), pairs[:, 0]], sign[np.arange(len(pairs)), pairs[:, 1]] = (
+            1.0,
+            -1.0,
+        )
         battle = sign[m_index]  # [P, N]: +1 for the pair's first expert, -1 for the second
         rng = np.random.default_rng(self.seed)
-        params = {"W": rng.normal(0, 1 / np.sqrt(d), (self.rank, d)), "u": rng.normal(0, 0.1, (n, self.rank)),
-                  "bias": np.zeros(n)}
+        params = {
+            "W": rng.normal(0, 1 / np.sqrt(d), (self.rank, d)),
+            "u": rng.normal(0, 0.1, (n, self.rank)),
+            "bias": np.zeros(n),
+        }
         moments = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in params.items()}
         for step in range(1, STEPS + 1 if len(labels) else 1):
             hidden = (x @ params["W"].T)[q_index]  # [P, k]: the battle's question, projected
             toward = battle @ params["u"]  # [P, k]: u_a - u_b
-            g = (1 / (1 + np.exp(-(np.einsum("pk,pk->p", toward, hidden) + battle @ params["bias"]))) - labels
-                 ) / len(labels)  # d loss / d logit
+            g = (
+                1 / (1 + np.exp(-(np.einsum("pk,pk->p", toward, hidden) + battle @ params["bias"])))
+                - labels
+            ) / len(labels)  # d loss / d logit
             per_question = np.zeros((len(x), self.rank))
             np.add.at(per_question, q_index, g[:, None] * toward)
-            grads = {"u": battle.T @ (g[:, None] * hidden) + self.l2 * params["u"],
-                     "W": per_question.T @ x + self.l2 * params["W"], "bias": battle.T @ g}
+            grads = {
+                "u": battle.T @ (g[:, None] * hidden) + self.l2 * params["u"],
+                "W": per_question.T @ x + self.l2 * params["W"],
+                "bias": battle.T @ g,
+            }
             for key, grad in grads.items():
                 m, v = moments[key]
                 m[:] = 0.9 * m + 0.1 * grad
                 v[:] = 0.999 * v + 0.001 * grad**2
-                params[key] -= LEARNING_RATE * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+                params[key] -= (
+                    LEARNING_RATE * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+                )
         self.params_ = params
 
     def quality(self, questions: Questions) -> np.ndarray:

@@ -32,9 +32,14 @@ CURVES = "curves.parquet"
 PLOT = "routers.png"
 
 # metric -> (column header, scale, digits); cost_to_match gets the cost unit and 4 significant digits
-COLUMNS = {"aiq": ("AIQ x100", 100, 1), "apgr": ("APGR", 1, 2), "cpt50": ("CPT(50%) %", 1, 0),
-           "cpt80": ("CPT(80%) %", 1, 0), "best_within": ("best <= strong's cost x100", 100, 1),
-           "cost_to_match": ("cost to match strong", 1, -1)}
+COLUMNS = {
+    "aiq": ("AIQ x100", 100, 1),
+    "apgr": ("APGR", 1, 2),
+    "cpt50": ("CPT(50%) %", 1, 0),
+    "cpt80": ("CPT(80%) %", 1, 0),
+    "best_within": ("best <= strong's cost x100", 100, 1),
+    "cost_to_match": ("cost to match strong", 1, -1),
+}
 DEFINITIONS = (
     "weak = the cheapest expert, strong = the best single expert, both chosen on train; every curve is "
     "anchored at weak's point. AIQ: area under the non-decreasing concave hull of the curve over [weak's "
@@ -42,7 +47,8 @@ DEFINITIONS = (
     "(score - weak) / (strong - weak), over costs from weak's to strong's (0.5 for a random mix). "
     "CPT(p): the share of the weak-to-strong cost gap at which the curve first recovers p of the gap. "
     "best <= strong's cost: the best score of the curve at or below strong's cost; cost to match strong: "
-    "the least cost at which the curve reaches strong's score.")
+    "the least cost at which the curve reaches strong's score."
+)
 
 
 def number(value: float, scale: float, digits: int) -> str:
@@ -63,7 +69,9 @@ def cell(figure: Figure, metric: str, stochastic: bool) -> str:
         return mean  # "never" or "n/a" on every resample
     text = f"{mean} [{low}, {high}]"
     if stochastic and math.isfinite(figure.seed_std):
-        spread = figure.seed_std if figure.seed_std > 1e-9 * abs(figure.mean) else 0.0  # rounding noise: 0
+        spread = (
+            figure.seed_std if figure.seed_std > 1e-9 * abs(figure.mean) else 0.0
+        )  # rounding noise: 0
         text += f" ±{number(spread, scale, digits)}"
     return text
 
@@ -81,19 +89,25 @@ def headers(comparison: Comparison) -> list[str]:
 
 def title(comparison: Comparison) -> str:
     names = comparison.expert_names
-    return (f"{comparison.split} split, {comparison.n_questions} questions, {comparison.metric}; cost in "
-            f"{comparison.cost_unit} per question; weak = {names[comparison.weak]}, strong = "
-            f"{names[comparison.strong]} (chosen on train)")
+    return (
+        f"{comparison.split} split, {comparison.n_questions} questions, {comparison.metric}; cost in "
+        f"{comparison.cost_unit} per question; weak = {names[comparison.weak]}, strong = "
+        f"{names[comparison.strong]} (chosen on train)"
+    )
 
 
 def caveats(comparison: Comparison) -> list[str]:
     """What the reader must know to read the figures right."""
     notes = []
     if comparison.weak == comparison.strong:
-        notes.append("APGR and CPT are n/a: the best single expert on train is also the cheapest, so there is no "
-                     "weak-to-strong gap to recover.")
+        notes.append(
+            "APGR and CPT are n/a: the best single expert on train is also the cheapest, so there is no "
+            "weak-to-strong gap to recover."
+        )
     if comparison.split == "val":
-        notes.append("Reported on val, the split the hyperparameters were chosen on: optimistic figures.")
+        notes.append(
+            "Reported on val, the split the hyperparameters were chosen on: optimistic figures."
+        )
     return notes
 
 
@@ -105,24 +119,49 @@ def expert_rows(comparison: Comparison) -> list[tuple[str, str, str, str]]:
     """(expert, role, mean cost, score x100 [CI]) per single expert."""
     rows = []
     for e, name in enumerate(comparison.expert_names):
-        role = ", ".join(r for r, i in (("weak", comparison.weak), ("strong", comparison.strong)) if i == e)
+        role = ", ".join(
+            r for r, i in (("weak", comparison.weak), ("strong", comparison.strong)) if i == e
+        )
         score = mean_ci(comparison.single_score[e] * 100)
-        rows.append((name, role, format_cost(float(comparison.single_cost[e].mean())), score.format(digits=1)))
+        rows.append(
+            (
+                name,
+                role,
+                format_cost(float(comparison.single_cost[e].mean())),
+                score.format(digits=1),
+            )
+        )
     return rows
 
 
 def print_table(comparison: Comparison) -> None:
     console = table_console()
-    table = Table("router", "ref.", *headers(comparison), "time (s)", title=title(comparison), box=box.SIMPLE_HEAD)
+    table = Table(
+        "router",
+        "ref.",
+        *headers(comparison),
+        "time (s)",
+        title=title(comparison),
+        box=box.SIMPLE_HEAD,
+    )
     for column in table.columns:
         column.no_wrap = True
     for curve in ordered(comparison):
-        table.add_row(curve.name, "yes" if curve.uses_reference else "",
-                      *[Text(cell(curve.figures[m], m, curve.stochastic)) for m in METRICS], f"{curve.seconds:.1f}",
-                      style="dim" if curve.uses_reference else None)
+        table.add_row(
+            curve.name,
+            "yes" if curve.uses_reference else "",
+            *[Text(cell(curve.figures[m], m, curve.stochastic)) for m in METRICS],
+            f"{curve.seconds:.1f}",
+            style="dim" if curve.uses_reference else None,
+        )
     console.print(table)
-    experts = Table("expert", "role", f"cost ({comparison.cost_unit})", f"{comparison.metric} x100 [95% CI]",
-                    title="single experts on the same questions")
+    experts = Table(
+        "expert",
+        "role",
+        f"cost ({comparison.cost_unit})",
+        f"{comparison.metric} x100 [95% CI]",
+        title="single experts on the same questions",
+    )
     for row in expert_rows(comparison):
         experts.add_row(*map(Text, row))
     console.print(experts)
@@ -134,11 +173,17 @@ def print_table(comparison: Comparison) -> None:
     if stochastic:
         console.print(f"±: standard deviation over seeds ({stochastic})", style="dim", markup=False)
     total = sum(c.seconds for c in comparison.curves)
-    console.print(f"routing {total:.1f} s (time column: choosing on val, fitting, routing and replaying), "
-                  f"bootstrap of every figure {comparison.bootstrap_seconds:.1f} s ({comparison.n_boot} resamples)",
-                  style="dim")
-    console.print("ref. = reads the reference answer to decide: an upper bound, not deployable. " + DEFINITIONS,
-                  style="dim", markup=False)
+    console.print(
+        f"routing {total:.1f} s (time column: choosing on val, fitting, routing and replaying), "
+        f"bootstrap of every figure {comparison.bootstrap_seconds:.1f} s ({comparison.n_boot} resamples)",
+        style="dim",
+    )
+    console.print(
+        "ref. = reads the reference answer to decide: an upper bound, not deployable. "
+        + DEFINITIONS,
+        style="dim",
+        markup=False,
+    )
 
 
 def setting(comparison: Comparison, key: str, value: Any) -> str:
@@ -149,21 +194,47 @@ def setting(comparison: Comparison, key: str, value: Any) -> str:
 
 
 def markdown(comparison: Comparison, cache: Path) -> str:
-    lines = [f"# Routers on {cache}", "", title(comparison) + ".", "",
-             "| router | uses reference | " + " | ".join(headers(comparison)) + " | hyperparameters (chosen on val) "
-             "| time (s) |", "|---|---|" + "---|" * (len(METRICS) + 2)]
+    lines = [
+        f"# Routers on {cache}",
+        "",
+        title(comparison) + ".",
+        "",
+        "| router | uses reference | "
+        + " | ".join(headers(comparison))
+        + " | hyperparameters (chosen on val) "
+        "| time (s) |",
+        "|---|---|" + "---|" * (len(METRICS) + 2),
+    ]
     for curve in ordered(comparison):
-        chosen = ", ".join(f"{k} {setting(comparison, k, v)}" for k, v in curve.hyperparameters.items()) or "-"
+        chosen = (
+            ", ".join(f"{k} {setting(comparison, k, v)}" for k, v in curve.hyperparameters.items())
+            or "-"
+        )
         label = curve.name + (f" ({seeds_note(curve)})" if curve.stochastic else "")
-        lines.append(f"| {markdown_cell(label)} | {'yes' if curve.uses_reference else 'no'} | "
-                     + " | ".join(cell(curve.figures[m], m, curve.stochastic) for m in METRICS)
-                     + f" | {markdown_cell(chosen)} | {curve.seconds:.1f} |")
-    lines += ["", f"Every figure: value [95% bootstrap interval over the {comparison.n_questions} questions, "
-                  f"{comparison.n_boot} resamples], ±std over seeds for stochastic routers.", "",
-              "| expert | role | cost | score x100 [95% CI] |", "|---|---|---|---|"]
+        lines.append(
+            f"| {markdown_cell(label)} | {'yes' if curve.uses_reference else 'no'} | "
+            + " | ".join(cell(curve.figures[m], m, curve.stochastic) for m in METRICS)
+            + f" | {markdown_cell(chosen)} | {curve.seconds:.1f} |"
+        )
+    lines += [
+        "",
+        f"Every figure: value [95% bootstrap interval over the {comparison.n_questions} questions, "
+        f"{comparison.n_boot} resamples], ±std over seeds for stochastic routers.",
+        "",
+        "| expert | role | cost | score x100 [95% CI] |",
+        "|---|---|---|---|",
+    ]
     lines += [markdown_row(row) for row in expert_rows(comparison)]
-    lines += ["", *[f"Skipped {name}: {why}." for name, why in comparison.skipped.items()], *caveats(comparison), "",
-              DEFINITIONS, "", f"![cost-quality curves]({PLOT})", ""]
+    lines += [
+        "",
+        *[f"Skipped {name}: {why}." for name, why in comparison.skipped.items()],
+        *caveats(comparison),
+        "",
+        DEFINITIONS,
+        "",
+        f"![cost-quality curves]({PLOT})",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -182,19 +253,47 @@ def plain(value: Any) -> Any:
 
 def to_json(comparison: Comparison, cache: Path) -> dict[str, Any]:
     names = comparison.expert_names
-    return plain({
-        "cache": str(cache), "split": comparison.split, "questions": comparison.n_questions,
-        "metric": comparison.metric, "cost_unit": comparison.cost_unit, "weak": names[comparison.weak],
-        "strong": names[comparison.strong], "seeds": comparison.seeds, "bootstrap_resamples": comparison.n_boot,
-        "judge_p0": comparison.p0, "definitions": DEFINITIONS, "caveats": caveats(comparison),
-        "experts": [{"name": n, "cost": float(comparison.single_cost[e].mean()),
-                     "score": mean_ci(comparison.single_score[e]).to_dict()} for e, n in enumerate(names)],
-        "routers": [{"name": c.name, "kind": c.kind, "uses_reference": c.uses_reference, "stochastic": c.stochastic,
-                     "seeds": int(c.score.shape[0]), "points": int(c.score.shape[1]),
-                     "hyperparameters": c.hyperparameters, "selection_on_val": c.selection, "seconds": c.seconds,
-                     **{m: c.figures[m].to_dict() for m in METRICS}} for c in ordered(comparison)],
-        "skipped": comparison.skipped, "bootstrap_seconds": comparison.bootstrap_seconds,
-    })
+    return plain(
+        {
+            "cache": str(cache),
+            "split": comparison.split,
+            "questions": comparison.n_questions,
+            "metric": comparison.metric,
+            "cost_unit": comparison.cost_unit,
+            "weak": names[comparison.weak],
+            "strong": names[comparison.strong],
+            "seeds": comparison.seeds,
+            "bootstrap_resamples": comparison.n_boot,
+            "judge_p0": comparison.p0,
+            "definitions": DEFINITIONS,
+            "caveats": caveats(comparison),
+            "experts": [
+                {
+                    "name": n,
+                    "cost": float(comparison.single_cost[e].mean()),
+                    "score": mean_ci(comparison.single_score[e]).to_dict(),
+                }
+                for e, n in enumerate(names)
+            ],
+            "routers": [
+                {
+                    "name": c.name,
+                    "kind": c.kind,
+                    "uses_reference": c.uses_reference,
+                    "stochastic": c.stochastic,
+                    "seeds": int(c.score.shape[0]),
+                    "points": int(c.score.shape[1]),
+                    "hyperparameters": c.hyperparameters,
+                    "selection_on_val": c.selection,
+                    "seconds": c.seconds,
+                    **{m: c.figures[m].to_dict() for m in METRICS},
+                }
+                for c in ordered(comparison)
+            ],
+            "skipped": comparison.skipped,
+            "bootstrap_seconds": comparison.bootstrap_seconds,
+        }
+    )
 
 
 def curve_frame(comparison: Comparison) -> pl.DataFrame:
@@ -203,11 +302,19 @@ def curve_frame(comparison: Comparison) -> pl.DataFrame:
     for curve in comparison.curves:
         for seed in range(curve.score.shape[0]):
             for point, setting in enumerate(curve.settings):
-                rows.append({"router": curve.name, "kind": curve.kind, "uses_reference": curve.uses_reference,
-                             "seed": seed, "point": point, "setting": float(setting),
-                             "cost": float(curve.cost[seed, point].mean()),
-                             "score": float(curve.score[seed, point].mean()),
-                             "calls": float(curve.calls[seed, point].mean())})
+                rows.append(
+                    {
+                        "router": curve.name,
+                        "kind": curve.kind,
+                        "uses_reference": curve.uses_reference,
+                        "seed": seed,
+                        "point": point,
+                        "setting": float(setting),
+                        "cost": float(curve.cost[seed, point].mean()),
+                        "score": float(curve.score[seed, point].mean()),
+                        "calls": float(curve.calls[seed, point].mean()),
+                    }
+                )
     return pl.DataFrame(rows)
 
 

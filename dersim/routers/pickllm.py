@@ -33,7 +33,9 @@ class PickLLMRouter(Router):
 
     def fit(self, train: TrainData) -> Self:
         lambdas, (n_questions, n) = self.grid(), train.score.shape
-        reward = train.score[None] - lambdas[:, None, None] * train.cost[None] / train.cost_scale  # [L, Q, N]
+        reward = (
+            train.score[None] - lambdas[:, None, None] * train.cost[None] / train.cost_scale
+        )  # [L, Q, N]
         lanes = np.arange(len(lambdas))
         value = np.zeros((len(lambdas), n))
         rng = np.random.default_rng(self.seed)

@@ -31,14 +31,31 @@ def plot_curves(comparison: Comparison, path: Path) -> Path:
         order = np.argsort(cost, kind="stable")
         costs.append(cost)
         label = curve.name + (" (uses reference)" if curve.uses_reference else "")
-        ax.plot(cost[order], score[order], linestyle="--" if curve.uses_reference else "-",
-                marker=MARKERS[i % len(MARKERS)], markersize=4, linewidth=1.2, alpha=0.85,
-                color="tab:red" if curve.name == "oracle" else colours(i % 20), label=label)
+        ax.plot(
+            cost[order],
+            score[order],
+            linestyle="--" if curve.uses_reference else "-",
+            marker=MARKERS[i % len(MARKERS)],
+            markersize=4,
+            linewidth=1.2,
+            alpha=0.85,
+            color="tab:red" if curve.name == "oracle" else colours(i % 20),
+            label=label,
+        )
     single_cost = comparison.single_cost.mean(axis=1)
     single_score = comparison.single_score.mean(axis=1) * 100
-    ax.scatter(single_cost, single_score, marker="X", s=70, color="black", zorder=5, label="single experts")
+    ax.scatter(
+        single_cost, single_score, marker="X", s=70, color="black", zorder=5, label="single experts"
+    )
     for name, x, y in zip(comparison.expert_names, single_cost, single_score, strict=True):
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    return finish_cost_quality(fig, ax, np.concatenate(costs), comparison.cost_unit,
-                               f"mean {comparison.metric} x 100", f"routers on the {comparison.split} split "
-                               f"({comparison.n_questions} questions): cost vs quality", path)
+    return finish_cost_quality(
+        fig,
+        ax,
+        np.concatenate(costs),
+        comparison.cost_unit,
+        f"mean {comparison.metric} x 100",
+        f"routers on the {comparison.split} split "
+        f"({comparison.n_questions} questions): cost vs quality",
+        path,
+    )

@@ -56,7 +56,9 @@ class MLPRouter(ScorePredictor):
         self.hidden, self.l2 = hidden, l2
 
     def model(self, n_train: int) -> MLPRegressor:
-        return MLPRegressor(hidden_layer_sizes=(self.hidden,), alpha=self.l2, max_iter=400, random_state=self.seed)
+        return MLPRegressor(
+            hidden_layer_sizes=(self.hidden,), alpha=self.l2, max_iter=400, random_state=self.seed
+        )
 
 
 class LinearRouter(ScorePredictor):

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
-from dersim.routers.base import LAMBDAS, Questions, Router, RouterOptions, Routes, TrainData, tradeoff
+from dersim.routers.base import (
+    LAMBDAS,
+    Questions,
+    Router,
+    RouterOptions,
+    Routes,
+    TrainData,
+    tradeoff,
+)
 from dersim.routers.random_routing import weak_and_strong
 
 if TYPE_CHECKING:
@@ -43,7 +51,9 @@ class OracleRouter(Router):
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
         world, roots = questions.world, questions.roots
         score = self.reference[world.next_state[roots]]  # [Q, N]
-        return Routes.single(tradeoff(score, world.cost[roots], self.cost_scale_, willingness_to_pay))
+        return Routes.single(
+            tradeoff(score, world.cost[roots], self.cost_scale_, willingness_to_pay)
+        )
 
 
 class BestSingleRouter(Router):

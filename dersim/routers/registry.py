@@ -20,10 +20,29 @@ from dersim.routers.reference import BestSingleRouter, OracleRouter
 from dersim.routers.sw_ranking import SWRankingRouter
 from dersim.routers.voting import VotingRouter
 
-CLASSES: dict[str, type[Router]] = {cls.name: cls for cls in (
-    RandomRouter, RandomMixRouter, KNNRouter, MLPRouter, LinearRouter, MFRouter, SWRankingRouter, EloRouter,
-    LinUCBRouter, PickLLMRouter, HybridRouter, FORCRouter, CascadeRouter, CascadeKTPRouter, VotingRouter,
-    DERFQIRouter, OracleRouter, BestSingleRouter)}
+CLASSES: dict[str, type[Router]] = {
+    cls.name: cls
+    for cls in (
+        RandomRouter,
+        RandomMixRouter,
+        KNNRouter,
+        MLPRouter,
+        LinearRouter,
+        MFRouter,
+        SWRankingRouter,
+        EloRouter,
+        LinUCBRouter,
+        PickLLMRouter,
+        HybridRouter,
+        FORCRouter,
+        CascadeRouter,
+        CascadeKTPRouter,
+        VotingRouter,
+        DERFQIRouter,
+        OracleRouter,
+        BestSingleRouter,
+    )
+}
 ROUTERS = tuple(CLASSES)
 
 
@@ -34,11 +53,15 @@ def parse_names(text: str | None) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CLASSES]
     if unknown or not names:
-        raise RouterError(f"--routers: unknown router '{unknown[0] if unknown else text}' "
-                          f"(known: {', '.join(ROUTERS)})")
+        raise RouterError(
+            f"--routers: unknown router '{unknown[0] if unknown else text}' "
+            f"(known: {', '.join(ROUTERS)})"
+        )
     return list(dict.fromkeys(names))
 
 
-def make(name: str, data: RouterData, options: RouterOptions, seed: int, hyperparameters: dict[str, Any]) -> Router:
+def make(
+    name: str, data: RouterData, options: RouterOptions, seed: int, hyperparameters: dict[str, Any]
+) -> Router:
     cls = CLASSES[name]
     return cls(**cls.fixed_settings(data, options), **hyperparameters, seed=seed)

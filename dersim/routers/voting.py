@@ -25,7 +25,7 @@ class VotingRouter(Router):
         return np.arange(min(3, n), n + 1, dtype=np.float64)
 
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
-        experts = self.ranked_[:int(willingness_to_pay)]
+        experts = self.ranked_[: int(willingness_to_pay)]
         answers = questions.world.next_state[questions.roots[:, None], experts[None, :]]  # [Q, m]
         embedding = questions.world.embedding[answers].astype(np.float64)  # [Q, m, d]
         similarity = np.einsum("qid,qjd->qij", embedding, embedding)

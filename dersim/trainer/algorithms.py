@@ -32,9 +32,22 @@ DEFAULT_ALGO = "fqi"
 # Every learning setting a policy carries, with each algorithm's default.
 LEARNING_DEFAULTS: dict[str, dict[str, Any]] = {
     "ppo": {**HYPER_DEFAULTS, "l2": 0.0, "regressor": "ridge", "fqi_target": "policy"},
-    "exact-pg": {**HYPER_DEFAULTS, "lr": 1e-2, "ent_coef": 0.1, "l2": 0.0, "regressor": "ridge",
-                 "fqi_target": "policy"},
-    "fqi": {**HYPER_DEFAULTS, "lr": 1e-3, "ent_coef": 0.0, "l2": 10.0, "regressor": "ridge", "fqi_target": "policy"},
+    "exact-pg": {
+        **HYPER_DEFAULTS,
+        "lr": 1e-2,
+        "ent_coef": 0.1,
+        "l2": 0.0,
+        "regressor": "ridge",
+        "fqi_target": "policy",
+    },
+    "fqi": {
+        **HYPER_DEFAULTS,
+        "lr": 1e-3,
+        "ent_coef": 0.0,
+        "l2": 10.0,
+        "regressor": "ridge",
+        "fqi_target": "policy",
+    },
 }
 # The learning settings each algorithm reads (the others stay at its defaults).
 USES: dict[str, tuple[str, ...]] = {
@@ -94,14 +107,36 @@ def group_label(key: tuple[str, ...]) -> str:
     return key[0] if len(key) == 1 else f"{key[0]} ({key[1]}, {key[2]} targets)"
 
 
-def make_algorithm(key: tuple[str, ...], policies: list[dict[str, Any]], config: PPOConfig, full_info: FullInfoConfig,
-                   network: ActorCritic, env_params: EnvParams, axes: EnvParams, hyper: Hyper, train_roots: np.ndarray,
-                   steps: int) -> Algorithm:
+def make_algorithm(
+    key: tuple[str, ...],
+    policies: list[dict[str, Any]],
+    config: PPOConfig,
+    full_info: FullInfoConfig,
+    network: ActorCritic,
+    env_params: EnvParams,
+    axes: EnvParams,
+    hyper: Hyper,
+    train_roots: np.ndarray,
+    steps: int,
+) -> Algorithm:
     if key[0] == "ppo":
         return PPO(config, network, env_params, axes, hyper, steps)
     if key[0] == "exact-pg":
-        rows = question_rows(np.asarray(env_params.next_state), train_roots, env_params.max_depth,
-                             env_params.last_action_obs)
+        rows = question_rows(
+            np.asarray(env_params.next_state),
+            train_roots,
+            env_params.max_depth,
+            env_params.last_action_obs,
+        )
         return ExactPG(full_info, network, env_params, axes, hyper, rows)
-    return FittedQ(full_info, network, env_params, axes, hyper, np.array([p["l2"] for p in policies]), key[1], key[2],
-                   train_roots)
+    return FittedQ(
+        full_info,
+        network,
+        env_params,
+        axes,
+        hyper,
+        np.array([p["l2"] for p in policies]),
+        key[1],
+        key[2],
+        train_roots,
+    )

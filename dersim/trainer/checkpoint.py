@@ -32,7 +32,9 @@ def save_checkpoint(directory: Path, state: Any) -> Path:
     path = directory / CHECKPOINT
     payload = serialization.to_bytes(state)
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(msgpack.packb({"sha256": hashlib.sha256(payload).hexdigest(), "state": payload}))
+    tmp.write_bytes(
+        msgpack.packb({"sha256": hashlib.sha256(payload).hexdigest(), "state": payload})
+    )
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -52,17 +54,23 @@ def load_checkpoint(directory: Path, template: Any) -> Any:
     try:
         state = serialization.msgpack_restore(payload)
     except Exception as exc:  # msgpack raises several error types for cut or damaged bytes
-        raise DersimError(f"{path}: damaged checkpoint ({type(exc).__name__}); {_RETRAIN}") from None
+        raise DersimError(
+            f"{path}: damaged checkpoint ({type(exc).__name__}); {_RETRAIN}"
+        ) from None
     where = _non_finite(state)
     if where is not None:
         raise DersimError(f"{path}: non-finite weights (NaN or inf in {where}); {_RETRAIN}")
     try:
         restored = serialization.from_state_dict(template, state)
     except (ValueError, KeyError, TypeError) as exc:
-        raise DersimError(f"{path}: checkpoint does not match this run's settings ({exc})") from None
+        raise DersimError(
+            f"{path}: checkpoint does not match this run's settings ({exc})"
+        ) from None
     shapes = [getattr(x, "shape", ()) for x in jax.tree.leaves(template)]
     if shapes != [getattr(x, "shape", ()) for x in jax.tree.leaves(restored)]:
-        raise DersimError(f"{path}: checkpoint does not match this run's settings (array shapes differ)")
+        raise DersimError(
+            f"{path}: checkpoint does not match this run's settings (array shapes differ)"
+        )
     return restored
 
 
@@ -71,14 +79,21 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
     try:
         record = msgpack.unpackb(raw)
     except Exception as exc:  # as above: cut bytes raise several error types
-        raise DersimError(f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); {_RETRAIN}") from None
+        raise DersimError(
+            f"{path}: truncated or damaged checkpoint ({type(exc).__name__}); {_RETRAIN}"
+        ) from None
     if not isinstance(record, dict) or set(record) != {"sha256", "state"}:
         old = isinstance(record, dict) and "groups" in record
-        raise DersimError(f"{path}: " + ("written by an older dersim (no sha256)" if old else "not a dersim checkpoint")
-                          + f"; {_RETRAIN}")
+        raise DersimError(
+            f"{path}: "
+            + ("written by an older dersim (no sha256)" if old else "not a dersim checkpoint")
+            + f"; {_RETRAIN}"
+        )
     payload = record["state"]
     if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record["sha256"]:
-        raise DersimError(f"{path}: does not match its sha256 (damaged or edited since it was written); {_RETRAIN}")
+        raise DersimError(
+            f"{path}: does not match its sha256 (damaged or edited since it was written); {_RETRAIN}"
+        )
     return payload
 
 
@@ -114,9 +129,17 @@ def check_run_cache(run_dir: Path, cache: Path | None) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if not isinstance(recorded, str):
-        raise DersimError(f"{record_path}: records no cache digest (written by an older dersim); {_RETRAIN}")
+        raise DersimError(
+            f"{record_path}: records no cache digest (written by an older dersim); {_RETRAIN}"
+        )
     digest = manifest_digest(cache or trained_on)
     if digest != recorded:
-        what = f"--cache {cache}" if cache is not None else f"{trained_on} (rebuilt or replaced since training?)"
-        raise DersimError(f"{what}: not the cache the run trained on (its manifest sha256 is {digest[:12]}..., "
-                          f"{record_path} records {recorded[:12]}...)")
+        what = (
+            f"--cache {cache}"
+            if cache is not None
+            else f"{trained_on} (rebuilt or replaced since training?)"
+        )
+        raise DersimError(
+            f"{what}: not the cache the run trained on (its manifest sha256 is {digest[:12]}..., "
+            f"{record_path} records {recorded[:12]}...)"
+        )

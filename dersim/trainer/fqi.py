@@ -66,13 +66,16 @@ def batched_backup(axes: EnvParams):
 @functools.cache
 def batched_linear_scores(axes: EnvParams):
     """The masked linear-head action values of rows (states, step, last actions), over a policy axis."""
+
     def scores(linear, env, states, t, lasts):
         return mask_actions(linear_scores(linear, env.embedding[states], t, lasts), env, t)
 
     return jax.jit(jax.vmap(scores, in_axes=(0, axes, None, None, None)))
 
 
-def ridge_solve(features: np.ndarray, targets: np.ndarray, l2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ridge_solve(
+    features: np.ndarray, targets: np.ndarray, l2: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Ridge with an unpenalised intercept for every policy at once, float64:
     argmin ||y - X w - b||^2 + l2 ||w||^2 per target column, from one eigendecomposition of the centred
     X's Gram matrix (a pseudo-inverse where l2 = 0 leaves a direction unconstrained).
@@ -82,7 +85,9 @@ def ridge_solve(features: np.ndarray, targets: np.ndarray, l2: np.ndarray) -> tu
     x_mean, y_mean = x.mean(axis=0), y.mean(axis=1)
     centred = x - x_mean
     eigenvalues, vectors = np.linalg.eigh(centred.T @ centred)
-    denominator = np.maximum(eigenvalues, 0.0)[None, :] + np.asarray(l2, np.float64)[:, None]  # [P, d]
+    denominator = (
+        np.maximum(eigenvalues, 0.0)[None, :] + np.asarray(l2, np.float64)[:, None]
+    )  # [P, d]
     floor = 1e-10 * max(float(eigenvalues.max(initial=0.0)), 1.0)
     inverse = np.where(denominator > floor, 1.0 / np.maximum(denominator, floor), 0.0)
     projected = np.einsum("dr,pna,nd->pra", vectors, y - y_mean[:, None, :], centred, optimize=True)
@@ -105,21 +110,42 @@ class FittedQ:
 
     name = "fqi"
 
-    def __init__(self, config: FullInfoConfig, network: ActorCritic, env_params: EnvParams, axes: EnvParams,
-                 hyper: Hyper, l2: np.ndarray, regressor: str, target: str, train_roots: np.ndarray) -> None:
-        self.config, self.network, self.env_params, self.axes, self.hyper = config, network, env_params, axes, hyper
+    def __init__(
+        self,
+        config: FullInfoConfig,
+        network: ActorCritic,
+        env_params: EnvParams,
+        axes: EnvParams,
+        hyper: Hyper,
+        l2: np.ndarray,
+        regressor: str,
+        target: str,
+        train_roots: np.ndarray,
+    ) -> None:
+        self.config, self.network, self.env_params, self.axes, self.hyper = (
+            config,
+            network,
+            env_params,
+            axes,
+            hyper,
+        )
         self.l2, self.regressor, self.target = np.asarray(l2, np.float64), regressor, target
         depth = env_params.max_depth
         # The decision points after exactly t calls and, for each call from them, the row it leads to at t + 1.
-        self.rows, self.following = flat_rows(question_rows(np.asarray(env_params.next_state), train_roots, depth,
-                                                            env_params.last_action_obs))
+        self.rows, self.following = flat_rows(
+            question_rows(
+                np.asarray(env_params.next_state), train_roots, depth, env_params.last_action_obs
+            )
+        )
         self.n_chunks = 1 if regressor == "ridge" else depth
         self.updates_per_chunk = 1 if regressor == "ridge" else config.updates
         self.steps_per_chunk = 0
         self._backup = batched_backup(axes)
         self._scores = batched_linear_scores(axes)
         if regressor == "mlp":
-            self._sweep = jax.jit(jax.vmap(self._make_sweep(), in_axes=(0, axes, 0, 0)), donate_argnums=0)
+            self._sweep = jax.jit(
+                jax.vmap(self._make_sweep(), in_axes=(0, axes, 0, 0)), donate_argnums=0
+            )
 
     def init(self, keys: jax.Array) -> FQIState:
         linear = zero_linear(self.env_params)
@@ -127,42 +153,70 @@ class FittedQ:
 
         def one(key, hyper: Hyper) -> FQIState:
             key, init_key = jax.random.split(key)
-            params = self.network.init(init_key, jnp.zeros((1, dim)), jnp.zeros((1,), jnp.int32),
-                                       jnp.zeros((1,), jnp.int32))
-            return FQIState(params, make_optimizer(self.config.max_grad_norm, hyper.lr).init(params), key, linear)
+            params = self.network.init(
+                init_key,
+                jnp.zeros((1, dim)),
+                jnp.zeros((1,), jnp.int32),
+                jnp.zeros((1,), jnp.int32),
+            )
+            return FQIState(
+                params,
+                make_optimizer(self.config.max_grad_norm, hyper.lr).init(params),
+                key,
+                linear,
+            )
 
         batched = jax.vmap(one)
         if self.regressor == "mlp":
             return jax.jit(batched)(keys, self.hyper)
         # Ridge never reads the network: zeros of its shapes, without compiling its initialisation.
-        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(batched, keys, self.hyper))
+        return jax.tree.map(
+            lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(batched, keys, self.hyper)
+        )
 
     def continuation(self, values_next: jax.Array | None, t: int) -> jax.Array:
         """V_{t+1} at the point each call from step t's rows leads to: [P, n_t, N] (0 at the last step)."""
         if values_next is None:
-            return jnp.zeros((len(self.l2), len(self.rows[t][0]), self.env_params.n_experts), jnp.float32)
+            return jnp.zeros(
+                (len(self.l2), len(self.rows[t][0]), self.env_params.n_experts), jnp.float32
+            )
         return values_next[:, self.following[t]]
 
     # -- ridge ------------------------------------------------------------------------------
 
     def fit_ridge(self, linear: dict) -> dict:
         """Every policy's linear heads, backward over the steps (one chunk)."""
-        kernel, bias = np.array(linear["kernel"]), np.array(linear["bias"])  # [P, D + 1, L, d, A], [P, D + 1, L, A]
+        kernel, bias = (
+            np.array(linear["kernel"]),
+            np.array(linear["bias"]),
+        )  # [P, D + 1, L, d, A], [P, D + 1, L, A]
         embedding = np.asarray(self.env_params.embedding)
         values_next = None
         for t in reversed(range(len(self.rows))):
             states, lasts = self.rows[t]
-            targets = self._backup(self.env_params, jnp.asarray(states), jnp.int32(t),
-                                   self.continuation(values_next, t))
+            targets = self._backup(
+                self.env_params,
+                jnp.asarray(states),
+                jnp.int32(t),
+                self.continuation(values_next, t),
+            )
             slots = np.minimum(lasts, kernel.shape[2] - 1)
             for slot in np.unique(slots):
                 chosen = slots == slot
-                kernel[:, t, slot], bias[:, t, slot] = ridge_solve(embedding[states[chosen]],
-                                                                   np.asarray(targets)[:, chosen], self.l2)
+                kernel[:, t, slot], bias[:, t, slot] = ridge_solve(
+                    embedding[states[chosen]], np.asarray(targets)[:, chosen], self.l2
+                )
             linear = {"kernel": jnp.asarray(kernel), "bias": jnp.asarray(bias)}
-            fitted = self._scores(linear, self.env_params, jnp.asarray(states), jnp.int32(t), jnp.asarray(lasts))
-            values_next = fitted.max(axis=-1) if self.target == "fitted" else \
-                jnp.take_along_axis(targets, fitted.argmax(axis=-1)[..., None], axis=-1)[..., 0]
+            fitted = self._scores(
+                linear, self.env_params, jnp.asarray(states), jnp.int32(t), jnp.asarray(lasts)
+            )
+            values_next = (
+                fitted.max(axis=-1)
+                if self.target == "fitted"
+                else jnp.take_along_axis(targets, fitted.argmax(axis=-1)[..., None], axis=-1)[
+                    ..., 0
+                ]
+            )
         return linear
 
     # -- mlp --------------------------------------------------------------------------------
@@ -174,18 +228,22 @@ class FittedQ:
         network, config, depth = self.network, self.config, len(self.rows)
         states = jnp.asarray(np.concatenate([r[0] for r in self.rows]))
         lasts = jnp.asarray(np.concatenate([r[1] for r in self.rows]))
-        steps = jnp.asarray(np.concatenate([np.full(len(r[0]), t) for t, r in enumerate(self.rows)]), jnp.int32)
+        steps = jnp.asarray(
+            np.concatenate([np.full(len(r[0]), t) for t, r in enumerate(self.rows)]), jnp.int32
+        )
         offsets = np.cumsum([0] + [len(r[0]) for r in self.rows])
         following = np.zeros((len(states), self.env_params.n_experts), np.int64)
         for t in range(depth - 1):
-            following[offsets[t]:offsets[t + 1]] = self.following[t] + offsets[t + 1]
+            following[offsets[t] : offsets[t + 1]] = self.following[t] + offsets[t + 1]
         following = jnp.asarray(following)
         optimizer = make_optimizer(config.max_grad_norm)
 
         def targets_of(params: dict, env_params: EnvParams) -> jax.Array:
             if self.target == "policy":
                 policy = PolicyParams(params, zero_linear(env_params), jnp.int32(ACTOR))
-                exact = action_values(env_params, greedy_probs(policy_scores(network, policy, env_params)))
+                exact = action_values(
+                    env_params, greedy_probs(policy_scores(network, policy, env_params))
+                )
                 return exact.q[steps, states]
             scores, _ = actor(network, params, env_params, states, steps, lasts)
             cont = jnp.where((steps + 1 < depth)[:, None], scores.max(axis=-1)[following], 0.0)
@@ -198,8 +256,8 @@ class FittedQ:
             def loss(params):
                 predicted = network.apply(params, env_params.embedding[states], steps, lasts)[0]
                 error = jnp.where(allowed, predicted - targets, 0.0)
-                penalty = sum(jnp.sum(w ** 2) for w in jax.tree.leaves(params))
-                return (error ** 2).sum() / allowed.sum() + l2 * penalty / states.shape[0]
+                penalty = sum(jnp.sum(w**2) for w in jax.tree.leaves(params))
+                return (error**2).sum() / allowed.sum() + l2 * penalty / states.shape[0]
 
             def step(carry, _):
                 params, opt_state = carry
@@ -207,7 +265,9 @@ class FittedQ:
                 updates, opt_state = optimizer.update(grads, opt_state, params)
                 return (optax.apply_updates(params, updates), opt_state), value
 
-            (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), None, config.updates)
+            (params, opt_state), losses = jax.lax.scan(
+                step, (state.params, state.opt_state), None, config.updates
+            )
             return state.replace(params=params, opt_state=opt_state), losses[-1]
 
         return sweep
@@ -217,7 +277,9 @@ class FittedQ:
     def train_chunk(self, state: FQIState) -> tuple[FQIState, dict[str, np.ndarray]]:
         if self.regressor == "ridge":
             return state.replace(linear=self.fit_ridge(state.linear)), {}
-        state, loss = self._sweep(state, self.env_params, self.hyper, jnp.asarray(self.l2, jnp.float32))
+        state, loss = self._sweep(
+            state, self.env_params, self.hyper, jnp.asarray(self.l2, jnp.float32)
+        )
         return state, {"loss": np.asarray(loss)}
 
     def policy_params(self, state: FQIState) -> PolicyParams:

@@ -15,7 +15,9 @@ from dersim.trainer.policy import PolicyParams, action_scores
 
 
 @functools.cache
-def make_greedy(network: ActorCritic, axes: EnvParams) -> Callable[[PolicyParams, EnvParams, np.ndarray], dict]:
+def make_greedy(
+    network: ActorCritic, axes: EnvParams
+) -> Callable[[PolicyParams, EnvParams, np.ndarray], dict]:
     """A jitted `greedy(policies, env_params, roots)`: for every policy (leading axis of `policies` and of
     the per-policy leaves of `env_params`) and every root, the final state, calls, summed cost (raw
     unit), return and the actions taken ([P, Q, D], -1 after the end). Compiled once per number of
@@ -27,8 +29,14 @@ def make_greedy(network: ActorCritic, axes: EnvParams) -> Callable[[PolicyParams
 
         def body(carry, _):
             state, done = carry
-            scores = action_scores(network, policy_params, one_env, state.state[None], state.t[None],
-                                   state.last_action[None])
+            scores = action_scores(
+                network,
+                policy_params,
+                one_env,
+                state.state[None],
+                state.t[None],
+                state.last_action[None],
+            )
             action = jnp.argmax(scores[0]).astype(jnp.int32)
             moved, _, ended, _ = transition(state, action, one_env)
             state = jax.tree.map(lambda old, new: jnp.where(done, old, new), state, moved)
@@ -45,9 +53,18 @@ def make_greedy(network: ActorCritic, axes: EnvParams) -> Callable[[PolicyParams
         env_params = env_params.replace(roots=roots)
         return per_policy(params, env_params, jnp.arange(roots.shape[0], dtype=jnp.int32))
 
-    def greedy(params: PolicyParams, env_params: EnvParams, roots: np.ndarray) -> dict[str, np.ndarray]:
-        final_state, calls, cost, ret, actions = run(params, env_params, jnp.asarray(roots, jnp.int32))
-        return {"final_state": np.asarray(final_state), "calls": np.asarray(calls), "env_cost": np.asarray(cost),
-                "return": np.asarray(ret), "actions": np.asarray(actions)}
+    def greedy(
+        params: PolicyParams, env_params: EnvParams, roots: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        final_state, calls, cost, ret, actions = run(
+            params, env_params, jnp.asarray(roots, jnp.int32)
+        )
+        return {
+            "final_state": np.asarray(final_state),
+            "calls": np.asarray(calls),
+            "env_cost": np.asarray(cost),
+            "return": np.asarray(ret),
+            "actions": np.asarray(actions),
+        }
 
     return greedy

@@ -27,9 +27,18 @@ ENV_KEYS = POLICY_SETTINGS
 GRID_KEYS = (*LEARNING_KEYS, *ENV_KEYS)
 CHOICES = {"terminator": TERMINATORS, "reward": REWARDS, **ALGO_CHOICES}
 # Allowed ranges of the numeric settings (inclusive unless noted), checked when the grid is parsed.
-RANGES = {"lr": (0.0, None), "ent_coef": (0.0, None), "clip_eps": (0.0, None), "vf_coef": (0.0, None),
-          "discount": (0.0, 1.0), "gae_lambda": (0.0, 1.0), "p0": (0.0, 1.0), "judge_error": (0.0, 1.0),
-          "judge_threshold": (0.0, 1.0), "l2": (0.0, None)}
+RANGES = {
+    "lr": (0.0, None),
+    "ent_coef": (0.0, None),
+    "clip_eps": (0.0, None),
+    "vf_coef": (0.0, None),
+    "discount": (0.0, 1.0),
+    "gae_lambda": (0.0, 1.0),
+    "p0": (0.0, 1.0),
+    "judge_error": (0.0, 1.0),
+    "judge_threshold": (0.0, 1.0),
+    "l2": (0.0, None),
+}
 POSITIVE = ("lr", "clip_eps")  # must be > 0, not just >= 0
 
 
@@ -46,7 +55,9 @@ def parse_grid(options: tuple[str, ...]) -> dict[str, list[Any]]:
         if not sep or not values.strip():
             raise GridError(f"--grid '{option}': expected name=v1,v2,...")
         if name not in GRID_KEYS:
-            raise GridError(f"--grid '{option}': unknown setting '{name}' (known: {', '.join(GRID_KEYS)})")
+            raise GridError(
+                f"--grid '{option}': unknown setting '{name}' (known: {', '.join(GRID_KEYS)})"
+            )
         if name in grid:
             raise GridError(f"--grid '{option}': '{name}' is given twice")
         items = [v.strip() for v in values.split(",") if v.strip()]
@@ -54,7 +65,9 @@ def parse_grid(options: tuple[str, ...]) -> dict[str, list[Any]]:
             if name in CHOICES:
                 unknown = [v for v in items if v not in CHOICES[name]]
                 if unknown:
-                    raise ValueError(f"unknown {name} '{unknown[0]}' (known: {', '.join(CHOICES[name])})")
+                    raise ValueError(
+                        f"unknown {name} '{unknown[0]}' (known: {', '.join(CHOICES[name])})"
+                    )
                 grid[name] = items
             elif name == "t_max":
                 grid[name] = [int(v) for v in items]
@@ -70,13 +83,25 @@ def check_value(name: str, value: float) -> float:
     low, high = RANGES.get(name, (None, None))
     if not np.isfinite(value):
         raise ValueError(f"{name} = {value} is not a finite number")
-    if (low is not None and value < low) or (high is not None and value > high) or (name in POSITIVE and value <= 0):
-        bound = "> 0" if name in POSITIVE else f"within [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+    if (
+        (low is not None and value < low)
+        or (high is not None and value > high)
+        or (name in POSITIVE and value <= 0)
+    ):
+        bound = (
+            "> 0"
+            if name in POSITIVE
+            else f"within [{low:g}, {high:g}]"
+            if high is not None
+            else f">= {low:g}"
+        )
         raise ValueError(f"{name} = {value:g} must be {bound}")
     return value
 
 
-def expand_policies(grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]) -> list[dict[str, Any]]:
+def expand_policies(
+    grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]
+) -> list[dict[str, Any]]:
     """One dict per policy: every grid combination, each with `seeds` seeds (seed varies fastest); the
     learning settings an algorithm does not read take its defaults, and the duplicates this makes
     (l2 varied under PPO, say) are dropped."""
@@ -85,7 +110,9 @@ def expand_policies(grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]
     seen: set[tuple] = set()
     for combination in itertools.product(*(grid[n] for n in names)):
         for seed in range(seeds):
-            policy = with_defaults({**base, **dict(zip(names, combination, strict=True)), "seed": seed})
+            policy = with_defaults(
+                {**base, **dict(zip(names, combination, strict=True)), "seed": seed}
+            )
             key = tuple(sorted(policy.items()))
             if key not in seen:
                 seen.add(key)
@@ -110,5 +137,14 @@ def stack_env_params(base: EnvParams, policies: list[dict[str, Any]]) -> EnvPara
 
 def policy_axes(params: EnvParams) -> EnvParams:
     """vmap in_axes for stacked EnvParams: the cache tables are shared, per-policy settings are mapped."""
-    return params.replace(next_state=None, score=None, cost=None, embedding=None, judge_prob=None, noise=None,
-                          roots=None, cost_scale=None, **dict.fromkeys(ENV_KEYS, 0))
+    return params.replace(
+        next_state=None,
+        score=None,
+        cost=None,
+        embedding=None,
+        judge_prob=None,
+        noise=None,
+        roots=None,
+        cost_scale=None,
+        **dict.fromkeys(ENV_KEYS, 0),
+    )

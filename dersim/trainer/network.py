@@ -30,15 +30,21 @@ class ActorCritic(nn.Module):
         if self.last_action_obs:
             self.action_embed = nn.Embed(self.n_actions, self.hidden, name="action_embed")
         self.actor_hidden = nn.Dense(self.hidden, name="actor_hidden")
-        self.actor_out = nn.Dense(self.n_actions, kernel_init=nn.initializers.orthogonal(0.01), name="actor_out")
+        self.actor_out = nn.Dense(
+            self.n_actions, kernel_init=nn.initializers.orthogonal(0.01), name="actor_out"
+        )
         self.critic_hidden = nn.Dense(self.hidden, name="critic_hidden")
-        self.critic_out = nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0), name="critic_out")
+        self.critic_out = nn.Dense(
+            1, kernel_init=nn.initializers.orthogonal(1.0), name="critic_out"
+        )
 
     def table(self, embedding: jax.Array) -> jax.Array:
         """The embedding part of the first layer, for any rows: [..., d] -> [..., hidden]."""
         return self.embed(embedding)
 
-    def heads(self, first: jax.Array, t: jax.Array, last_action: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def heads(
+        self, first: jax.Array, t: jax.Array, last_action: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         """Logits [..., n_actions] and values [...] from the first layer's embedding part."""
         x = first + self.step_embed(t)
         if self.last_action_obs:

@@ -24,16 +24,23 @@ def plot_curves(curves: pl.DataFrame, best: list[int], path: Path) -> Path:
     for ax, (column, label) in zip(axes[0], panels, strict=True):
         for (policy,), frame in curves.sort("updates").group_by("policy", maintain_order=True):
             highlighted = policy in best
-            ax.plot(frame["updates"], frame[column], color=None if highlighted else "0.8",
-                    linewidth=2 if highlighted else 0.7, label=f"policy {policy}" if highlighted else None,
-                    marker="o" if frame.height == 1 else None,
-                    zorder=3 if highlighted else 1)
+            ax.plot(
+                frame["updates"],
+                frame[column],
+                color=None if highlighted else "0.8",
+                linewidth=2 if highlighted else 0.7,
+                label=f"policy {policy}" if highlighted else None,
+                marker="o" if frame.height == 1 else None,
+                zorder=3 if highlighted else 1,
+            )
         ax.set_xlabel("updates per policy (PPO, exact-pg: gradient steps; fqi: fits)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         if best:
             ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"learning curves of {curves['policy'].n_unique()} policies (the chosen one highlighted)")
+    fig.suptitle(
+        f"learning curves of {curves['policy'].n_unique()} policies (the chosen one highlighted)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

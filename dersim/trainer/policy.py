@@ -35,9 +35,16 @@ class PolicyParams:
 
 def zero_linear(env_params: EnvParams) -> dict:
     """A linear head that scores every action 0 (the head of policies that act by the network)."""
-    steps, lasts = env_params.max_depth + 1, env_params.n_actions if env_params.last_action_obs else 1
-    return {"kernel": jnp.zeros((steps, lasts, env_params.embedding.shape[-1], env_params.n_actions), jnp.float32),
-            "bias": jnp.zeros((steps, lasts, env_params.n_actions), jnp.float32)}
+    steps, lasts = (
+        env_params.max_depth + 1,
+        env_params.n_actions if env_params.last_action_obs else 1,
+    )
+    return {
+        "kernel": jnp.zeros(
+            (steps, lasts, env_params.embedding.shape[-1], env_params.n_actions), jnp.float32
+        ),
+        "bias": jnp.zeros((steps, lasts, env_params.n_actions), jnp.float32),
+    }
 
 
 def acting_by_actor(network_params: dict, env_params: EnvParams) -> PolicyParams:
@@ -53,12 +60,22 @@ def mask_actions(scores: jax.Array, env_params: EnvParams, t: jax.Array) -> jax.
     return scores.at[..., -1].set(jnp.where(stop_allowed, scores[..., -1], MASKED_LOGIT))
 
 
-def actor(network: ActorCritic, params: dict, env_params: EnvParams, state_id: jax.Array, t: jax.Array,
-          last_action: jax.Array, table: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def actor(
+    network: ActorCritic,
+    params: dict,
+    env_params: EnvParams,
+    state_id: jax.Array,
+    t: jax.Array,
+    last_action: jax.Array,
+    table: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Masked actor logits and critic values for a batch of (state id, t, last action). `table` is the
     network's first layer precomputed over every state, or None to apply it to the gathered rows."""
-    first = network.apply(params, env_params.embedding[state_id], method=ActorCritic.table) if table is None \
+    first = (
+        network.apply(params, env_params.embedding[state_id], method=ActorCritic.table)
+        if table is None
         else table[state_id]
+    )
     logits, value = network.apply(params, first, t, last_action, method=ActorCritic.heads)
     return mask_actions(logits, env_params, t), value
 
@@ -72,7 +89,9 @@ def pick_slot(table: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Arr
     """table[..., t, l, :] (the last action is ignored by a head with one slot)."""
     slot = jnp.minimum(last_action, table.shape[-2] - 1)
     flat = table.reshape(*table.shape[:-3], -1, table.shape[-1])
-    return jnp.take_along_axis(flat, (t * table.shape[-2] + slot)[..., None, None], axis=-2)[..., 0, :]
+    return jnp.take_along_axis(flat, (t * table.shape[-2] + slot)[..., None, None], axis=-2)[
+        ..., 0, :
+    ]
 
 
 def linear_scores(linear: dict, rows: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Array:
@@ -81,11 +100,19 @@ def linear_scores(linear: dict, rows: jax.Array, t: jax.Array, last_action: jax.
     return pick_slot(linear_table(linear, rows), t, last_action)
 
 
-def action_scores(network: ActorCritic, policy: PolicyParams, env_params: EnvParams, state_id: jax.Array,
-                  t: jax.Array, last_action: jax.Array) -> jax.Array:
+def action_scores(
+    network: ActorCritic,
+    policy: PolicyParams,
+    env_params: EnvParams,
+    state_id: jax.Array,
+    t: jax.Array,
+    last_action: jax.Array,
+) -> jax.Array:
     """The masked score of every action [..., N + 1] that the policy maximises: its greedy action is the argmax."""
     logits, _ = actor(network, policy.network, env_params, state_id, t, last_action)
-    values = mask_actions(linear_scores(policy.linear, env_params.embedding[state_id], t, last_action), env_params, t)
+    values = mask_actions(
+        linear_scores(policy.linear, env_params.embedding[state_id], t, last_action), env_params, t
+    )
     return jnp.where(policy.head == LINEAR, values, logits)
 
 
@@ -93,9 +120,13 @@ def decision_points(env_params: EnvParams) -> tuple[jax.Array, jax.Array, jax.Ar
     """(state ids, steps, last actions) of every decision the exact values need, for t < D:
     [D, S] for a policy of (t, s), [D, S, N + 1] when it observes its last action."""
     n_states, depth = env_params.next_state.shape[0], env_params.max_depth
-    shape = (depth, n_states, env_params.n_actions) if env_params.last_action_obs else (depth, n_states)
+    shape = (
+        (depth, n_states, env_params.n_actions) if env_params.last_action_obs else (depth, n_states)
+    )
     grid = jnp.indices(shape, dtype=jnp.int32)
-    last = grid[2] if env_params.last_action_obs else jnp.full(shape, env_params.n_experts, jnp.int32)
+    last = (
+        grid[2] if env_params.last_action_obs else jnp.full(shape, env_params.n_experts, jnp.int32)
+    )
     return grid[1], grid[0], last
 
 

@@ -65,7 +65,14 @@ class Hyper:
     gae_lambda: jax.Array
 
 
-HYPER_DEFAULTS = {"lr": 3e-4, "ent_coef": 0.01, "clip_eps": 0.2, "vf_coef": 0.5, "discount": 0.99, "gae_lambda": 0.95}
+HYPER_DEFAULTS = {
+    "lr": 3e-4,
+    "ent_coef": 0.01,
+    "clip_eps": 0.2,
+    "vf_coef": 0.5,
+    "discount": 0.99,
+    "gae_lambda": 0.95,
+}
 
 
 @struct.dataclass
@@ -91,19 +98,29 @@ class Transition(NamedTuple):
     outcome: dict
 
 
-def make_optimizer(max_grad_norm: float, lr: jax.Array | float = HYPER_DEFAULTS["lr"]) -> optax.GradientTransformation:
+def make_optimizer(
+    max_grad_norm: float, lr: jax.Array | float = HYPER_DEFAULTS["lr"]
+) -> optax.GradientTransformation:
     """Global-norm clipping, then Adam whose learning rate lives in the optimizer state (a leaf that
     differs per policy under vmap; `update` reads it from there)."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm),
-                       optax.inject_hyperparams(optax.adam)(learning_rate=lr))
+    return optax.chain(
+        optax.clip_by_global_norm(max_grad_norm),
+        optax.inject_hyperparams(optax.adam)(learning_rate=lr),
+    )
 
 
 def make_network(config: PPOConfig, env_params: EnvParams) -> ActorCritic:
-    return ActorCritic(n_actions=env_params.n_actions, max_depth=env_params.max_depth, hidden=config.hidden,
-                       last_action_obs=env_params.last_action_obs)
+    return ActorCritic(
+        n_actions=env_params.n_actions,
+        max_depth=env_params.max_depth,
+        hidden=config.hidden,
+        last_action_obs=env_params.last_action_obs,
+    )
 
 
-def state_table(network: ActorCritic, params: dict, env_params: EnvParams, use: bool) -> jax.Array | None:
+def state_table(
+    network: ActorCritic, params: dict, env_params: EnvParams, use: bool
+) -> jax.Array | None:
     return network.apply(params, env_params.embedding, method=ActorCritic.table) if use else None
 
 
@@ -112,9 +129,13 @@ def init_runner(key: jax.Array, config: PPOConfig, env_params: EnvParams, hyper:
     network = make_network(config, env_params)
     key, init_key, env_key = jax.random.split(key, 3)
     d = env_params.embedding.shape[-1]
-    params = network.init(init_key, jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32))
+    params = network.init(
+        init_key, jnp.zeros((1, d)), jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)
+    )
     opt_state = make_optimizer(config.max_grad_norm, hyper.lr).init(params)
-    _, env_state = jax.vmap(reset, in_axes=(0, None))(jax.random.split(env_key, config.num_envs), env_params)
+    _, env_state = jax.vmap(reset, in_axes=(0, None))(
+        jax.random.split(env_key, config.num_envs), env_params
+    )
     return Runner(params=params, opt_state=opt_state, env=env_state, key=key, updates=jnp.int32(0))
 
 
@@ -139,20 +160,48 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
         def env_step(carry, _):
             env_state, key = carry
             key, action_key, step_key = jax.random.split(key, 3)
-            logits, value = actor(network, runner.params, env_params, env_state.state, env_state.t,
-                                   env_state.last_action, table)
+            logits, value = actor(
+                network,
+                runner.params,
+                env_params,
+                env_state.state,
+                env_state.t,
+                env_state.last_action,
+                table,
+            )
             action = jax.random.categorical(action_key, logits)
-            log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[:, 0]
+            log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], axis=-1)[
+                :, 0
+            ]
             step_keys = jax.random.split(step_key, config.num_envs)
             _, next_env, reward, done, outcome = jax.vmap(step, in_axes=(0, 0, 0, None))(
-                step_keys, env_state, action, env_params)
-            transition = Transition(env_state.state, env_state.t, env_state.last_action, action, log_prob, value,
-                                    reward, done, outcome)
+                step_keys, env_state, action, env_params
+            )
+            transition = Transition(
+                env_state.state,
+                env_state.t,
+                env_state.last_action,
+                action,
+                log_prob,
+                value,
+                reward,
+                done,
+                outcome,
+            )
             return (next_env, key), transition
 
-        (env_state, key), trajectory = jax.lax.scan(env_step, (runner.env, runner.key), None, config.num_steps)
-        _, last_value = actor(network, runner.params, env_params, env_state.state, env_state.t,
-                               env_state.last_action, table)
+        (env_state, key), trajectory = jax.lax.scan(
+            env_step, (runner.env, runner.key), None, config.num_steps
+        )
+        _, last_value = actor(
+            network,
+            runner.params,
+            env_params,
+            env_state.state,
+            env_state.t,
+            env_state.last_action,
+            table,
+        )
         return env_state, key, trajectory, last_value
 
     def advantages(trajectory: Transition, last_value: jax.Array, hyper: Hyper):
@@ -163,51 +212,92 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
             gae = delta + hyper.discount * hyper.gae_lambda * not_done * gae
             return (gae, transition.value), gae
 
-        _, adv = jax.lax.scan(gae_step, (jnp.zeros_like(last_value), last_value), trajectory, reverse=True)
+        _, adv = jax.lax.scan(
+            gae_step, (jnp.zeros_like(last_value), last_value), trajectory, reverse=True
+        )
         return adv, adv + trajectory.value
 
     def loss_fn(params, batch, env_params: EnvParams, hyper: Hyper):
         transition, adv, targets = batch
         table = state_table(network, params, env_params, table_in_update)
-        logits, value = actor(network, params, env_params, transition.state_id, transition.t,
-                               transition.last_action, table)
+        logits, value = actor(
+            network,
+            params,
+            env_params,
+            transition.state_id,
+            transition.t,
+            transition.last_action,
+            table,
+        )
         log_probs = jax.nn.log_softmax(logits)
         log_prob = jnp.take_along_axis(log_probs, transition.action[:, None], axis=-1)[:, 0]
-        clipped_value = transition.value + jnp.clip(value - transition.value, -hyper.clip_eps, hyper.clip_eps)
-        value_loss = 0.5 * jnp.maximum((value - targets) ** 2, (clipped_value - targets) ** 2).mean()
+        clipped_value = transition.value + jnp.clip(
+            value - transition.value, -hyper.clip_eps, hyper.clip_eps
+        )
+        value_loss = (
+            0.5 * jnp.maximum((value - targets) ** 2, (clipped_value - targets) ** 2).mean()
+        )
         ratio = jnp.exp(log_prob - transition.log_prob)
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        actor_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - hyper.clip_eps, 1 + hyper.clip_eps) * adv).mean()
+        actor_loss = -jnp.minimum(
+            ratio * adv, jnp.clip(ratio, 1 - hyper.clip_eps, 1 + hyper.clip_eps) * adv
+        ).mean()
         entropy = -(jnp.exp(log_probs) * log_probs).sum(-1).mean()
-        return actor_loss + hyper.vf_coef * value_loss - hyper.ent_coef * entropy, (value_loss, actor_loss, entropy)
+        return actor_loss + hyper.vf_coef * value_loss - hyper.ent_coef * entropy, (
+            value_loss,
+            actor_loss,
+            entropy,
+        )
 
     def update_minibatch(carry, batch, env_params: EnvParams, hyper: Hyper):
         params, opt_state, bad = carry
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, env_params, hyper)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch, env_params, hyper
+        )
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))  # any NaN/inf makes the norm so
+        finite = jnp.isfinite(loss) & jnp.isfinite(
+            optax.tree.norm(grads)
+        )  # any NaN/inf makes the norm so
         # NaN guard: a non-finite update is skipped (and counted), never applied.
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
-        opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state)
+        opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_opt_state, opt_state
+        )
         return (params, opt_state, bad + (~finite).astype(jnp.int32)), loss
 
-    def learn(params: dict, opt_state: optax.OptState, key: jax.Array, trajectory: Transition,
-              last_value: jax.Array, env_params: EnvParams, hyper: Hyper):
+    def learn(
+        params: dict,
+        opt_state: optax.OptState,
+        key: jax.Array,
+        trajectory: Transition,
+        last_value: jax.Array,
+        env_params: EnvParams,
+        hyper: Hyper,
+    ):
         """PPO epochs over one batch of trajectories ([num_steps, num_envs]); returns the new
         parameters and optimizer state and the update's metrics."""
         adv, targets = advantages(trajectory, last_value, hyper)
-        flat = jax.tree.map(lambda x: x.reshape((config.batch_size, *x.shape[2:])), (trajectory, adv, targets))
+        flat = jax.tree.map(
+            lambda x: x.reshape((config.batch_size, *x.shape[2:])), (trajectory, adv, targets)
+        )
 
         def epoch(carry, epoch_key):
             permutation = jax.random.permutation(epoch_key, config.batch_size)
-            shuffled = jax.tree.map(lambda x: x[permutation].reshape(
-                (config.num_minibatches, config.minibatch_size, *x.shape[1:])), flat)
-            carry, losses = jax.lax.scan(lambda c, b: update_minibatch(c, b, env_params, hyper), carry, shuffled)
+            shuffled = jax.tree.map(
+                lambda x: x[permutation].reshape(
+                    (config.num_minibatches, config.minibatch_size, *x.shape[1:])
+                ),
+                flat,
+            )
+            carry, losses = jax.lax.scan(
+                lambda c, b: update_minibatch(c, b, env_params, hyper), carry, shuffled
+            )
             return carry, losses
 
         (params, opt_state, bad), losses = jax.lax.scan(
-            epoch, (params, opt_state, jnp.int32(0)), jax.random.split(key, config.update_epochs))
+            epoch, (params, opt_state, jnp.int32(0)), jax.random.split(key, config.update_epochs)
+        )
         done = trajectory.done
         episodes = done.sum()
 
@@ -229,12 +319,17 @@ def make_ppo(config: PPOConfig, network: ActorCritic, n_states: int) -> PPOFunct
     def update(runner: Runner, env_params: EnvParams, hyper: Hyper):
         env_state, key, trajectory, last_value = rollout(runner, env_params)
         key, learn_key = jax.random.split(key)
-        params, opt_state, metrics = learn(runner.params, runner.opt_state, learn_key, trajectory, last_value,
-                                           env_params, hyper)
-        return Runner(params=params, opt_state=opt_state, env=env_state, key=key, updates=runner.updates + 1), metrics
+        params, opt_state, metrics = learn(
+            runner.params, runner.opt_state, learn_key, trajectory, last_value, env_params, hyper
+        )
+        return Runner(
+            params=params, opt_state=opt_state, env=env_state, key=key, updates=runner.updates + 1
+        ), metrics
 
     def train_chunk(runner: Runner, env_params: EnvParams, hyper: Hyper):
-        return jax.lax.scan(lambda r, _: update(r, env_params, hyper), runner, None, config.updates_per_chunk)
+        return jax.lax.scan(
+            lambda r, _: update(r, env_params, hyper), runner, None, config.updates_per_chunk
+        )
 
     return PPOFunctions(train_chunk=train_chunk, learn=learn)
 
@@ -244,15 +339,24 @@ class PPO:
 
     name = "ppo"
 
-    def __init__(self, config: PPOConfig, network: ActorCritic, env_params: EnvParams, axes: EnvParams, hyper: Hyper,
-                 steps: int) -> None:
+    def __init__(
+        self,
+        config: PPOConfig,
+        network: ActorCritic,
+        env_params: EnvParams,
+        axes: EnvParams,
+        hyper: Hyper,
+        steps: int,
+    ) -> None:
         self.config, self.env_params, self.hyper = config, env_params, hyper
         self.n_chunks = max(1, -(-steps // config.steps_per_chunk))
         self.updates_per_chunk = config.updates_per_chunk
         self.steps_per_chunk = config.steps_per_chunk
         chunk = make_ppo(config, network, env_params.next_state.shape[0]).train_chunk
         self._chunk = jax.jit(jax.vmap(chunk, in_axes=(0, axes, 0)), donate_argnums=0)
-        self._init = jax.jit(jax.vmap(lambda k, e, h: init_runner(k, config, e, h), in_axes=(0, axes, 0)))
+        self._init = jax.jit(
+            jax.vmap(lambda k, e, h: init_runner(k, config, e, h), in_axes=(0, axes, 0))
+        )
 
     def init(self, keys: jax.Array) -> Runner:
         return self._init(keys, self.env_params, self.hyper)
@@ -269,8 +373,11 @@ def chunk_summary(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per policy: a chunk's episode-weighted means of the update metrics ([P, updates] -> [P])."""
     episodes = metrics["episodes"].astype(np.float64)
     weight = np.maximum(episodes.sum(axis=1), 1)
-    summary = {"episodes": episodes.sum(axis=1), "loss": metrics["loss"].mean(axis=1),
-               "skipped_updates": metrics["skipped_updates"].sum(axis=1)}
+    summary = {
+        "episodes": episodes.sum(axis=1),
+        "loss": metrics["loss"].mean(axis=1),
+        "skipped_updates": metrics["skipped_updates"].sum(axis=1),
+    }
     for key in ("return", "final_score", "cost", "calls", "success"):
         summary[key] = (metrics[key] * episodes).sum(axis=1) / weight
     return summary

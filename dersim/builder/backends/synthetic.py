@@ -80,20 +80,27 @@ class SyntheticBackend:
         known = set(SyntheticSkill.__dataclass_fields__)
         unknown = set(spec.options) - known
         if unknown:
-            raise BackendError(f"expert '{spec.name}': unknown synthetic option '{sorted(unknown)[0]}' "
-                               f"(known: {', '.join(sorted(known))})")
+            raise BackendError(
+                f"expert '{spec.name}': unknown synthetic option '{sorted(unknown)[0]}' "
+                f"(known: {', '.join(sorted(known))})"
+            )
         try:
             self.skill = SyntheticSkill(**spec.options)
         except TypeError as exc:
             raise BackendError(f"expert '{spec.name}': bad synthetic options: {exc}") from None
         for key in ("skill", "refine", "copy", "fix", "fail_rate"):
             if not 0.0 <= getattr(self.skill, key) <= 1.0:
-                raise BackendError(f"expert '{spec.name}': synthetic option '{key}' must be in [0, 1]")
+                raise BackendError(
+                    f"expert '{spec.name}': synthetic option '{key}' must be in [0, 1]"
+                )
         if not isinstance(self.skill.topics, dict) or not all(
-                isinstance(k, str) and isinstance(v, int | float) and 0.0 <= v <= 1.0
-                for k, v in self.skill.topics.items()):
-            raise BackendError(f"expert '{spec.name}': synthetic option 'topics' must map first words to skills in "
-                               "[0, 1]")
+            isinstance(k, str) and isinstance(v, int | float) and 0.0 <= v <= 1.0
+            for k, v in self.skill.topics.items()
+        ):
+            raise BackendError(
+                f"expert '{spec.name}': synthetic option 'topics' must map first words to skills in "
+                "[0, 1]"
+            )
         if self.skill.levels < 1:
             raise BackendError(f"expert '{spec.name}': synthetic option 'levels' must be >= 1")
         self._attempts: dict[bytes, int] = {}
@@ -101,8 +108,14 @@ class SyntheticBackend:
 
     def _rng(self, request: CallRequest) -> tuple[bytes, np.random.Generator]:
         key = hashlib.blake2b(
-            "\x1f".join([str(self.skill.seed), self.name, request.question.question_id,
-                         "\x00" if request.previous_answer is None else request.previous_answer]).encode(),
+            "\x1f".join(
+                [
+                    str(self.skill.seed),
+                    self.name,
+                    request.question.question_id,
+                    "\x00" if request.previous_answer is None else request.previous_answer,
+                ]
+            ).encode(),
             digest_size=16,
         ).digest()
         return key, np.random.default_rng(int.from_bytes(key, "little"))
@@ -132,7 +145,10 @@ class SyntheticBackend:
                 self._attempts[key] = attempt + 1
             if attempt < self.skill.fail_attempts:
                 raise CallFailed(f"synthetic failure (attempt {attempt + 1})")
-        s = replace(self.skill, skill=self.skill.topics.get(first_word(request.question.text), self.skill.skill))
+        s = replace(
+            self.skill,
+            skill=self.skill.topics.get(first_word(request.question.text), self.skill.skill),
+        )
         own_level = int(np.clip(round(s.skill * s.levels + (level_noise - 0.5) * 2), 0, s.levels))
         if request.previous_answer is None:
             text = self._write_answer(request.question, bool(correct_draw < s.skill), own_level)
@@ -146,8 +162,12 @@ class SyntheticBackend:
         if s.latency_ms > 0:
             time.sleep(max(0.0, s.latency_ms / 1000 - (time.perf_counter() - started)))
         # The simulated latency, not the measured one: synthetic caches stay byte-reproducible.
-        return Completion(text=text, prompt_tokens=len(request.prompt.split()),
-                          completion_tokens=len(text.split()), latency_s=s.latency_ms / 1000)
+        return Completion(
+            text=text,
+            prompt_tokens=len(request.prompt.split()),
+            completion_tokens=len(text.split()),
+            latency_s=s.latency_ms / 1000,
+        )
 
     def close(self) -> None:
         """Nothing to release."""

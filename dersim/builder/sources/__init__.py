@@ -35,13 +35,18 @@ def load_questions(spec: DatasetSpec, limit: int | None = None) -> list[Question
     if spec.source == "synthetic":
         every = generate_questions(spec.topics, spec.train + spec.test, spec.seed)
     else:
-        every = read_bigbench(spec.path, spec.task) if spec.source == "bigbench" \
+        every = (
+            read_bigbench(spec.path, spec.task)
+            if spec.source == "bigbench"
             else read_table(spec.path, spec.columns)
+        )
     if spec.train + spec.test > len(every):
-        raise DatasetError(f"{spec.path}: the recipe asks for {spec.train} train + {spec.test} test questions "
-                           f"but the file has {len(every)}")
+        raise DatasetError(
+            f"{spec.path}: the recipe asks for {spec.train} train + {spec.test} test questions "
+            f"but the file has {len(every)}"
+        )
     order = np.random.default_rng(spec.seed).permutation(len(every))
     n_train, n_test = split_sizes(spec.train, spec.test, limit)
     train = [replace(every[i], split="train") for i in order[:n_train]]
-    test = [replace(every[i], split="test") for i in order[spec.train:spec.train + n_test]]
+    test = [replace(every[i], split="test") for i in order[spec.train : spec.train + n_test]]
     return train + test

@@ -39,7 +39,11 @@ def _elementary_math_qa(example: dict[str, Any], where: str) -> tuple[str, tuple
 def _qa_wikidata(example: dict[str, Any], where: str) -> tuple[str, tuple[str, ...], str]:
     target = example.get("target")
     accepted = [target] if isinstance(target, str) else target
-    if not isinstance(accepted, list) or not accepted or not all(isinstance(t, str) for t in accepted):
+    if (
+        not isinstance(accepted, list)
+        or not accepted
+        or not all(isinstance(t, str) for t in accepted)
+    ):
         raise DatasetError(f"{where}: 'target' must be a string or a list of strings")
     return accepted[0], tuple(accepted), accepted[0]
 
@@ -69,5 +73,7 @@ def read_bigbench(path: Path, task: str) -> list[Question]:
         if not isinstance(example, dict) or not isinstance(example.get("input"), str):
             raise DatasetError(f"{where}: missing text 'input'")
         reference, references, label = reader(example, where)
-        questions.append(Question(f"{task}-{index:05d}", example["input"].strip(), reference, references, label))
+        questions.append(
+            Question(f"{task}-{index:05d}", example["input"].strip(), reference, references, label)
+        )
     return questions

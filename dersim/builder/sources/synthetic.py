@@ -16,7 +16,9 @@ import numpy as np
 from dersim.builder.sources.question import Question
 
 SYLLABLES = ("ka", "lo", "mi", "nu", "pe", "ra", "si", "tu")
-VOCABULARY = tuple("".join(parts) for parts in itertools.product(SYLLABLES, repeat=3))  # 512 made-up words
+VOCABULARY = tuple(
+    "".join(parts) for parts in itertools.product(SYLLABLES, repeat=3)
+)  # 512 made-up words
 FILLER_WORDS = 6
 
 
@@ -28,6 +30,13 @@ def generate_questions(topics: tuple[str, ...], count: int, seed: int) -> list[Q
         filler = " ".join(VOCABULARY[i] for i in rng.integers(0, len(VOCABULARY), FILLER_WORDS))
         label = "Yes" if rng.random() < 0.5 else "No"
         topic = topics[index % len(topics)]
-        questions.append(Question(question_id=f"synthetic-{index}", text=f"{topic} question {index}: is {filler} "
-                                  "true?", reference=label, references=(label,), label=label))
+        questions.append(
+            Question(
+                question_id=f"synthetic-{index}",
+                text=f"{topic} question {index}: is {filler} true?",
+                reference=label,
+                references=(label,),
+                label=label,
+            )
+        )
     return questions
