@@ -16,7 +16,8 @@ hashing with and without a store, and MiniLM embedding each question once plus e
 fresh temporary embedding store.
 
     python benchmarks/build_overhead.py [--questions 3] [--depth 2] [--latency-ms 20] [--skip-real]
-                                        [--embed-cache cache/strategyqa] [--embed-texts 1000] [--skip-embedding]
+                                        [--embed-cache cache/strategyqa] [--embed-texts 1000]
+                                        [--skip-embedding]
 """
 
 from __future__ import annotations

@@ -149,15 +149,16 @@ def main() -> None:
         tables = load_tables(cache, EnvSpec())
         params = make_params(tables)
         console.print(
-            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
-            f"{len(tables.roots)} train questions, embedding dim {tables.embedding.shape[1]}, "
-            f"obs dim {params.obs_dim}; metric {tables.metric}, terminator {tables.spec.terminator}, "
-            f"T_max {tables.spec.t_max}"
+            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} "
+            f"experts, {len(tables.roots)} train questions, embedding dim "
+            f"{tables.embedding.shape[1]}, obs dim {params.obs_dim}; metric {tables.metric}, "
+            f"terminator {tables.spec.terminator}, T_max {tables.spec.t_max}"
         )
         console.print(
-            f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
-            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            f"jax {jax.__version__} on {jax.devices()[0].platform} "
+            f"({jax.devices()[0].device_kind}); {os.cpu_count()} CPUs, "
+            f"{platform.processor() or platform.machine()}; load average "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
 
         gym_steps, gym_seconds = time_gym(cache, args.seconds)
@@ -205,9 +206,9 @@ def main() -> None:
         best = max(rows, key=lambda r: r[4])
         label = "obs reduced" if with_obs else "ids only"
         console.print(
-            f"best {label}: {best[4]:,.0f} steps/s at {best[1]:,} envs = {best[4] / gym_rate:,.0f}x the "
-            f"gymnasium env (targets: >= {TARGET_STEPS_PER_S:,.0f} steps/s "
-            f"{'met' if best[4] >= TARGET_STEPS_PER_S else 'NOT met'}, >= {TARGET_RATIO}x "
+            f"best {label}: {best[4]:,.0f} steps/s at {best[1]:,} envs = "
+            f"{best[4] / gym_rate:,.0f}x the gymnasium env (targets: >= {TARGET_STEPS_PER_S:,.0f} "
+            f"steps/s {'met' if best[4] >= TARGET_STEPS_PER_S else 'NOT met'}, >= {TARGET_RATIO}x "
             f"{'met' if best[4] / gym_rate >= TARGET_RATIO else 'NOT met'})"
         )
 

@@ -75,9 +75,10 @@ def main() -> None:
         console.print(table)
         routing = sum(c.seconds for c in result.curves)
         console.print(
-            f"load {loaded:.1f} s, routing {routing:.1f} s, bootstrap {result.bootstrap_seconds:.1f} s "
-            f"({result.n_boot} resamples); the bootstrap is {result.bootstrap_seconds / routing:.2f}x "
-            f"the routing; skipped: {', '.join(result.skipped) or 'none'}"
+            f"load {loaded:.1f} s, routing {routing:.1f} s, bootstrap "
+            f"{result.bootstrap_seconds:.1f} s ({result.n_boot} resamples); the bootstrap is "
+            f"{result.bootstrap_seconds / routing:.2f}x the routing; skipped: "
+            f"{', '.join(result.skipped) or 'none'}"
         )
         if np.isfinite(per_call) and per_call:
             console.print(f"recorded seconds per call: {per_call:.3f}")

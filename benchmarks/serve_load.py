@@ -213,7 +213,8 @@ class Row:
 
 
 def load(clients: int, seconds: float, one: Callable[[dict], Sample | None], name: str) -> Row:
-    """`clients` threads calling `one` back to back for `seconds` (each thread's state in its own dict)."""
+    """`clients` threads calling `one` back to back for `seconds` (each thread's state in its own
+    dict)."""
     row = Row(name, clients, seconds)
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
@@ -245,7 +246,8 @@ def load(clients: int, seconds: float, one: Callable[[dict], Sample | None], nam
 
 
 def dersim_call(port: int, questions: list[str]) -> Callable[[dict], Sample | None]:
-    """One chat completion on the thread's keep-alive connection; the expert time from the route's trace."""
+    """One chat completion on the thread's keep-alive connection; the expert time from the route's
+    trace."""
     counter = iter(range(10**9))
 
     def one(state: dict) -> Sample | None:
@@ -280,7 +282,8 @@ def dersim_call(port: int, questions: list[str]) -> Callable[[dict], Sample | No
 
 
 def direct_call(ports: list[int], calls: int) -> Callable[[dict], Sample | None]:
-    """`calls` chat completions straight to the canned experts, a new connection each (as dersim's backend)."""
+    """`calls` chat completions straight to the canned experts, a new connection each (as dersim's
+    backend)."""
     body = json.dumps(
         {
             "model": EXPERTS[0],
@@ -391,8 +394,8 @@ def main() -> None:
             started = time.perf_counter()
             wait_ready(f"http://{HOST}:{port}/health", server, log)
             console.print(
-                f"dersim serve ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} CPUs, "
-                f"{platform.processor() or platform.machine()}; load average "
+                f"dersim serve ready in {time.perf_counter() - started:.1f} s; {os.cpu_count()} "
+                f"CPUs, {platform.processor() or platform.machine()}; load average "
                 f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
             )
             calls = calls_per_route(port, questions[0])
@@ -426,7 +429,10 @@ def main() -> None:
         "overhead ms p99",
         "in route ms p50",
         "x direct p50",
-        title=f"dersim serve under load: {calls} expert calls per route, canned HTTP experts on loopback",
+        title=(
+            f"dersim serve under load: {calls} expert calls per route, canned HTTP experts on "
+            "loopback"
+        ),
     )
     for served, direct in rows:
         table.add_row(

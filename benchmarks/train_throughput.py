@@ -29,19 +29,19 @@ Rows:
   Discrete(N) where ours has N + 1 logits with STOP masked outside the learned terminator; SB3
   reads the full observation every step while we keep state ids and gather embeddings.
 
-The 1024 x 50,000 wall time is projected from the 1024-policy row (compile + the chunks a 50,000-step
-run needs at the timed rate; from the largest measured P if 1024 is not measured); `--full` also
-runs it, from `GridTrainer.from_grid` to the last checkpoint, compilation included.
+The 1024 x 50,000 wall time is projected from the 1024-policy row (compile + the chunks a
+50,000-step run needs at the timed rate; from the largest measured P if 1024 is not measured);
+`--full` also runs it, from `GridTrainer.from_grid` to the last checkpoint, compilation included.
 
 Full-information trainers (`--part full-information`, also in the default `--part both`): fqi,
 exact-pg and PPO, each with 1, 16, 256 and 1,024 policies (`--algo-policies`) trained from scratch
-to the end at the CLI's defaults on the same cache, an alpha sweep (x 4 l2 strengths for fqi, x seeds
-for the others).
-Per row: the wall time from the trainer's construction to a policy within 1% of its final val return
-(median over the policies; compilation included, read at chunk ends), policies per minute, and both
-as ratios against PPO with as many policies in the same run; for exact-pg also the time to reach the
-final val return of the PPO policy with the same alpha and seed. Targets: 1,024 fqi policies in under
-60 s; exact-pg at least 10x faster than PPO to the same val return.
+to the end at the CLI's defaults on the same cache, an alpha sweep (x 4 l2 strengths for fqi, x
+seeds for the others). Per row: the wall time from the trainer's construction to a policy within 1%
+of its final val return (median over the policies; compilation included, read at chunk ends),
+policies per minute, and both as ratios against PPO with as many policies in the same run; for
+exact-pg also the time to reach the final val return of the PPO policy with the same alpha and seed.
+Targets: 1,024 fqi policies in under 60 s; exact-pg at least 10x faster than PPO to the same val
+return.
 
     python benchmarks/train_throughput.py [--cache DIR] [--policies 1,16,256,1024] [--chunks 3]
         [--stepwise-chunks 2] [--sb3-steps 16384] [--sb3-seconds 30] [--sb3-threads 1,0] [--full]
@@ -102,8 +102,8 @@ class Row:
 
 
 class ChunkClock(Progress):
-    """A rich `Progress` that notes when each chunk ends: both trainers advance their bar once per chunk,
-    after the chunk's curves (and, for the grid trainer, its checkpoint) are written."""
+    """A rich `Progress` that notes when each chunk ends: both trainers advance their bar once per
+    chunk, after the chunk's curves (and, for the grid trainer, its checkpoint) are written."""
 
     ends: list[float] = []
 
@@ -116,8 +116,8 @@ class ChunkClock(Progress):
 def clocked(
     train: Callable[[], Any], module: Any, n_policies: int, label: str, config: PPOConfig
 ) -> Row:
-    """Run `train` (1 warm-up chunk + timed chunks) with `module.Progress` clocked; the first chunk's
-    time minus the median steady chunk is the compile time."""
+    """Run `train` (1 warm-up chunk + timed chunks) with `module.Progress` clocked; the first
+    chunk's time minus the median steady chunk is the compile time."""
     ChunkClock.ends = []
     started = time.perf_counter()
     with mock.patch.object(module, "Progress", ChunkClock):
@@ -136,7 +136,8 @@ def clocked(
 
 
 def default_cache(tmp: Path) -> tuple[Path, bool]:
-    """(cache, built here): cache/strategyqa when it is built, else the synthetic recipe built into `tmp`."""
+    """(cache, built here): cache/strategyqa when it is built, else the synthetic recipe built into
+    `tmp`."""
     real = REPO / "cache" / "strategyqa"
     if (real / "manifest.json").exists():
         return real, False
@@ -175,7 +176,8 @@ def time_grid(
 
 
 def time_stepwise(cache: Path, spec: EnvSpec, config: PPOConfig, chunks: int, tmp: Path) -> Row:
-    """`train_stepwise` over 1 + `chunks` chunks; the first (env construction, compilation) is not timed."""
+    """`train_stepwise` over 1 + `chunks` chunks; the first (env construction, compilation) is not
+    timed."""
     out = tmp / "stepwise"
     trainer = GridTrainer.from_grid(
         cache,
@@ -201,8 +203,9 @@ def time_stepwise(cache: Path, spec: EnvSpec, config: PPOConfig, chunks: int, tm
 def time_sb3(
     cache: Path, spec: EnvSpec, config: PPOConfig, steps: int, seconds: float, threads: int
 ) -> Row:
-    """stable-baselines3 PPO on DummyVecEnv x num_envs of the reference env, settings matched to `config`;
-    `steps` env steps or `seconds`, whichever comes first, with `threads` torch threads."""
+    """stable-baselines3 PPO on DummyVecEnv x num_envs of the reference env, settings matched to
+    `config`; `steps` env steps or `seconds`, whichever comes first, with `threads` torch
+    threads."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.logger import Logger
@@ -264,7 +267,8 @@ def time_sb3(
 
 
 def full_run(cache: Path, spec: EnvSpec, config: PPOConfig, tmp: Path) -> float:
-    """Wall seconds of a real 1024 x 50,000 run: trainer construction, compile, every chunk and checkpoint."""
+    """Wall seconds of a real 1024 x 50,000 run: trainer construction, compile, every chunk and
+    checkpoint."""
     started = time.perf_counter()
     trainer = GridTrainer.from_grid(
         cache, tmp / "full", spec, config, {}, seeds=TARGET_POLICIES, steps=TARGET_STEPS, algo="ppo"
@@ -302,8 +306,8 @@ class Convergence:
 
 
 def algo_grid(algo: str, n_policies: int) -> tuple[dict[str, list], int]:
-    """(grid, seeds) with `n_policies` policies: alphas x 4 l2 strengths for fqi (no seed changes its
-    closed form), alphas x seeds (up to 4) for the others."""
+    """(grid, seeds) with `n_policies` policies: alphas x 4 l2 strengths for fqi (no seed changes
+    its closed form), alphas x seeds (up to 4) for the others."""
     l2 = [1.0] if algo != "fqi" or n_policies < 4 else list(np.geomspace(0.1, 10.0, 4))
     seeds = 1 if algo == "fqi" or n_policies < 256 else 4 if n_policies >= 1024 else 2
     n_alphas = max(1, n_policies // (len(l2) * seeds))
@@ -362,8 +366,8 @@ def full_information_part(
         for algo in ("ppo", "exact-pg", "fqi"):
             rows[algo, n_policies] = row = converge(cache, spec, algo, n_policies, tmp)
             console.print(
-                f"  {algo} x {row.policies}: {row.seconds:.1f} s, within 1% of the final val return after "
-                f"{row.to_one_percent:.1f} s (median)"
+                f"  {algo} x {row.policies}: {row.seconds:.1f} s, within 1% of the final val "
+                f"return after {row.to_one_percent:.1f} s (median)"
             )
     table = Table(
         "algorithm",
@@ -402,8 +406,8 @@ def full_information_part(
     if largest is not None:
         verdict = "met" if largest.seconds < FQI_TARGET_SECONDS else "NOT met"
         console.print(
-            f"{largest.policies:,} fqi policies: {largest.seconds:.1f} s (target < {FQI_TARGET_SECONDS:.0f} "
-            f"s: {verdict})"
+            f"{largest.policies:,} fqi policies: {largest.seconds:.1f} s (target < "
+            f"{FQI_TARGET_SECONDS:.0f} s: {verdict})"
         )
 
 
@@ -436,7 +440,9 @@ def main() -> None:
     parser.add_argument(
         "--sb3-threads",
         default="1,0",
-        help="torch thread counts to time SB3 with (0: torch's default); the fastest is the baseline",
+        help=(
+            "torch thread counts to time SB3 with (0: torch's default); the fastest is the baseline"
+        ),
     )
     parser.add_argument(
         "--full",
@@ -489,8 +495,9 @@ def main() -> None:
             )
             console = Console(width=180)
             console.print(
-                f"cache {cache}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; load "
-                f"average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+                f"cache {cache}; {os.cpu_count()} CPUs, "
+                f"{platform.processor() or platform.machine()}; load average "
+                f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
             )
             full_information_part(
                 cache, spec, [int(n) for n in args.algo_policies.split(",")], console, tmp
@@ -520,21 +527,22 @@ def main() -> None:
         )
         tables = probe.tables
         console.print(
-            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} experts, "
-            f"{len(tables.roots)} train questions, observed embedding dim "
-            f"{tables.embedding.shape[1]}; metric "
-            f"{tables.metric}, p0 {p0}, terminator {probe.spec.terminator}, T_max {probe.spec.t_max}"
+            f"cache {cache}: {tables.next_state.shape[0]} states, {tables.next_state.shape[1]} "
+            f"experts, {len(tables.roots)} train questions, observed embedding dim "
+            f"{tables.embedding.shape[1]}; metric {tables.metric}, p0 {p0}, terminator "
+            f"{probe.spec.terminator}, T_max {probe.spec.t_max}"
         )
         console.print(
-            f"PPO: {config.num_envs} envs x {config.num_steps} steps per update, {config.update_epochs} "
-            f"epochs x {config.num_minibatches} minibatches, hidden {config.hidden}, "
-            f"{config.updates_per_chunk} updates per chunk = {config.steps_per_chunk:,} env steps per "
-            "policy per chunk"
+            f"PPO: {config.num_envs} envs x {config.num_steps} steps per update, "
+            f"{config.update_epochs} epochs x {config.num_minibatches} minibatches, hidden "
+            f"{config.hidden}, {config.updates_per_chunk} updates per chunk = "
+            f"{config.steps_per_chunk:,} env steps per policy per chunk"
         )
         console.print(
-            f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.devices()[0].device_kind}); "
-            f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-            f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+            f"jax {jax.__version__} on {jax.devices()[0].platform} "
+            f"({jax.devices()[0].device_kind}); {os.cpu_count()} CPUs, "
+            f"{platform.processor() or platform.machine()}; load average "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
         )
 
         sb3_rows = [
@@ -590,8 +598,8 @@ def main() -> None:
     best = max(grid, key=lambda r: r.rate)
     ratio = best.rate / sb3.rate
     console.print(
-        f"best aggregate: {best.rate:,.0f} env-steps/s at {best.policies:,} policies = {ratio:,.1f}x "
-        f"the fastest stable-baselines3 row (target >= {TARGET_RATIO}x: "
+        f"best aggregate: {best.rate:,.0f} env-steps/s at {best.policies:,} policies = "
+        f"{ratio:,.1f}x the fastest stable-baselines3 row (target >= {TARGET_RATIO}x: "
         f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
     )
     basis = next(
@@ -603,13 +611,14 @@ def main() -> None:
     console.print(
         f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps ({n_chunks} chunks = "
         f"{n_chunks * config.steps_per_chunk:,} steps each): projected {projected:,.0f} s from the "
-        f"{basis.policies:,}-policy row (compile {basis.compile_s:.1f} s + chunks at {basis.rate:,.0f} "
-        f"env-steps/s; target < {TARGET_SECONDS:.0f} s: {verdict})"
+        f"{basis.policies:,}-policy row (compile {basis.compile_s:.1f} s + chunks at "
+        f"{basis.rate:,.0f} env-steps/s; target < {TARGET_SECONDS:.0f} s: {verdict})"
     )
     if full_seconds is not None:
         console.print(
-            f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps measured: {full_seconds:,.0f} s end to "
-            f"end (target < {TARGET_SECONDS:.0f} s: {'met' if full_seconds < TARGET_SECONDS else 'NOT met'})"
+            f"{TARGET_POLICIES} policies x {TARGET_STEPS:,} env steps measured: "
+            f"{full_seconds:,.0f} s end to end (target < {TARGET_SECONDS:.0f} s: "
+            f"{'met' if full_seconds < TARGET_SECONDS else 'NOT met'})"
         )
 
 

@@ -1,4 +1,5 @@
-"""The `dersim` command line: the top-level group, which assembles the commands each stage defines."""
+"""The `dersim` command line: the top-level group, which assembles the commands each stage
+defines."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def main() -> None:
 
 
 def _register_commands() -> None:
-    """Commands defined next to the stage they drive (builder, cache, importers, trainer, evaluation,
-    routers, experiments, live routing)."""
+    """Commands defined next to the stage they drive (builder, cache, importers, trainer,
+    evaluation, routers, experiments, live routing)."""
     from dersim.builder.commands import build_cache_command, models_group
     from dersim.cache.commands import cache_group
     from dersim.evaluation.commands import eval_command

@@ -1,4 +1,5 @@
-"""Click parameter types shared by the commands: numbers that must be finite, counts with a ceiling."""
+"""Click parameter types shared by the commands: numbers that must be finite, counts with a
+ceiling."""
 
 from __future__ import annotations
 

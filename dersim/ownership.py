@@ -20,7 +20,8 @@ from dersim.locking import LOCK_FILE
 
 MARKER = ".dersim-output"
 
-# What each kind of output directory may hold (names or glob patterns); everything else is the user's.
+# What each kind of output directory may hold (names or glob patterns); everything else is the
+# user's.
 OUTPUT_FILES: dict[str, tuple[str, ...]] = {
     "cache": (
         "manifest.json",
@@ -50,7 +51,8 @@ OUTPUT_FILES: dict[str, tuple[str, ...]] = {
 
 
 def _kind_of(directory: Path) -> str | None:
-    """The kind recorded in the directory's marker, or None when it has none (or an unreadable one)."""
+    """The kind recorded in the directory's marker, or None when it has none (or an unreadable
+    one)."""
     try:
         return str(json.loads((directory / MARKER).read_text(encoding="utf-8"))["kind"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -62,7 +64,8 @@ def _is_known(name: str, kind: str) -> bool:
 
 
 def claim_output(directory: Path, kind: str, *, overwrite: bool = False) -> list[Path]:
-    """Make `directory` (existing, write-locked) this kind's output, or raise a one-line `OutputError`.
+    """Make `directory` (existing, write-locked) this kind's output, or raise a one-line
+    `OutputError`.
 
     Refused: a directory marked as another kind; one holding files that this kind never writes
     (the first is named); with `overwrite`, one not marked as dersim's that has something to

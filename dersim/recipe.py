@@ -1,4 +1,5 @@
-"""Build recipes: one TOML file describes a whole cache (dataset, expert pool, prompts, depth, metrics).
+"""Build recipes: one TOML file describes a whole cache (dataset, expert pool, prompts, depth,
+metrics).
 
 Parsing is strict: an unknown or mistyped key is an error naming the file and the key, because a
 silently ignored typo (say `tempreature`) would change what a long build produces.

@@ -80,7 +80,8 @@ dim = 32
 
 
 def episode_return(env, question: int, actions: list[int]) -> float:
-    """The reference env's (`DERGymEnv`) return of taking `actions` on `question` (until the episode ends)."""
+    """The reference env's (`DERGymEnv`) return of taking `actions` on `question` (until the episode
+    ends)."""
     env.reset(options={"question": question})
     total = 0.0
     for action in actions:

@@ -1,5 +1,6 @@
-"""A tiny synthetic cache and a run trained on it, for the `dersim route` and `dersim serve` tests; a
-loopback OpenAI-compatible expert server and a run over HTTP experts; copies of caches and runs."""
+"""A tiny synthetic cache and a run trained on it, for the `dersim route` and `dersim serve` tests;
+a loopback OpenAI-compatible expert server and a run over HTTP experts; copies of caches and
+runs."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ SMALL = PPOConfig(
     num_envs=8, num_steps=8, update_epochs=2, num_minibatches=2, hidden=32, updates_per_chunk=10
 )
 TERMINATORS = ("learned", "none", "judge", "oracle")  # one policy each, in this order
-REJECTED = "REJECT-ME"  # an ExpertServer answers a prompt holding this with HTTP 400 (the call can never succeed)
+# An ExpertServer answers a prompt holding this with HTTP 400 (the call can never succeed).
+REJECTED = "REJECT-ME"
 _WORDS = (
     "because",
     "history",
@@ -71,7 +73,8 @@ def train_run(cache: Path, out: Path, spec: EnvSpec, terminators: list[str]) -> 
 
 
 def edited_cache(cache: Path, out: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """A copy of `cache` whose manifest `edit` changed (its manifest.sha256 rewritten: another cache)."""
+    """A copy of `cache` whose manifest `edit` changed (its manifest.sha256 rewritten: another
+    cache)."""
     shutil.copytree(cache, out, ignore=shutil.ignore_patterns("journal", ".dersim.lock"))
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     edit(manifest)
@@ -80,7 +83,8 @@ def edited_cache(cache: Path, out: Path, edit: Callable[[dict[str, Any]], None])
 
 
 def rebound_run(run: Path, cache: Path, out: Path) -> Path:
-    """A copy of `run` recorded as trained on `cache` (a cache with the same tables: the checkpoint fits)."""
+    """A copy of `run` recorded as trained on `cache` (a cache with the same tables: the checkpoint
+    fits)."""
     shutil.copytree(run, out, ignore=shutil.ignore_patterns(".dersim.lock"))
     record = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
     record.update(cache=str(cache), cache_digest=manifest_digest(cache))
@@ -89,9 +93,9 @@ def rebound_run(run: Path, cache: Path, out: Path) -> Path:
 
 
 class ExpertServer:
-    """A loopback OpenAI-compatible chat server standing in for HTTP experts: its answer is a hash of the
-    model and prompt (deterministic, so a cache built on it is exact), a prompt holding REJECTED gets an
-    HTTP 400, and every request's path and Authorization header are recorded."""
+    """A loopback OpenAI-compatible chat server standing in for HTTP experts: its answer is a hash
+    of the model and prompt (deterministic, so a cache built on it is exact), a prompt holding
+    REJECTED gets an HTTP 400, and every request's path and Authorization header are recorded."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []
@@ -144,7 +148,8 @@ def _completion(model: str, prompt: str) -> dict[str, Any]:
 
 
 def http_recipe_text(base_url: str, api_key_env: str) -> str:
-    """Two HTTP (openai backend) experts at `base_url`, their key in `api_key_env`; 8 + 3 questions, depth 2."""
+    """Two HTTP (openai backend) experts at `base_url`, their key in `api_key_env`; 8 + 3 questions,
+    depth 2."""
     experts = "".join(
         f"""
 [[experts]]
@@ -178,8 +183,9 @@ dim = 32
 
 
 def http_run(root: Path, server: ExpertServer, api_key_env: str) -> tuple[Path, Path]:
-    """(cache, run) over two HTTP experts of `server`, built with the key in `api_key_env` (set by the
-    caller): the manifest names the server's URL and that variable; one policy that always calls twice."""
+    """(cache, run) over two HTTP experts of `server`, built with the key in `api_key_env` (set by
+    the caller): the manifest names the server's URL and that variable; one policy that always calls
+    twice."""
     recipe = root / "recipe.toml"
     recipe.write_text(http_recipe_text(server.base_url, api_key_env), encoding="utf-8")
     build_cache(load_recipe(recipe), root / "cache", show_progress=False)

@@ -55,12 +55,13 @@ class LlamaServer:
         return f"http://{HOST}:{self.port}/v1"
 
     def command(self) -> list[str]:
-        # The server loads the model as the in-process backend does: without llama.cpp's extra buffer
+        # The server loads the model as the in-process backend does: without llama.cpp's extra
+        # buffer
         # types, whose layouts depend on the CPU (dersim.builder.backends.llama_cpp).
         serve = (
-            "import runpy, sys; from dersim.builder.backends.llama_cpp import without_extra_buffers; "
-            "sys.argv[0] = 'llama_cpp.server'\n"
-            "with without_extra_buffers(): runpy.run_module('llama_cpp.server', run_name='__main__')"
+            "import runpy, sys; from dersim.builder.backends.llama_cpp import "
+            "without_extra_buffers; sys.argv[0] = 'llama_cpp.server'\nwith "
+            "without_extra_buffers(): runpy.run_module('llama_cpp.server', run_name='__main__')"
         )
         cmd = [
             sys.executable,
@@ -106,7 +107,8 @@ class LlamaServer:
             return False
 
     def start(self, timeout_s: float = 60.0) -> LlamaServer:
-        """Launch the server and wait (at most `timeout_s`) until it answers; fail clearly otherwise."""
+        """Launch the server and wait (at most `timeout_s`) until it answers; fail clearly
+        otherwise."""
         if self.running:
             raise RuntimeError(f"llama_cpp.server already running on port {self.port}")
         deadline = time.monotonic() + timeout_s
@@ -133,7 +135,8 @@ class LlamaServer:
                     f"log tail:\n{self.log_tail()}"
                 )
             process = self.process
-            # The process exited. Right after a kill the port may still be held for a moment: retry that.
+            # The process exited. Right after a kill the port may still be held for a moment: retry
+            # that.
             this_run = self.log.read_bytes()[log_start:].decode("utf-8", "replace").lower()
             if "address already in use" not in this_run or time.monotonic() >= deadline:
                 self.process = None

@@ -33,7 +33,8 @@ SMALL = PPOConfig(
 
 def recipe_text(sizes: tuple[float, float, float] = (0.5, 1.0, 3.0), usd: bool = True) -> str:
     """Three synthetic experts; the two cheap ones are always wrong and the dearest one is always
-    right, so one call of it, then STOP, is optimal under the final reward with a positive cost weight."""
+    right, so one call of it, then STOP, is optimal under the final reward with a positive cost
+    weight."""
     prices = ((0.1, 0.2), (0.5, 1.0), (3.0, 6.0)) if usd else ((0, 0),) * 3
     experts = "".join(
         f"""
@@ -85,7 +86,8 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def best_episode_return(env: DERGymEnv, question: int) -> float:
-    """The best return over every action sequence (calls, optionally ending with STOP) on a question."""
+    """The best return over every action sequence (calls, optionally ending with STOP) on a
+    question."""
     best = -np.inf
     for length in range(1, env.env_spec.t_max + 1):
         for route in itertools.product(range(env.n_experts), repeat=length):

@@ -33,7 +33,8 @@ def test_state_text() -> None:
     assert state_text("Is it?", "") == "Q: Is it?\nA: "
 
 
-# --------------------------------------------------------------------------------------------- MiniLM
+# ---------------------------------------------------------------------------------------------
+# MiniLM
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +80,15 @@ def test_unknown_model() -> None:
         make_embedder(EmbeddingSpec(model="all-mpnet-base-v2", dim=768))
 
 
-# --------------------------------------------------------------------------------------------- hashing
+# ---------------------------------------------------------------------------------------------
+# hashing
 
 _SUBPROCESS = """
 import sys
 from dersim.builder.embedding import make_embedder
 from dersim.recipe import EmbeddingSpec
-sys.stdout.write(make_embedder(EmbeddingSpec(model="hashing", dim=64)).embed([sys.argv[1]]).tobytes().hex())
+embedder = make_embedder(EmbeddingSpec(model="hashing", dim=64))
+sys.stdout.write(embedder.embed([sys.argv[1]]).tobytes().hex())
 """
 
 

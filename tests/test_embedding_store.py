@@ -120,14 +120,13 @@ def test_reimport_embeds_only_new_texts(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_two_processes_add_to_one_store(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from dersim.builder.embedding import HashingEmbedder\n"
-        "import dersim.builder.embedding_store as store_module\n"
-        "from dersim.builder.embedding_store import EmbeddingStore, embed_texts\n"
-        "store_module.COMPACT_ABOVE = 4  # merges run while the other process reads and writes\n"
-        "texts = [f'text {i}' for i in range(int(sys.argv[2]), int(sys.argv[2]) + 1500)]\n"
-        "for start in range(0, 1500, 150):\n"
-        "    embed_texts(HashingEmbedder(8), texts[start:start + 150], store=EmbeddingStore(HashingEmbedder(8), "
-        "Path(sys.argv[1])))\n"
+        "import sys; from pathlib import Path; from dersim.builder.embedding import "
+        "HashingEmbedder\nimport dersim.builder.embedding_store as store_module\nfrom "
+        "dersim.builder.embedding_store import EmbeddingStore, "
+        "embed_texts\nstore_module.COMPACT_ABOVE = 4  # merges run while the other process reads "
+        "and writes\ntexts = [f'text {i}' for i in range(int(sys.argv[2]), int(sys.argv[2]) + "
+        "1500)]\nfor start in range(0, 1500, 150):\n    embed_texts(HashingEmbedder(8), "
+        "texts[start:start + 150], store=EmbeddingStore(HashingEmbedder(8), Path(sys.argv[1])))\n"
     )
     workers = [
         subprocess.Popen(

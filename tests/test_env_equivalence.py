@@ -442,8 +442,9 @@ def test_same_actions_same_rewards_states_and_outcomes(cache: CacheInfo, data) -
 
 
 def test_long_rollouts_cover_every_branch(cache: CacheInfo) -> None:
-    """Seeded random rollouts through every terminator, reward and T_max: both outcomes, STOP, oracle
-    early stops (true and flipped), judge stops and T_max ends all happen, and both envs agree."""
+    """Seeded random rollouts through every terminator, reward and T_max: both outcomes, STOP,
+    oracle early stops (true and flipped), judge stops and T_max ends all happen, and both envs
+    agree."""
     rng = np.random.default_rng(0)
     seen = Seen()
     metric = "token_f1" if "token_f1" in cache.metrics else cache.metrics[0]

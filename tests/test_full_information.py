@@ -1,8 +1,9 @@
-"""Learning from the whole cache: on a synthetic world whose best routes are known (`builders/routing.toml`),
-every algorithm learns routes that depend on the question and beats every constant route on held-out
-questions, the full-information ones within 5% of the best-route oracle; fqi with ridge at T_max = 1
-is the `linear` router; a grid mixing the three algorithms trains, resumes, evaluates, joins the routers
-table (one curve per algorithm) and routes live exactly as it replays."""
+"""Learning from the whole cache: on a synthetic world whose best routes are known
+(`builders/routing.toml`), every algorithm learns routes that depend on the question and beats every
+constant route on held-out questions, the full-information ones within 5% of the best-route oracle;
+fqi with ridge at T_max = 1 is the `linear` router; a grid mixing the three algorithms trains,
+resumes, evaluates, joins the routers table (one curve per algorithm) and routes live exactly as it
+replays."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def oracle_return(params: EnvParams, roots: np.ndarray) -> float:
 
 
 def constant_returns(params: EnvParams, roots: np.ndarray) -> dict[tuple[int, ...], float]:
-    """The exact return of every fixed route (a sequence of experts, then STOP if shorter than T_max)."""
+    """The exact return of every fixed route (a sequence of experts, then STOP if shorter than
+    T_max)."""
     n, depth, n_states = params.n_experts, params.max_depth, params.next_state.shape[0]
     out = {}
     for length in range(1, depth + 1):
@@ -102,7 +104,8 @@ def test_every_algorithm_learns_the_known_routes(
             int(np.argmax(val["val_return"][members]))
         ]  # the objective, at this one alpha
         print(
-            f"{algo}: test return {test[chosen]:.4f}, oracle {oracle:.4f}, best constant route {best_constant:.4f}"
+            f"{algo}: test return {test[chosen]:.4f}, oracle {oracle:.4f}, best constant route "
+            f"{best_constant:.4f}"
         )
         assert test[chosen] > best_constant + 0.02, (algo, test[chosen], constants)
         if algo != "ppo":

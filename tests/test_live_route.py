@@ -38,7 +38,8 @@ def live(run: tuple[Path, Path]) -> LiveRun:
 
 
 def questions_file(cache: Path, path: Path) -> list[dict]:
-    """The cache's test questions as route input lines (with the references the synthetic experts read)."""
+    """The cache's test questions as route input lines (with the references the synthetic experts
+    read)."""
     frame = open_cache(cache).questions.filter(split="test")
     records = [
         {

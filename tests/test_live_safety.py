@@ -1,7 +1,9 @@
-"""`dersim route` (and the run files serve and eval read) on untrusted or damaged input: one test per defect.
+"""`dersim route` (and the run files serve and eval read) on untrusted or damaged input: one test
+per defect.
 
-A: a cache's or run's files never choose where calls and keys go; B: live routing honours the run's view
-and its own cache; C: checkpoints are hashed and finite; D: route input and output; E: the check's report.
+A: a cache's or run's files never choose where calls and keys go; B: live routing honours the run's
+view and its own cache; C: checkpoints are hashed and finite; D: route input and output; E: the
+check's report.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def cli(*args: object, input: bytes | str | None = None) -> Result:  # noqa: A00
 
 
 def one_line_error(result: Result, *parts: str) -> str:
-    """The single `error: ...` line of a command that exited 2 without a traceback; it holds `parts`."""
+    """The single `error: ...` line of a command that exited 2 without a traceback; it holds
+    `parts`."""
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
     )
@@ -75,7 +78,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ExpertServer, Path, Path]]:
-    """(the server the cache was built on, cache, run): its manifest names that server and BUILD_KEY_ENV."""
+    """(the server the cache was built on, cache, run): its manifest names that server and
+    BUILD_KEY_ENV."""
     built_on = ExpertServer()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(BUILD_KEY_ENV, "the-builders-key")
@@ -96,7 +100,8 @@ def routes(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-# ---------------------------------------------------------------- A: data never chooses where secrets go
+# ---------------------------------------------------------------- A: data never chooses where
+# secrets go
 
 
 def test_a_cache_manifest_cannot_send_a_key_to_its_own_url(
@@ -207,7 +212,8 @@ def test_route_refuses_a_cache_whose_experts_differ_from_the_recipe(
     )
 
 
-# ---------------------------------------------------------------- B: the run's view and its own cache
+# ---------------------------------------------------------------- B: the run's view and its own
+# cache
 
 
 def check_report(run_dir: Path, *args: object) -> dict:

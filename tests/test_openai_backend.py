@@ -141,7 +141,8 @@ options = {options}
 """
 
 
-# --------------------------------------------------------------------------------------- real server
+# --------------------------------------------------------------------------------------- real
+# server
 
 
 def test_chat_call_returns_text_and_usage_and_is_deterministic(server: LlamaServer) -> None:
@@ -155,7 +156,8 @@ def test_chat_call_returns_text_and_usage_and_is_deterministic(server: LlamaServ
     assert 0 < first.completion_tokens <= 16
     assert first.latency_s > 0
     # Another prompt in between must not change the answer. (Not the same request twice in a row:
-    # llama_cpp.server then re-evaluates only the last prompt token from its KV cache, and that can flip
+    # llama_cpp.server then re-evaluates only the last prompt token from its KV cache, and that can
+    # flip
     # a near-tie argmax, so back-to-back repeats are not reproducible on that server.)
     other = backend.complete(_request("Name three colors of the rainbow.", max_new_tokens=12))
     assert other.text != first.text
@@ -172,7 +174,8 @@ def test_completion_format_posts_the_raw_prompt(server: LlamaServer) -> None:
     )
     assert out.text and "\n" not in out.text
     assert 0 < out.completion_tokens <= 16
-    # No chat template around a completion prompt: a short prompt costs fewer tokens than as a chat message.
+    # No chat template around a completion prompt: a short prompt costs fewer tokens than as a chat
+    # message.
     raw = completion.complete(_request(question, max_new_tokens=1))
     chat = OpenAIBackend(_spec(server.base_url)).complete(_request(question, max_new_tokens=1))
     assert 0 < raw.prompt_tokens < chat.prompt_tokens - 10
@@ -242,7 +245,8 @@ def test_build_end_to_end_with_an_api_key(
     assert KEY_ENV in (tmp_path / "c" / MANIFEST).read_text(encoding="utf-8")
     assert KEY not in _journal_text(tmp_path / "c")
 
-    # With a wrong key every call is rejected at once; the error records must not hold that key either.
+    # With a wrong key every call is rejected at once; the error records must not hold that key
+    # either.
     monkeypatch.setenv(KEY_ENV, WRONG_KEY)
     refused = build_cache(recipe, tmp_path / "refused", show_progress=False)
     assert refused.failed == 6 and all("HTTP 401" in f for f in refused.failures)
@@ -318,7 +322,8 @@ def test_server_killed_mid_build_then_resumed(model_path: Path, tmp_path: Path) 
         srv.close()
 
 
-# ------------------------------------------------------------------------------------ dead endpoints
+# ------------------------------------------------------------------------------------ dead
+# endpoints
 
 
 def test_nothing_listening_fails_fast_and_is_retryable() -> None:
@@ -344,11 +349,13 @@ def test_a_server_that_never_answers_times_out() -> None:
         assert 0.25 < time.perf_counter() - started < 3
 
 
-# ---------------------------------------------------------- error answers (a stdlib stand-in server)
+# ---------------------------------------------------------- error answers (a stdlib stand-in
+# server)
 
 
 class _Scripted(BaseHTTPRequestHandler):
-    """Answers POST /<status>/v1/... with that status; 200 answers depend on the status path part."""
+    """Answers POST /<status>/v1/... with that status; 200 answers depend on the status path
+    part."""
 
     seen: list[tuple[str, dict[str, str], dict]] = []
 

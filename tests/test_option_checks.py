@@ -1,4 +1,5 @@
-"""Options are checked before any work: NaN, infinities and absurd counts get click's usage error."""
+"""Options are checked before any work: NaN, infinities and absurd counts get click's usage
+error."""
 
 from __future__ import annotations
 

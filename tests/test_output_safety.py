@@ -151,7 +151,8 @@ def test_out_dot_in_a_working_tree_is_refused_and_untouched(
 def test_overwrite_refuses_a_directory_not_marked_as_dersims(
     cache: Path, run: Path, tmp_path: Path
 ) -> None:
-    """A directory with only names dersim writes, but no marker (not dersim's, or an older dersim's)."""
+    """A directory with only names dersim writes, but no marker (not dersim's, or an older
+    dersim's)."""
     target = tmp_path / "unmarked"
     shutil.copytree(run, target)
     (target / MARKER).unlink()

@@ -106,7 +106,8 @@ def test_byte_flip_in_a_bundled_cache_is_refused_by_cache_info(tmp_path: Path) -
         f"{path}: sha256 differs from the manifest",
         "--no-verify",
     )
-    # --no-verify skips the hash, not the content checks: this flip sends routes into another question
+    # --no-verify skips the hash, not the content checks: this flip sends routes into another
+    # question
     one_line_error(
         cli("cache", "info", copy, "--json", "--no-verify"),
         f"{path}:",

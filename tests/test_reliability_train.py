@@ -104,7 +104,8 @@ def trained(small_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def rewrite_column(cache: Path, name: str, column: str, edit) -> None:
-    """Rewrite one column through `edit` and redo the manifest hash: only content checks can see it."""
+    """Rewrite one column through `edit` and redo the manifest hash: only content checks can see
+    it."""
     table = pq.read_table(cache / name)
     index = table.schema.get_field_index(column)
     field = table.schema.field(index)
@@ -116,7 +117,8 @@ def rewrite_column(cache: Path, name: str, column: str, edit) -> None:
 
 
 def unwritable(directory: Path) -> Path:
-    """Make `directory` (created) refuse new files, even to root (chmod, then the immutable attribute)."""
+    """Make `directory` (created) refuse new files, even to root (chmod, then the immutable
+    attribute)."""
     directory.mkdir(exist_ok=True)
     directory.chmod(0o555)
     try:

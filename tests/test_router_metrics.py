@@ -1,4 +1,5 @@
-"""The routing metrics on hand-made curves, against hand-computed values, and their bootstrap intervals."""
+"""The routing metrics on hand-made curves, against hand-computed values, and their bootstrap
+intervals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The routers on caches with a known structure, replay semantics, choosing on val, the CLI, a real import.
+"""The routers on caches with a known structure, replay semantics, choosing on val, the CLI, a real
+import.
 
 The cluster cache: questions fall in two clusters (their embeddings point two ways). The cheap
 expert is right exactly on cluster A, the mid-priced one on cluster B (and on 40% of A), the dear
@@ -213,7 +214,8 @@ def test_cascade_with_transfer_and_the_oracle_judge(clusters: Path) -> None:
         a, b = scratch.route(questions, threshold), chained.route(questions, threshold)
         assert not a.transfer and b.transfer
         np.testing.assert_array_equal(a.calls, b.calls)
-        # From an answer an expert repeats its own answer here, so with or without transfer is the same.
+        # From an answer an expert repeats its own answer here, so with or without transfer is the
+        # same.
         np.testing.assert_array_equal(
             a.replay(questions.roots, data.world).final_state,
             b.replay(questions.roots, data.world).final_state,
@@ -328,8 +330,8 @@ def test_random_mix_apgr_is_one_half_on_a_real_import(tmp_path: Path) -> None:
 
 
 def test_capabilities_are_read_from_the_class_before_a_router_is_made(clusters: Path) -> None:
-    """Transfer needs knowledge-transfer answers: refused on an import (and at depth 1), allowed on a
-    built depth-2 cache; the reference rows get the reference through their class."""
+    """Transfer needs knowledge-transfer answers: refused on an import (and at depth 1), allowed on
+    a built depth-2 cache; the reference rows get the reference through their class."""
     routerbench = load_router_data(REPO / "cache" / "routerbench-mbpp")
     data = load_router_data(clusters)
     assert "imported cache" in CascadeKTPRouter.unavailable(routerbench)

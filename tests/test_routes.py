@@ -72,7 +72,8 @@ def test_routes_beyond_the_built_depth_end_where_nothing_was_built(cache) -> Non
 
 
 def test_a_batch_of_routes_replays_as_each_route_alone_with_its_path_and_cost(cache) -> None:
-    """Policies x questions x steps in one replay equal one question at a time along a plain walk."""
+    """Policies x questions x steps in one replay equal one question at a time along a plain
+    walk."""
     roots = cache.questions["root_state_id"].to_numpy()
     next_state = next_state_matrix(cache)
     cost = np.random.default_rng(0).random(next_state.shape).astype(np.float32)

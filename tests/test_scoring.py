@@ -1,4 +1,5 @@
-"""Answer metrics: the text metrics on hand-made cases, and real BERTScore with the packaged MiniLM."""
+"""Answer metrics: the text metrics on hand-made cases, and real BERTScore with the packaged
+MiniLM."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ PEAR = Question(
 )
 MATH = Question("q2", "120 is what percent of 50 ?", "The answer is 240 %.", ("240 %",), "240 %")
 
-# --------------------------------------------------------------------------------------------- text metrics
+# --------------------------------------------------------------------------------------------- text
+# metrics
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,8 @@ def test_token_f1_known_values() -> None:
     assert token_f1("The cat sat!", ["a cat sat down"]) == pytest.approx(0.8)
     assert token_f1("Paris", ["paris."]) == 1.0
     assert token_f1("London", ["Paris"]) == 0.0
-    # Repeated tokens count at most as often as in the reference: [a,a,b] vs [a,b] -> 2 common, P=2/3, R=1.
+    # Repeated tokens count at most as often as in the reference: [a,a,b] vs [a,b] -> 2 common,
+    # P=2/3, R=1.
     assert token_f1("x x y", ["x y"]) == pytest.approx(0.8)
 
 
@@ -169,7 +172,8 @@ def test_score_answers_names_the_question_with_an_unusable_label() -> None:
         score_answers(["a", "b"], [HAMSTER], MetricSpec(names=("token_f1",)))
 
 
-# --------------------------------------------------------------------------------------------- BERTScore
+# ---------------------------------------------------------------------------------------------
+# BERTScore
 
 ALL = MetricSpec(names=("bertscore", "accuracy_yesno", "token_f1", "rouge_l"))
 BERT = MetricSpec(names=("bertscore",))
@@ -292,7 +296,8 @@ def test_metric_manifest_describes_every_metric() -> None:
     assert bert["bert_score_version"]
 
 
-# --------------------------------------------------------------------------------------------- model paths
+# ---------------------------------------------------------------------------------------------
+# model paths
 
 
 def test_local_model_path(tmp_path: Path) -> None:
@@ -313,7 +318,8 @@ from dersim.builder.scoring import score_answers
 from dersim.builder.sources.question import Question
 from dersim.recipe import MetricSpec
 states = pl.read_parquet(sys.argv[1] + "/states.parquet").filter(pl.col("depth") > 0).head(400)
-questions = {row["question_id"]: Question(row["question_id"], row["question"], row["reference"], (), row["label"])
+questions = {row["question_id"]: Question(row["question_id"], row["question"], row["reference"], (),
+                                          row["label"])
              for row in pl.read_parquet(sys.argv[1] + "/questions.parquet").iter_rows(named=True)}
 scores = score_answers(states["answer"].to_list(), [questions[q] for q in states["question_id"]],
                        MetricSpec(names=("bertscore",)))
@@ -323,7 +329,8 @@ print(scores["bertscore_f1"].tobytes().hex())
 
 def test_bertscore_is_identical_across_processes() -> None:
     """bert-score groups texts in `set` order, which depends on the process's string hash seed; the
-    scores must not (with padded batches about 5% of cache/strategyqa's scores moved by an ulp or more)."""
+    scores must not (with padded batches about 5% of cache/strategyqa's scores moved by an ulp or
+    more)."""
     runs = []
     for seed in ("1", "2"):
         result = subprocess.run(

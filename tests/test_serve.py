@@ -1,5 +1,6 @@
-"""`dersim serve` as a real subprocess on a free loopback port, over a synthetic cache and run, and over a
-run whose experts are a tiny OpenAI-compatible HTTP server in this process (which can hold its answers)."""
+"""`dersim serve` as a real subprocess on a free loopback port, over a synthetic cache and run, and
+over a run whose experts are a tiny OpenAI-compatible HTTP server in this process (which can hold
+its answers)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ from llama_server import HOST, free_port
 TOKEN = "test-token-1234"
 MAX_BODY = 4096
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-WAIT_S = 120  # how long a helper waits for the server to reach a state before the test fails (never asserted)
+# How long a helper waits for the server to reach a state before the test fails (never asserted).
+WAIT_S = 120
 
 
 def call(
@@ -76,7 +78,8 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 class Server:
-    """`python -m dersim serve` on 127.0.0.1, ready (GET /health is 200); stderr goes to a log file."""
+    """`python -m dersim serve` on 127.0.0.1, ready (GET /health is 200); stderr goes to a log
+    file."""
 
     def __init__(
         self, run: Path, log: Path, token: str | None = TOKEN, options: tuple[str, ...] = ()
@@ -168,8 +171,9 @@ def routers(run: tuple[Path, Path]) -> Iterator[dict[str, LiveRouter]]:
 
 
 class _Expert(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat expert: "Yes." or "No." by a hash of the model and prompt. While `gate` is
-    clear, each call sets `arrived` and waits for the gate: a route can be held in flight."""
+    """An OpenAI-compatible chat expert: "Yes." or "No." by a hash of the model and prompt. While
+    `gate` is clear, each call sets `arrived` and waits for the gate: a route can be held in
+    flight."""
 
     gate = threading.Event()
     arrived = threading.Event()
@@ -198,9 +202,9 @@ class _Expert(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, tuple[str, ...]]]:
-    """(run, the `dersim serve` options that give its experts their endpoint): a run over a depth-1 cache
-    built from two HTTP experts of `_Expert`, with one policy of the "none" terminator (every route makes
-    one call); the expert server lives as long as the module's tests."""
+    """(run, the `dersim serve` options that give its experts their endpoint): a run over a depth-1
+    cache built from two HTTP experts of `_Expert`, with one policy of the "none" terminator (every
+    route makes one call); the expert server lives as long as the module's tests."""
     httpd = ThreadingHTTPServer((HOST, 0), _Expert)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     _Expert.gate.set()
@@ -258,7 +262,8 @@ dim = 16
 
 @pytest.fixture
 def held_experts() -> Iterator[threading.Event]:
-    """The HTTP experts hold every call until the test sets the returned gate (set again at the end)."""
+    """The HTTP experts hold every call until the test sets the returned gate (set again at the
+    end)."""
     _Expert.arrived.clear()
     _Expert.gate.clear()
     yield _Expert.gate
@@ -277,8 +282,9 @@ def chat(model: str, text: str) -> dict:
 
 
 def post_in_one_write(port: int, body: bytes, chunk: int | None = None) -> tuple[int, dict]:
-    """POST /v1/chat/completions with the token, the head and `body` in one write (so a server that answers
-    before reading the whole body cannot break the send); `chunk`: send it chunked, in pieces of that size."""
+    """POST /v1/chat/completions with the token, the head and `body` in one write (so a server that
+    answers before reading the whole body cannot break the send); `chunk`: send it chunked, in
+    pieces of that size."""
     if chunk is None:
         framing, payload = f"Content-Length: {len(body)}", body
     else:
@@ -286,8 +292,8 @@ def post_in_one_write(port: int, body: bytes, chunk: int | None = None) -> tuple
         framing = "Transfer-Encoding: chunked"
         payload = b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n"
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: "
+        f"application/json\r\nAuthorization: Bearer {TOKEN}\r\n{framing}\r\n\r\n"
     )
     with socket.create_connection((HOST, port), timeout=WAIT_S) as sock:
         sock.sendall(head.encode() + payload)

@@ -1,5 +1,5 @@
-"""Exact values of any policy on a cache (`dersim.env.values`): hand-computed on a tiny graph, equal to
-the Monte-Carlo returns of the JAX env and of the Gymnasium twin for every reward x terminator,
+"""Exact values of any policy on a cache (`dersim.env.values`): hand-computed on a tiny graph, equal
+to the Monte-Carlo returns of the JAX env and of the Gymnasium twin for every reward x terminator,
 also for policies that observe their last action and on the derived views, and the same on a
 question's own subgraph as on the whole cache."""
 
@@ -128,8 +128,9 @@ def close_to(samples: np.ndarray, exact: float) -> bool:
 
 
 def tiny_params(**settings) -> EnvParams:
-    """One question: root 0 --e0--> 1 (score 0.6), --e1--> 2 (0.9); from 1: e0 -> 3 (0.5), e1 -> 4 (1.0);
-    from 2: e0 -> 5 (0.7), e1 -> 2 (a copy of itself). Costs C(e0) = 1, C(e1) = 3, cost scale 3."""
+    """One question: root 0 --e0--> 1 (score 0.6), --e1--> 2 (0.9); from 1: e0 -> 3 (0.5), e1 -> 4
+    (1.0); from 2: e0 -> 5 (0.7), e1 -> 2 (a copy of itself). Costs C(e0) = 1, C(e1) = 3, cost scale
+    3."""
     next_state = np.full((6, 2), -1, np.int32)
     next_state[0], next_state[1], next_state[2] = (1, 2), (3, 4), (5, 2)
     cost = np.tile(np.array([1.0, 3.0], np.float32), (6, 1))
@@ -163,7 +164,8 @@ def tiny_params(**settings) -> EnvParams:
 
 
 def tiny_policy() -> jax.Array:
-    """At the root: e0 with 0.25, e1 with 0.75. At t = 1: from 1, STOP or e1 half and half; from 2, e0."""
+    """At the root: e0 with 0.25, e1 with 0.75. At t = 1: from 1, STOP or e1 half and half; from 2,
+    e0."""
     probs = np.zeros((2, 6, 3), np.float32)
     probs[0, 0] = (0.25, 0.75, 0.0)
     probs[1, 1] = (0.0, 0.5, 0.5)
@@ -182,7 +184,8 @@ def test_hand_computed_values_on_a_tiny_graph() -> None:
         float(final.v[0][0]), 0.25 * (-c0 + after_1) + 0.75 * (-c1 + after_2), atol=1e-6
     )
     assert np.isclose(float(final.q[0][0, 2]), 0.0)  # STOP at the root: no answer, score 0
-    # The paper's reward with the oracle terminator at p0 = 0.8 and gamma = 1: state 2 (0.9) ends the episode.
+    # The paper's reward with the oracle terminator at p0 = 0.8 and gamma = 1: state 2 (0.9) ends
+    # the episode.
     paper = action_values(tiny_params(reward=0, terminator=0, gamma=1.0), tiny_policy())
     via_1 = (
         (0.6 - c0) + 0.5 * -1.0 + 0.5 * (1.0 + 2.0 * (1.0 - 0.6) - c1 + 1.0)

@@ -43,7 +43,8 @@ def test_routerbench_preset_reads_what_the_routerbench_importer_reads() -> None:
 
 
 def write_routellm(path: Path) -> None:
-    """A RouteLLM eval cache: prompt, a boolean correctness column and a response column per model."""
+    """A RouteLLM eval cache: prompt, a boolean correctness column and a response column per
+    model."""
     pl.DataFrame(
         {
             "prompt": [f"What is {i} + {i}?" for i in range(12)],

@@ -1,2 +1,2 @@
-"""The one-time cache builder: questions -> expert calls (breadth-first over distinct answers) -> scores
-and embeddings -> Parquet cache."""
+"""The one-time cache builder: questions -> expert calls (breadth-first over distinct answers) ->
+scores and embeddings -> Parquet cache."""

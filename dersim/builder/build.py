@@ -58,14 +58,15 @@ class BuildReport:
 
     @property
     def overhead(self) -> float:
-        """The builder's own share of the expansion's wall time: journal, prompts, bookkeeping (not the
-        backend calls, not model loading)."""
+        """The builder's own share of the expansion's wall time: journal, prompts, bookkeeping (not
+        the backend calls, not model loading)."""
         expand = self.seconds.get("expand", 0.0)
         return 1.0 - (self.backend_seconds + self.setup_seconds) / expand if expand else 0.0
 
     @property
     def outside_calls(self) -> float:
-        """Share of the whole build's wall time spent outside backend calls (loading, scoring, ...)."""
+        """Share of the whole build's wall time spent outside backend calls (loading, scoring,
+        ...)."""
         total = self.seconds.get("total", 0.0)
         return 1.0 - self.backend_seconds / total if total else 0.0
 

@@ -1,4 +1,5 @@
-"""Running a level's expert calls: journal look-up, retries with backoff, bounded parallelism, progress.
+"""Running a level's expert calls: journal look-up, retries with backoff, bounded parallelism,
+progress.
 
 Calls already in the journal are reused; the rest run on a thread pool of `concurrency` workers
 (in-process backends serialise themselves). A transient error is retried with exponential backoff;
@@ -131,7 +132,8 @@ class CallRunner:
 
 
 def _as_completed_in_submission_order(futures: dict[Future, int]) -> Iterator[Future]:
-    """Yield futures in submission order (keeps the journal's order deterministic for concurrency 1)."""
+    """Yield futures in submission order (keeps the journal's order deterministic for concurrency
+    1)."""
     for future in futures:
         future.result()
         yield future

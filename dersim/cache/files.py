@@ -31,8 +31,8 @@ from dersim.errors import CacheFormatError
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of the cache in `directory`; checks that it is JSON of a known format version and
-    that no write of the tables is unfinished (see `writer.write_cache`)."""
+    """The manifest of the cache in `directory`; checks that it is JSON of a known format version
+    and that no write of the tables is unfinished (see `writer.write_cache`)."""
     path = directory / MANIFEST
     if not directory.is_dir():
         raise CacheFormatError(f"{directory}: not a cache directory")
@@ -82,13 +82,17 @@ def manifest_digest(directory: Path) -> str:
 
 
 def describe_error(exc: Exception) -> str:
-    """The error's type and the first line of its message (e.g. 'ArrowInvalid: ...'), for one-line errors."""
+    """The error's type and the first line of its message (e.g. 'ArrowInvalid: ...'), for one-line
+    errors."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def missing_column(path: Path, name: str) -> str:
-    return f"{path}: missing column '{name}' (written by another dersim version? rebuild or re-import it)"
+    return (
+        f"{path}: missing column '{name}' (written by another dersim version? rebuild or "
+        "re-import it)"
+    )
 
 
 def read_columns(

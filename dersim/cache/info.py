@@ -31,8 +31,9 @@ def _calls(cache: Cache) -> pl.DataFrame:
 
 
 def cost_scales(cache: Cache) -> dict[str, float | None]:
-    """Per cost mode, the `auto` cost scale of `dersim train` (the dearest expert's mean cost per call
-    over the train questions' calls, in the mode's unit); None where the cache records no such cost."""
+    """Per cost mode, the `auto` cost scale of `dersim train` (the dearest expert's mean cost per
+    call over the train questions' calls, in the mode's unit); None where the cache records no such
+    cost."""
     ok = cache.transitions.filter(pl.col("status") == STATUS_OK)
     train_ids = cache.questions.filter(pl.col("split") == "train")["question_id"].implode()
     train_states = cache.states.select(

@@ -127,13 +127,15 @@ def final_states(route: tuple[int, ...], roots: np.ndarray, next_state: np.ndarr
 
 
 def policy_routes(actions: np.ndarray, n_experts: int) -> np.ndarray:
-    """An env's greedy actions [..., D] as routes: STOP (action N) and the steps after the end are -1."""
+    """An env's greedy actions [..., D] as routes: STOP (action N) and the steps after the end are
+    -1."""
     actions = np.asarray(actions, dtype=np.int64)
     return np.where((actions >= 0) & (actions < n_experts), actions, -1)
 
 
 def reachable_states(roots: np.ndarray, next_state: np.ndarray, depth: int) -> np.ndarray:
-    """int [K]: every state reachable from `roots` in 1..depth calls (the questions' answer states)."""
+    """int [K]: every state reachable from `roots` in 1..depth calls (the questions' answer
+    states)."""
     found, frontier = [], np.unique(roots)
     for _ in range(depth):
         frontier = np.unique(next_state[frontier].ravel())

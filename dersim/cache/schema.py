@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# sha256 of manifest.json's bytes, in `sha256sum` format: every reader checks the manifest against it.
+# sha256 of manifest.json's bytes, in `sha256sum` format: every reader checks the manifest against
+# it.
 MANIFEST_HASH = "manifest.sha256"
 QUESTIONS = "questions.parquet"
 STATES = "states.parquet"
@@ -108,7 +109,8 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, compression_level: int = 6) -> None:
-    """Write `table` to `path` with deterministic bytes (fixed settings, no timestamps), atomically."""
+    """Write `table` to `path` with deterministic bytes (fixed settings, no timestamps),
+    atomically."""
     tmp = path.with_name(f".tmp-{path.name}")
     pq.write_table(
         table,

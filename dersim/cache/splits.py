@@ -18,9 +18,9 @@ DEFAULT_VAL_FRACTION = 0.2
 
 
 def assign_splits(cache_splits: np.ndarray, val_fraction: float, seed: int = 0) -> np.ndarray:
-    """Per question (in cache order): 'train', 'val' or 'test'. The val questions are a seeded random
-    round(fraction x n_train) of the cache's train questions (at least one when the fraction is
-    positive and there are two or more)."""
+    """Per question (in cache order): 'train', 'val' or 'test'. The val questions are a seeded
+    random round(fraction x n_train) of the cache's train questions (at least one when the fraction
+    is positive and there are two or more)."""
     if not 0 <= val_fraction < 1 or not np.isfinite(val_fraction):
         raise DersimError(f"--val-fraction {val_fraction}: expected a number in [0, 1)")
     assigned = np.asarray(cache_splits, dtype=object).copy()

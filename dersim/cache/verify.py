@@ -84,7 +84,8 @@ def _check_states(cache: Cache) -> list[str]:
         )
         if keys.is_duplicated().any():
             problems.append(
-                f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's answer"
+                f"{where}: {int(keys.is_duplicated().sum())} states duplicate another state's "
+                "answer"
             )
     return problems
 
@@ -113,8 +114,8 @@ def _check_transitions(cache: Cache) -> list[str]:
     incomplete = counts.filter(pl.col("len") != n_experts).height
     if incomplete:
         problems.append(
-            f"{where}: {incomplete} states above depth {depth} lack some of the {n_experts} experts' "
-            "transitions (incomplete to depth D)"
+            f"{where}: {incomplete} states above depth {depth} lack some of the {n_experts} "
+            "experts' transitions (incomplete to depth D)"
         )
     if t.join(s.filter(pl.col("depth") >= depth).select("state_id"), on="state_id").height:
         problems.append(
@@ -128,8 +129,8 @@ def _failed_advice(manifest: dict) -> str:
     where a failed call is a (question, model) pair without an answer in the source)."""
     if is_imported(manifest):
         return (
-            "answers missing from the imported source; re-import without --no-drop-incomplete to drop "
-            "those questions"
+            "answers missing from the imported source; re-import without --no-drop-incomplete to "
+            "drop those questions"
         )
     return "rerun build-cache to retry them"
 

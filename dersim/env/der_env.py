@@ -102,13 +102,14 @@ def _index(name: str, value: str | int, known: tuple[str, ...]) -> int:
 
 
 def policy_settings(tables: EnvTables, **overrides: Any) -> dict[str, Any]:
-    """The spec's per-policy settings with `overrides`, checked (one-line errors naming the option)."""
+    """The spec's per-policy settings with `overrides`, checked (one-line errors naming the
+    option)."""
     spec = tables.spec
     settings = {k: getattr(spec, k) for k in POLICY_SETTINGS} | overrides
     if not 1 <= int(settings["t_max"]) <= tables.max_depth:
         raise EnvError(
-            f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; routes "
-            "never step past the built depth"
+            f"T_max = {settings['t_max']} but the cache is built to depth {tables.max_depth}; "
+            "routes never step past the built depth"
         )
     for name in ("alpha", "beta", "gamma"):
         check_setting(name, float(settings[name]))
@@ -118,15 +119,15 @@ def policy_settings(tables: EnvTables, **overrides: Any) -> dict[str, Any]:
         tables.judge is None or np.float32(tables.judge.p0) != np.float32(settings["p0"])
     ):
         raise EnvError(
-            "the judge terminator needs the tables' judge, fitted at the same p0 (load the tables with "
-            "with_judge=True and do not vary p0 across judge policies)"
+            "the judge terminator needs the tables' judge, fitted at the same p0 (load the tables "
+            "with with_judge=True and do not vary p0 across judge policies)"
         )
     return settings
 
 
 def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
-    """Device arrays from `EnvTables`; `overrides` replace per-policy settings (alpha, beta, gamma, p0,
-    t_max, terminator and reward given by name or index, judge_error, judge_threshold)."""
+    """Device arrays from `EnvTables`; `overrides` replace per-policy settings (alpha, beta, gamma,
+    p0, t_max, terminator and reward given by name or index, judge_error, judge_threshold)."""
     settings = policy_settings(tables, **overrides)
     return EnvParams(
         next_state=jnp.asarray(tables.next_state),

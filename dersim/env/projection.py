@@ -37,15 +37,16 @@ class Projection:
     components: np.ndarray
 
     def apply(self, embedding: np.ndarray) -> np.ndarray:
-        """float32 [n, k] for rows [n, d] (float64 arithmetic, so every caller gets the same bytes)."""
+        """float32 [n, k] for rows [n, d] (float64 arithmetic, so every caller gets the same
+        bytes)."""
         return ((np.asarray(embedding).astype(np.float64) - self.mean) @ self.components.T).astype(
             np.float32
         )
 
 
 def fit_projection(embedding: np.ndarray, fit_rows: np.ndarray, k: int, where: Path) -> Projection:
-    """The top `k` principal components of the rows of `embedding` [S, d] selected by the boolean mask
-    `fit_rows` (centred on their mean).
+    """The top `k` principal components of the rows of `embedding` [S, d] selected by the boolean
+    mask `fit_rows` (centred on their mean).
 
     SVD signs are arbitrary, so each component is flipped to make its largest loading positive:
     the same cache always gives the same observation."""

@@ -1,4 +1,5 @@
-"""The DER environment as a plain Gymnasium env: the ground truth that the JAX env is tested against.
+"""The DER environment as a plain Gymnasium env: the ground truth that the JAX env is tested
+against.
 
 Written for clarity, not speed. It reads the cache itself with `open_cache`, builds a dict of the
 built calls with a Python loop and follows the semantics of `dersim.env` line by line; it shares
@@ -67,8 +68,8 @@ class DERGymEnv(gym.Env):
         spec = resolve_spec(spec, cache.manifest, directory)
         if not spec.transfer or spec.experts_per_step != 1:
             raise EnvError(
-                "the Gymnasium twin replays the cache as built: the derived views (no transfer, two "
-                "experts per step) exist in the JAX env only"
+                "the Gymnasium twin replays the cache as built: the derived views (no transfer, "
+                "two experts per step) exist in the JAX env only"
             )
         self.env_spec = spec
         self.cache_dir = directory
@@ -192,7 +193,8 @@ class DERGymEnv(gym.Env):
         return calls
 
     def _auto_scale(self, state_questions: np.ndarray, train_ids: set[str]) -> float:
-        """The mean cost per call of the dearest expert over calls from the cache's train questions."""
+        """The mean cost per call of the dearest expert over calls from the cache's train
+        questions."""
         per_expert: dict[int, list[float]] = {}
         for (state, expert), (_, cost) in self.calls.items():
             if state_questions[state] in train_ids:
@@ -263,8 +265,9 @@ class DERGymEnv(gym.Env):
         action = int(action)
         if action == self.stop_action and self.env_spec.terminator != "learned":
             raise ValueError(
-                f"invalid action {action}: STOP ({action}) is only offered by the 'learned' terminator "
-                f"(this env uses '{self.env_spec.terminator}'); experts are 0..{self.n_experts - 1}"
+                f"invalid action {action}: STOP ({action}) is only offered by the 'learned' "
+                f"terminator (this env uses '{self.env_spec.terminator}'); experts are "
+                f"0..{self.n_experts - 1}"
             )
         if not 0 <= action < self.action_space.n:
             raise ValueError(
@@ -342,8 +345,8 @@ class DERGymEnv(gym.Env):
         answer = self.answers[self._state] or "(no answer yet)"
         return (
             f"question {self._question} ({self.question_ids[self._question]}): "
-            f"{self.question_texts[self._question]}\n"
-            f"t = {self._t}, state {self._state}, {self.env_spec.metric} = {float(self.score[self._state]):.3f}"
-            f"{' (ended)' if self._done else ''}\n"
-            f"answer: {answer}\n"
+            f"{self.question_texts[self._question]}\nt = {self._t}, state {self._state}, "
+            f"{self.env_spec.metric} = "
+            f"{float(self.score[self._state]):.3f}{' (ended)' if self._done else ''}\nanswer: "
+            f"{answer}\n"
         )

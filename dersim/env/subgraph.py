@@ -18,9 +18,9 @@ import numpy as np
 
 @dataclass(frozen=True)
 class QuestionRows:
-    """Per step t = 0..T-1, arrays [Q, W_t] (W_t the widest question's row count; padded rows repeat the
-    root with last action N and are marked invalid), and per t < T-1 the row of step t + 1 that each
-    call leads to, [Q, W_t, N] (0 where the call leads nowhere that is used)."""
+    """Per step t = 0..T-1, arrays [Q, W_t] (W_t the widest question's row count; padded rows repeat
+    the root with last action N and are marked invalid), and per t < T-1 the row of step t + 1 that
+    each call leads to, [Q, W_t, N] (0 where the call leads nowhere that is used)."""
 
     states: tuple[np.ndarray, ...]
     lasts: tuple[np.ndarray, ...]
@@ -35,8 +35,8 @@ class QuestionRows:
 def question_rows(
     next_state: np.ndarray, roots: np.ndarray, steps: int, with_last: bool
 ) -> QuestionRows:
-    """The decision points of every question of `roots` after 0..steps-1 calls (the last action is N at
-    t = 0, and always N for a policy that does not observe it: one row per state)."""
+    """The decision points of every question of `roots` after 0..steps-1 calls (the last action is N
+    at t = 0, and always N for a policy that does not observe it: one row per state)."""
     n_experts = next_state.shape[1]
     roots = np.asarray(roots, dtype=np.int64)
     n_questions = len(roots)
@@ -84,8 +84,8 @@ def question_rows(
 
 
 def flat_rows(rows: QuestionRows) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
-    """The valid rows of every step without padding, question by question: ([(states, lasts)] per step,
-    and per step t < T-1 the flat index at t + 1 of the row each call leads to, [n_t, N])."""
+    """The valid rows of every step without padding, question by question: ([(states, lasts)] per
+    step, and per step t < T-1 the flat index at t + 1 of the row each call leads to, [n_t, N])."""
     flat = [(s[v], x[v]) for s, x, v in zip(rows.states, rows.lasts, rows.valid, strict=True)]
     following = []
     for t, step_following in enumerate(rows.following):

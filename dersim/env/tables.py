@@ -62,7 +62,8 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class EnvTables:
-    """Everything an episode needs, as numpy arrays (S states, N experts, Q questions of the split)."""
+    """Everything an episode needs, as numpy arrays (S states, N experts, Q questions of the
+    split)."""
 
     next_state: np.ndarray  # int32 [S, N], -1 where no call was built
     score: np.ndarray  # float32 [S], the chosen metric
@@ -115,7 +116,8 @@ def resolve_spec(spec: EnvSpec, manifest: dict, where: Path) -> EnvSpec:
         unknown = [e["name"] for e in manifest["experts"] if e.get("params_b") is None]
         if unknown:
             raise EnvError(
-                f"{where}: expert '{unknown[0]}' has no params_b; choose another --cost-mode (e.g. usd)"
+                f"{where}: expert '{unknown[0]}' has no params_b; choose another --cost-mode (e.g. "
+                "usd)"
             )
     for name in ("alpha", "beta", "gamma"):
         check_setting(name, getattr(spec, name))
@@ -143,7 +145,8 @@ def incomplete_message(directory: Path, manifest: dict, n_states: int, t_max: in
     """Why some reachable state lacks a call, with the advice that fits how the cache was made."""
     imported = is_imported(manifest)
     advice = (
-        "re-import it without --no-drop-incomplete (questions where a model has no answer are then dropped)"
+        "re-import it without --no-drop-incomplete (questions where a model has no answer are then "
+        "dropped)"
         if imported
         else "rerun build-cache to retry the failed calls"
     )
@@ -184,10 +187,10 @@ def load_tables(
     with_judge: bool | None = None,
     verify: bool = True,
 ) -> EnvTables:
-    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge is
-    fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked first
-    (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids, finite scores of the metric,
-    finite embeddings), so a damaged cache is refused with one line before any work."""
+    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge
+    is fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked
+    first (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids, finite scores of the
+    metric, finite embeddings), so a damaged cache is refused with one line before any work."""
     directory = Path(directory)
     spec = resolve_spec(spec, read_manifest(directory), directory)
     manifest, read = read_checked(
@@ -234,7 +237,8 @@ def load_tables(
     assigned = question_assignment(cache_splits, spec)
     chosen = chosen_questions(assigned, spec.split, directory)
     cache_train_states = np.isin(state_questions, question_ids[cache_splits == "train"])
-    # The auto scale is computed even when a number is given: it refuses a mode whose costs are all zero.
+    # The auto scale is computed even when a number is given: it refuses a mode whose costs are all
+    # zero.
     scale = resolve_cost_scale(
         spec.cost_scale,
         auto_cost_scale(

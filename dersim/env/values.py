@@ -1,4 +1,5 @@
-"""Exact values of any policy on the cache: the env's Bellman backup, written once (DESIGN.md, part 1).
+"""Exact values of any policy on the cache: the env's Bellman backup, written once (DESIGN.md, part
+1).
 
 Every env setting (both rewards, every terminator with its judge or noise, gamma, p0, T_max, the
 cost scale and the derived views, which are just other tables) is Markov in (t, s): t calls made,
@@ -29,17 +30,17 @@ from dersim.env.der_env import EnvParams, call_payment, end_payment, terminator_
 
 @struct.dataclass
 class Values:
-    """Q [D, S, N + 1] (the STOP column last) and V [D + 1, S] (V[D] = 0: no step is taken at t = D); for a
-    policy that observes its last action l, V [D + 1, S, N + 1] over (s, l) (Q does not depend on l: the
-    call's reward does not, and the next state's l is the call itself)."""
+    """Q [D, S, N + 1] (the STOP column last) and V [D + 1, S] (V[D] = 0: no step is taken at t =
+    D); for a policy that observes its last action l, V [D + 1, S, N + 1] over (s, l) (Q does not
+    depend on l: the call's reward does not, and the next state's l is the call itself)."""
 
     q: jax.Array
     v: jax.Array
 
 
 def observes_last(probs: jax.Array) -> bool:
-    """Policy tables are [D, S, N + 1], or [D, S, N + 1 (last action), N + 1] when the policy observes its
-    last action."""
+    """Policy tables are [D, S, N + 1], or [D, S, N + 1 (last action), N + 1] when the policy
+    observes its last action."""
     return probs.ndim == 4
 
 
@@ -57,9 +58,9 @@ def calls(
 def backup(
     params: EnvParams, states: jax.Array, t: jax.Array, continuation: jax.Array
 ) -> jax.Array:
-    """Q_t(s, a) [..., N + 1] for `states` [...] at step `t` (a scalar or [...]), given the value of going
-    on after each call, continuation[..., a] = V_{t+1}(next[s, a]) (only read where the call does not
-    end the episode)."""
+    """Q_t(s, a) [..., N + 1] for `states` [...] at step `t` (a scalar or [...]), given the value of
+    going on after each call, continuation[..., a] = V_{t+1}(next[s, a]) (only read where the call
+    does not end the episode)."""
     next_id, score, done = calls(params, states, t)
     step = jnp.asarray(t)[..., None] if jnp.ndim(t) else t
     call = call_payment(
@@ -109,8 +110,9 @@ def start_values(params: EnvParams, v0: jax.Array, roots: jax.Array) -> jax.Arra
 
 
 def occupancy(params: EnvParams, probs: jax.Array, roots: jax.Array) -> jax.Array:
-    """[D, S] (or [D, S, N + 1] over (s, l)): the share of episodes started at `roots` (uniformly) that
-    are at state s after t calls and still going, under the policy `probs`: where its decisions are made."""
+    """[D, S] (or [D, S, N + 1] over (s, l)): the share of episodes started at `roots` (uniformly)
+    that are at state s after t calls and still going, under the policy `probs`: where its decisions
+    are made."""
     depth, n_states = probs.shape[0], params.next_state.shape[0]
     states = jnp.arange(n_states)
     here = jnp.zeros(probs.shape[1:-1], probs.dtype)

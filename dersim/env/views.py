@@ -38,9 +38,9 @@ def pair_names(names: tuple[str, ...]) -> tuple[str, ...]:
 def with_pairs(
     next_state: np.ndarray, cost: np.ndarray, preference: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(next_state', cost') [S, N(N-1)/2]: pair k = (i, j) leads to the answer of i or j with the higher
-    `preference` (the score, or the judge's probability; ties go to i) and costs both calls; -1
-    where either call was not built."""
+    """(next_state', cost') [S, N(N-1)/2]: pair k = (i, j) leads to the answer of i or j with the
+    higher `preference` (the score, or the judge's probability; ties go to i) and costs both calls;
+    -1 where either call was not built."""
     pairs = np.asarray(expert_pairs(next_state.shape[1]), dtype=np.int64).reshape(-1, 2)
     first, second = next_state[:, pairs[:, 0]], next_state[:, pairs[:, 1]]
     built = (first >= 0) & (second >= 0)

@@ -41,8 +41,8 @@ def baselines(
     policy_calls: np.ndarray,
     seed: int = 0,
 ) -> list[Baseline]:
-    """Every baseline's outcome on the questions `roots` (`train_roots` choose the best fixed routes;
-    `policy_calls` is the chosen policy's route lengths, for random routing)."""
+    """Every baseline's outcome on the questions `roots` (`train_roots` choose the best fixed
+    routes; `policy_calls` is the chosen policy's route lengths, for random routing)."""
     n, q = len(expert_names), len(roots)
     out = [
         Baseline(f"single: {name}", replay(fixed_route((e,), q), roots, tables), False)

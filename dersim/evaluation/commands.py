@@ -46,7 +46,8 @@ def eval_command(
 
     The best policy is the deployable one with the best val score; rows that read the reference
     (oracle stop, oracle picks) are marked. Writes runs.parquet and summary.md (for the run's own
-    cache and the test split), prints the table, then draws the cost-quality plot pareto_<split>.png.
+    cache and the test split), prints the table, then draws the cost-quality plot
+    pareto_<split>.png.
     """
     import polars as pl
 

@@ -24,8 +24,8 @@ def format_cost(value: float) -> str:
 
 
 def policy_label(row: dict[str, Any], varied: list[str]) -> str:
-    """'policy 3 (fqi, l2 1, alpha 0.1, seed 1)': the settings that differ across the run's policies and
-    that the policy's algorithm reads."""
+    """'policy 3 (fqi, l2 1, alpha 0.1, seed 1)': the settings that differ across the run's policies
+    and that the policy's algorithm reads."""
     shown = [k for k in varied if k not in LEARNING_KEYS or k == "algo" or k in USES[row["algo"]]]
     settings = [f"{k} {row[k]:g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in shown]
     settings.append(f"seed {row['seed']}")
@@ -38,7 +38,8 @@ def varied_settings(policies: pl.DataFrame) -> list[str]:
 
 def ranked_rows(evaluation: Evaluation, top: int) -> list[tuple[str, dict[str, Any]]]:
     """(label, row) for the table: the best `top` deployable policies by the chosen-on split, the
-    deployable baselines, then the reference rows (the best oracle-stop policy, reference baselines)."""
+    deployable baselines, then the reference rows (the best oracle-stop policy, reference
+    baselines)."""
     policies, split = evaluation.policies, evaluation.chosen_on
     varied = varied_settings(policies)
     order = [f"{split}_{evaluation.metric}", f"{split}_cost", "policy"]
@@ -74,8 +75,8 @@ def title(evaluation: Evaluation, n_questions: int | None = None) -> str:
     if evaluation.best_policy is None:
         chosen = "no deployable policy in this run"
     return (
-        f"{evaluation.split} split: {evaluation.policies.height} policies ({chosen}), baselines and reference "
-        f"rows; cost in {evaluation.cost_unit} per question"
+        f"{evaluation.split} split: {evaluation.policies.height} policies ({chosen}), baselines "
+        f"and reference rows; cost in {evaluation.cost_unit} per question"
     )
 
 
@@ -121,8 +122,8 @@ def print_table(evaluation: Evaluation, top: int = 5) -> None:
             f"states): {judge_line(evaluation.judge)}"
         )
     console.print(
-        "uses ref. = the row read the reference answer to decide (oracle stop or oracle pick): an upper "
-        "bound, not deployable.",
+        "uses ref. = the row read the reference answer to decide (oracle stop or oracle pick): an "
+        "upper bound, not deployable.",
         style="dim",
     )
 
@@ -130,7 +131,8 @@ def print_table(evaluation: Evaluation, top: int = 5) -> None:
 def summary_markdown(evaluation: Evaluation, top: int = 5) -> str:
     metrics = evaluation.metrics
     lines = [
-        f"# dersim run: {evaluation.policies.height} policies, evaluated on the {evaluation.split} split",
+        f"# dersim run: {evaluation.policies.height} policies, evaluated on the {evaluation.split} "
+        "split",
         "",
         title(evaluation) + ".",
         "",
@@ -161,8 +163,8 @@ def summary_markdown(evaluation: Evaluation, top: int = 5) -> str:
 
 
 def write_results(out: Path, evaluation: Evaluation, curves: pl.DataFrame) -> None:
-    """runs.parquet (a row per policy, in policy order: settings, train / val / held-out scores, cost,
-    calls, last training return) and summary.md."""
+    """runs.parquet (a row per policy, in policy order: settings, train / val / held-out scores,
+    cost, calls, last training return) and summary.md."""
     last = (
         curves.sort("chunk")
         .group_by("policy", maintain_order=True)

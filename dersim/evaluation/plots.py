@@ -42,7 +42,8 @@ def finish_cost_quality(
     fig: plt.Figure, ax: plt.Axes, costs: np.ndarray, unit: str, ylabel: str, title: str, path: Path
 ) -> Path:
     """The shared finish of every cost-quality plot: the cost axis in `unit` (log when costs span
-    decades), the legend beside the axes (labels never overlap the points), a grid; saved to `path`."""
+    decades), the legend beside the axes (labels never overlap the points), a grid; saved to
+    `path`."""
     log = use_log_axis(costs)
     if log:
         ax.set_xscale("log")

@@ -37,7 +37,8 @@ REPORTED_METRICS = (
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A run evaluated on one split: a row per policy, a row per baseline, and what was chosen how."""
+    """A run evaluated on one split: a row per policy, a row per baseline, and what was chosen
+    how."""
 
     policies: pl.DataFrame
     baselines: pl.DataFrame
@@ -70,8 +71,8 @@ def score_row(
     expert_names: list[str],
     max_calls: int,
 ) -> dict[str, Any]:
-    """Means x100 with their 95% bootstrap intervals, mean cost and calls, route lengths (questions per
-    number of calls, 0..max_calls: the same keys in every row), expert shares."""
+    """Means x100 with their 95% bootstrap intervals, mean cost and calls, route lengths (questions
+    per number of calls, 0..max_calls: the same keys in every row), expert shares."""
     row: dict[str, Any] = {"name": name, "kind": kind, "uses_reference": reference}
     for metric, values in scores.items():
         estimate = mean_ci(values[final_state] * 100)
@@ -99,8 +100,8 @@ def score_row(
 
 
 def evaluate(trainer: GridTrainer, params: dict, split: str = "test") -> Evaluation:
-    """The policies' greedy episodes (parameters `params`, one per policy) on `split`, val and train,
-    beside the baselines on `split`."""
+    """The policies' greedy episodes (parameters `params`, one per policy) on `split`, val and
+    train, beside the baselines on `split`."""
     cache, tables = trainer.cache, trainer.tables
     manifest = read_manifest(cache)
     metric = tables.metric

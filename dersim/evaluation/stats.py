@@ -68,8 +68,8 @@ def statistic_ci(
     seed: int = 0,
     level: float = LEVEL,
 ) -> Estimate:
-    """Any statistic of a question subset (`statistic(indices) -> float`, called on all n questions for
-    the point estimate and on each bootstrap resample for the interval)."""
+    """Any statistic of a question subset (`statistic(indices) -> float`, called on all n questions
+    for the point estimate and on each bootstrap resample for the interval)."""
     point = statistic(np.arange(n))
     samples = np.array(
         [statistic(idx) for idx in bootstrap_indices(n, n_boot, seed)], dtype=np.float64

@@ -53,15 +53,20 @@ def parse_compare(options: tuple[str, ...]) -> dict[str, Path]:
 @click.option(
     "--quick",
     is_flag=True,
-    help=f"{QUICK_SEEDS} seed x at most {QUICK_STEPS:,} steps per policy: every table, in about a minute.",
+    help=(
+        f"{QUICK_SEEDS} seed x at most {QUICK_STEPS:,} steps per policy: every table, in about a "
+        "minute."
+    ),
 )
 @click.option(
     "--compare-cache",
     "compare",
     multiple=True,
     metavar="NAME=DIR",
-    help="Another cache of the same questions (e.g. built with another prompt): its DER rows join the "
-    "KTP table (repeatable).",
+    help=(
+        "Another cache of the same questions (e.g. built with another prompt): its DER rows join "
+        "the KTP table (repeatable)."
+    ),
 )
 @click.option("--metric", help="Score P (default: bertscore_f1 if the cache has it, as the paper).")
 @click.option(
@@ -119,8 +124,9 @@ def reproduce_command(
         if overwrite:
             claim_output(out, "reproduction", overwrite=True)
         console.print(
-            f"reproducing on {cache_dir}: metric {plan.metric}, p0 {plan.p0:g}, cost {plan.cost_mode}, "
-            f"{plan.seeds} seed(s) x {plan.steps:,} steps, {len(plan.grids)} grids"
+            f"reproducing on {cache_dir}: metric {plan.metric}, p0 {plan.p0:g}, cost "
+            f"{plan.cost_mode}, {plan.seeds} seed(s) x {plan.steps:,} steps, {len(plan.grids)} "
+            "grids"
         )
         result = run_reproduction(plan, out, console, verify=not no_verify)
         written = time.perf_counter()

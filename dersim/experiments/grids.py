@@ -69,8 +69,8 @@ def train_grid(
     steps = -(-plan.steps // per_chunk) * per_chunk
     groups = ", ".join(f"{len(g.indices)} {g.label}" for g in trainer.groups)
     console.print(
-        f"grid {grid.name}: training {len(trainer.policies)} policies ({groups}; PPO: {steps:,} env steps "
-        "each)"
+        f"grid {grid.name}: training {len(trainer.policies)} policies ({groups}; PPO: {steps:,} "
+        "env steps each)"
     )
     state, _ = trainer.train(show_progress=console.is_terminal)
     return TrainedGrid(grid, trainer, state, time.perf_counter() - started)

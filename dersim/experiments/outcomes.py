@@ -33,7 +33,8 @@ class CostTables:
 
 
 def cost_tables(tables: EnvTables, cache, spec: EnvSpec) -> CostTables:
-    """The same view of the cache costed in parameters and in seconds, where the cache knows them."""
+    """The same view of the cache costed in parameters and in seconds, where the cache knows
+    them."""
 
     def other(mode: str) -> np.ndarray | None:
         try:
@@ -51,7 +52,8 @@ def replay_costed(
 ) -> Outcome:
     """Routes [K, Q, L] (K seeds, -1 = no more calls) from `roots` with knowledge transfer, or, with
     `keep` ([Q], one seed), every call from the root keeping call keep[q]'s answer; costed three
-    ways: the outcome's `params` and `seconds` are [K, Q] (NaN where the cache does not know them)."""
+    ways: the outcome's `params` and `seconds` are [K, Q] (NaN where the cache does not know
+    them)."""
 
     def run(table: np.ndarray) -> Outcome:
         tables = RouteTables(costs.next_state, cost=table)
@@ -69,8 +71,8 @@ def replay_costed(
 def setting_outcome(
     trained: TrainedGrid, policies: list[int], roots: np.ndarray, costs: CostTables
 ) -> Outcome:
-    """The seeds `policies` of a trained grid, greedy on `roots`, replayed and checked against the env;
-    calls count LLM calls (two per step when a step calls a pair)."""
+    """The seeds `policies` of a trained grid, greedy on `roots`, replayed and checked against the
+    env; calls count LLM calls (two per step when a step calls a pair)."""
     trainer = trained.trainer
     result = trainer.greedy(trainer.kept_params(trained.state), trainer.env_params, roots)
     routes = policy_routes(result["actions"][policies], costs.next_state.shape[1])

@@ -46,15 +46,16 @@ def header(result: Reproduction) -> list[str]:
     return [
         f"# DER ablations on `{plan.cache}`",
         "",
-        f"- Experts: {', '.join(result.expert_names)}; depth D = {plan.depth}; {result.n_test} test questions.",
+        f"- Experts: {', '.join(result.expert_names)}; depth D = {plan.depth}; {result.n_test} "
+        "test questions.",
         f"- Metric {plan.metric} (x100), p0 = {plan.p0:g}; cost mode {plan.cost_mode} "
         f"({COST_UNITS[plan.cost_mode]}), auto cost scale.",
         f"- {plan.seeds} seed(s) x {plan.steps:,} env steps per policy; grids: {grids}.",
-        "- Paper setting: paper reward (beta 5, gamma 2, alpha 0.016 on the auto scale), oracle terminator. "
-        "Deployable setting: final reward (gamma 0, alpha 0.05), learned STOP.",
-        "- Cells: mean [95% bootstrap CI over questions] ± std over seeds (trained rows). Δ: paired difference "
-        "to the row named in 'vs' (x100, [95% CI]); the paper's effect beside it. 'ref.' marks rows that read "
-        "the reference answer to decide (not deployable).",
+        "- Paper setting: paper reward (beta 5, gamma 2, alpha 0.016 on the auto scale), oracle "
+        "terminator. Deployable setting: final reward (gamma 0, alpha 0.05), learned STOP.",
+        "- Cells: mean [95% bootstrap CI over questions] ± std over seeds (trained rows). Δ: "
+        "paired difference to the row named in 'vs' (x100, [95% CI]); the paper's effect beside "
+        "it. 'ref.' marks rows that read the reference answer to decide (not deployable).",
         "",
     ]
 
@@ -110,7 +111,8 @@ def markdown_table(table: Table, scored: list[Scored], result: Reproduction) -> 
             + f" | {s.calls.mean:.2f} | "
             + " | ".join(agent)
             + (" | " if extra else "")
-            + f"{delta} | {delta_cost} | {markdown_cell(s.row.vs or '')} | {markdown_cell(s.row.paper)} |"
+            + f"{delta} | {delta_cost} | {markdown_cell(s.row.vs or '')} | "
+            + f"{markdown_cell(s.row.paper)} |"
         )
     if table.note:
         lines += ["", f"Paper: {table.note}"]

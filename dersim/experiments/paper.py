@@ -10,7 +10,10 @@ MAIN = {
     "voting": "sampling-voting 70.12 (-4.88) at 234B (13.8x)",
     "random": "random routing 72.88 (-2.12)",
 }
-T_MAX = "T_max 3: 74.97 at 15B; 4: 75.00 at 17B; 5: 74.94 at 20B; w/o terminator (T_max 4): 73.32 at 28B"
+T_MAX = (
+    "T_max 3: 74.97 at 15B; 4: 75.00 at 17B; 5: 74.94 at 20B; w/o terminator (T_max 4): 73.32 at "
+    "28B"
+)
 NO_TERMINATOR = "-1.68 BERTScore, +65% params (the terminator cuts 39%)"
 KTP = "without the KTP: BARTScore -3.29 vs -3.14 (4.6% worse; no BERTScore given)"
 RANDOM = "-2.12 BERTScore (72.88 vs 75.00)"

@@ -23,7 +23,8 @@ from dersim.trainer.algorithms import with_defaults
 
 PAPER = {"reward": "paper", "beta": 5.0, "gamma": 2.0, "alpha": 0.016}
 DEPLOYABLE = {"reward": "final", "beta": 0.0, "gamma": 0.0, "alpha": 0.05}
-P0_QUANTILE = 0.75  # the default p0: this quantile of the train answer scores (the paper's 0.73 is for its model)
+# The default p0: this quantile of the train answer scores (the paper's 0.73 is for its model).
+P0_QUANTILE = 0.75
 QUICK_STEPS = 10_240
 QUICK_SEEDS = 1
 
@@ -36,7 +37,8 @@ FULL_INFORMATION = (
 
 @dataclass(frozen=True)
 class Setting:
-    """One trained row: a reward family, a terminator and T_max, trained in one grid by one algorithm."""
+    """One trained row: a reward family, a terminator and T_max, trained in one grid by one
+    algorithm."""
 
     family: str  # "paper" or "deployable"
     terminator: str
@@ -51,8 +53,8 @@ class Setting:
 
     @property
     def label(self) -> str:
-        """'DER paper: oracle terminator, T_max 3' (PPO; another algorithm is named; the grid's view is
-        added by the tables)."""
+        """'DER paper: oracle terminator, T_max 3' (PPO; another algorithm is named; the grid's view
+        is added by the tables)."""
         algo = "" if self.algo == "ppo" else f" ({self.algo})"
         return f"DER {self.family}{algo}: {self.terminator} terminator, T_max {self.t_max}"
 
@@ -137,7 +139,8 @@ def main_settings(depth: int) -> tuple[Setting, ...]:
 
 
 def both_der(grid: str, depth: int) -> tuple[Setting, ...]:
-    """The paper's DER and the deployable DER, at T_max = D (the rows a view or another cache needs)."""
+    """The paper's DER and the deployable DER, at T_max = D (the rows a view or another cache
+    needs)."""
     return Setting("paper", "oracle", depth, grid), Setting("deployable", "learned", depth, grid)
 
 

@@ -109,7 +109,8 @@ def resolve_plan(
 
 
 def agent_parameters(trained: TrainedGrid, index: int) -> int:
-    """The size of policy `index` of the grid: its network, or its linear action-value heads (fqi with ridge)."""
+    """The size of policy `index` of the grid: its network, or its linear action-value heads (fqi
+    with ridge)."""
     kept = trained.trainer.kept_params(trained.state)
     acting = kept.linear if int(kept.head[index]) == LINEAR else kept.network
     return int(sum(x[index].size for x in jax.tree.leaves(acting)))
@@ -191,8 +192,9 @@ def choose_setting(
     depth: int,
     algos: tuple[str, ...] | None = None,
 ) -> str:
-    """The deployable setting of the main grid (T_max = D; trained by one of `algos`, default any) with the
-    best mean val score over its seeds, the lower val cost breaking ties: never chosen on test."""
+    """The deployable setting of the main grid (T_max = D; trained by one of `algos`, default any)
+    with the best mean val score over its seeds, the lower val cost breaking ties: never chosen on
+    test."""
     deployable = [
         s.key
         for s in main.grid.settings
@@ -227,7 +229,8 @@ def rule_outcomes(
     chosen: str,
 ) -> Rules:
     """The untrained rows: single experts, the best fixed route and round-robin, random routing with
-    each DER's route lengths, and the two all-expert ensembles (pick by the reference; by agreement)."""
+    each DER's route lengths, and the two all-expert ensembles (pick by the reference; by
+    agreement)."""
     n, depth = costs.next_state.shape[1], plan.depth
     route_tables = RouteTables(costs.next_state, cost=costs.cost, score=score)
     data = load_router_data(plan.cache, plan.metric, plan.cost_mode, verify=False)
@@ -254,7 +257,8 @@ def rule_outcomes(
 
 
 def der_key(plan: Plan, family: str, grid: str = "main", t_max: int | None = None) -> str:
-    """The key of a DER setting: the paper's (oracle terminator) or the deployable one (learned STOP)."""
+    """The key of a DER setting: the paper's (oracle terminator) or the deployable one (learned
+    STOP)."""
     return Setting(
         family, "oracle" if family == "paper" else "learned", t_max or plan.depth, grid
     ).key
@@ -271,7 +275,8 @@ def build_tables(
     names: tuple[str, ...],
     score: np.ndarray,
 ) -> list[Table]:
-    """Every table of the paper that a cache can replay, each row with the row it is compared with."""
+    """Every table of the paper that a cache can replay, each row with the row it is compared
+    with."""
     depth, shown = plan.depth, metrics[:2]
     settings = {s.key: s for t in trained.values() for s in t.grid.settings}
     params = {

@@ -18,8 +18,8 @@ DEFAULT_TEST_FRACTION = 0.3
 
 
 def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--out, --overwrite, --limit, --embedding, --dim, --drop-incomplete, --max-calls, --quiet, --json
-    (shared by every importer)."""
+    """--out, --overwrite, --limit, --embedding, --dim, --drop-incomplete, --max-calls, --quiet,
+    --json (shared by every importer)."""
     options = [
         click.option(
             "--out",
@@ -31,7 +31,10 @@ def _common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--limit",
             type=click.IntRange(min=1),
-            help="Cap the number of questions (after dropping incomplete ones; train:test ratio kept).",
+            help=(
+                "Cap the number of questions (after dropping incomplete ones; train:test ratio "
+                "kept)."
+            ),
         ),
         click.option(
             "--embedding",
@@ -156,9 +159,11 @@ def import_group() -> None:
     "--strip-shared-prefix/--keep-shared-prefix",
     default=True,
     show_default=True,
-    help="Drop the few-shot examples every prompt of a task starts with from the question text (kept "
-    "in the manifest). MiniLM reads 256 tokens: with the prefix kept, every arc-challenge and "
-    "winogrande state embeds to the same vector.",
+    help=(
+        "Drop the few-shot examples every prompt of a task starts with from the question text "
+        "(kept in the manifest). MiniLM reads 256 tokens: with the prefix kept, every "
+        "arc-challenge and winogrande state embeds to the same vector."
+    ),
 )
 def routerbench_command(
     csv_files: tuple[Path, ...],
@@ -176,7 +181,8 @@ def routerbench_command(
     seed: int,
     strip_shared_prefix: bool,
 ) -> None:
-    """Import RouterBench wide CSV_FILES (e.g. arc_challenge_train.csv arc_challenge_test.csv) as one cache.
+    """Import RouterBench wide CSV_FILES (e.g. arc_challenge_train.csv arc_challenge_test.csv) as
+    one cache.
 
     Score column "accuracy" = each model's 0/1 label; cost_usd = '<model>|total_cost'.
     """
@@ -381,7 +387,8 @@ def wide_command(
     preset: str | None,
     **options,
 ):
-    """Import wide FILES (one row per question, per-model score / answer / cost columns) as a cache."""
+    """Import wide FILES (one row per question, per-model score / answer / cost columns) as a
+    cache."""
     from dataclasses import replace
 
     from dersim.importers.wide import PRESETS, WideColumns, read_wide

@@ -153,8 +153,8 @@ def check_metric_name(name: str) -> str:
 def parse_numbers(
     path: Path, frame: pl.DataFrame, column: str, what: str, valid: pl.Expr
 ) -> pl.Series:
-    """A column (text, numbers or booleans) as float64, null where empty; a one-line error naming the
-    file, row and column at the first value that is not a number or fails `valid` (an expression
+    """A column (text, numbers or booleans) as float64, null where empty; a one-line error naming
+    the file, row and column at the first value that is not a number or fails `valid` (an expression
     over `value`). Booleans are 1/0 whether typed (JSONL, Parquet) or written as true/false (CSV,
     any case), so a file reads the same in every format."""
     series = frame[column]
@@ -233,7 +233,8 @@ def _full_grid(
 
 
 def _order_and_limit(questions: pl.DataFrame, limit: int | None) -> pl.DataFrame:
-    """Train questions, then test ones (each in source order); `limit` keeps the train:test ratio."""
+    """Train questions, then test ones (each in source order); `limit` keeps the train:test
+    ratio."""
     train = questions.filter(pl.col("split") == "train")
     test = questions.filter(pl.col("split") == "test")
     n_train, n_test = split_sizes(train.height, test.height, limit)
@@ -378,7 +379,8 @@ def missing_counts(grid: pl.DataFrame) -> dict[str, int]:
 
 def check_target(out: Path, overwrite: bool) -> None:
     """Fail fast, before reading or embedding anything: `out` must be a writable directory (created
-    if needed), hold nothing but a cache, and no cache unless `overwrite` (the new one replaces its files)."""
+    if needed), hold nothing but a cache, and no cache unless `overwrite` (the new one replaces its
+    files)."""
     prepare_directory(out)
     claim_output(out, "cache")  # refuses a directory holding anything but a cache; removes nothing
     if (out / MANIFEST).exists() and not overwrite:
@@ -396,10 +398,10 @@ def import_answer_set(
     max_calls: int = 1,
     overwrite: bool = False,
 ) -> ImportReport:
-    """Write `answers` as a cache in `out` whose routes may make up to `max_calls` independent calls;
-    questions lacking some model's answer are dropped (default) or kept with failed transitions
-    (which `dersim cache verify` reports). Holds the write lock of `out` (`dersim.locking`); a
-    cache already there is replaced only with `overwrite`."""
+    """Write `answers` as a cache in `out` whose routes may make up to `max_calls` independent
+    calls; questions lacking some model's answer are dropped (default) or kept with failed
+    transitions (which `dersim cache verify` reports). Holds the write lock of `out`
+    (`dersim.locking`); a cache already there is replaced only with `overwrite`."""
     with directory_lock(out, "import"):
         check_target(out, overwrite)
         return _import(answers, out, embedding, limit, drop_incomplete, show_progress, max_calls)
@@ -465,8 +467,10 @@ def _import(
                 "missing_cells": missing,
                 "notes": notes,
                 "max_calls": max_calls,
-                "route_semantics": "one state per (question, model) answer; a route of up to max_calls experts "
-                "replays as independent calls (no knowledge transfer between them)",
+                "route_semantics": (
+                    "one state per (question, model) answer; a route of up to max_calls experts "
+                    "replays as independent calls (no knowledge transfer between them)"
+                ),
             },
         },
     )

@@ -111,8 +111,8 @@ def _first_duplicate(
         other = dup.filter(pl.all_horizontal([pl.col(k) == first[k] for k in keys]))["row"][1]
         raise DatasetError(
             f"{path}: rows {first['row']} and {other}: duplicate answer for question "
-            f"'{first['question_id']}' (column '{columns.question_id}') and model '{first['model']}' "
-            f"(column '{columns.model}')"
+            f"'{first['question_id']}' (column '{columns.question_id}') and model "
+            f"'{first['model']}' (column '{columns.model}')"
         )
 
 
@@ -142,8 +142,8 @@ def read_long(
     seed: int = 0,
     params_b: dict[str, float] | None = None,
 ) -> AnswerSet:
-    """The long table at `path` as an answer set. Without a split column, a seeded permutation of the
-    question ids puts round(n * test_fraction) of them in test."""
+    """The long table at `path` as an answer set. Without a split column, a seeded permutation of
+    the question ids puts round(n * test_fraction) of them in test."""
     started = time.perf_counter()
     metric = check_metric_name(score_name)
     frame = read_long_frame(path)
@@ -166,7 +166,8 @@ def read_long(
         empty = data.filter(pl.col(role).is_null() | (pl.col(role) == ""))
         if empty.height:
             raise DatasetError(
-                f"{path}: row {empty['row'][0]}, column '{named[role]}': empty {role.replace('_', ' ')}"
+                f"{path}: row {empty['row'][0]}, column '{named[role]}': empty "
+                f"{role.replace('_', ' ')}"
             )
     data = data.with_columns(
         score=parse_numbers(
@@ -209,8 +210,8 @@ def read_long(
         bad = data.filter(~pl.col("split").is_in(list(SPLITS)).fill_null(False))
         if bad.height:
             raise DatasetError(
-                f"{path}: row {bad['row'][0]}, column '{columns.split}': split {bad['split'][0]!r} is "
-                f"not one of {', '.join(SPLITS)}"
+                f"{path}: row {bad['row'][0]}, column '{columns.split}': split {bad['split'][0]!r} "
+                f"is not one of {', '.join(SPLITS)}"
             )
     _first_duplicate(path, data, ["question_id", "model"], columns)
     for role in ("question", "reference", "label", "split"):

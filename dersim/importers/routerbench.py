@@ -126,7 +126,8 @@ def _file_split(path: Path, test_fraction: float | None) -> tuple[str, str | Non
 def _read_file(
     path: Path, index: int, test_fraction: float | None
 ) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
-    """(models, rows, cells) of one file; rows and cells carry file index and 1-based row numbers."""
+    """(models, rows, cells) of one file; rows and cells carry file index and 1-based row
+    numbers."""
     frame = read_wide_csv(path)
     models = discover_models(path, frame)
     task, split = _file_split(path, test_fraction)
@@ -297,8 +298,8 @@ def shared_prefix(texts: list[str]) -> str:
 
 
 def merged_cells(merged: pl.DataFrame) -> pl.DataFrame:
-    """The answer set's cells from `merge_repeated`'s merged cells: the text where the cell is valid; a
-    wide file records no token counts."""
+    """The answer set's cells from `merge_repeated`'s merged cells: the text where the cell is
+    valid; a wide file records no token counts."""
     return merged.select(
         "question_id",
         "model",
@@ -386,7 +387,9 @@ def read_routerbench(
             if test_fraction is None
             else {"test_fraction": test_fraction, "seed": seed},
             "question_id": "<eval_name or file task>-<sample_id>",
-            "answer": "ast.literal_eval of '<model>|model_response', list items joined with newlines",
+            "answer": (
+                "ast.literal_eval of '<model>|model_response', list items joined with newlines"
+            ),
             "cost_usd": "'<model>|total_cost'",
             "tokens": "not in the source (0)",
             "latency_s": "not in the source (0)",

@@ -53,7 +53,8 @@ MODEL = "{model}"
 
 @dataclass(frozen=True)
 class WideColumns:
-    """Which columns play which role; `score`, `answer` and `cost` are patterns containing {model}."""
+    """Which columns play which role; `score`, `answer` and `cost` are patterns containing
+    {model}."""
 
     question: str = "prompt"
     question_id: str | None = None
@@ -161,7 +162,8 @@ def _answers(
 def _read_file(
     path: Path, index: int, columns: WideColumns
 ) -> tuple[list[str], pl.DataFrame, pl.DataFrame]:
-    """(models, rows, cells) of one file, shaped as the RouterBench importer's (so rows merge alike)."""
+    """(models, rows, cells) of one file, shaped as the RouterBench importer's (so rows merge
+    alike)."""
     frame = read_long_frame(path)
     if frame.height == 0:
         raise DatasetError(f"{path}: no rows (only a header, or empty)")

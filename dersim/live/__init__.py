@@ -1,4 +1,5 @@
-"""A trained router, live: `dersim route` (interactive, batch JSONL, `--check N`) and `dersim serve`.
+"""A trained router, live: `dersim route` (interactive, batch JSONL, `--check N`) and `dersim
+serve`.
 
 A policy trained on the cache routes new questions through the cache's own experts (same backends,
 prompts, KTP and generation settings, from the manifest). The live observation is built as the

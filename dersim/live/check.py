@@ -48,7 +48,8 @@ class StepAgreement:
 
 @dataclass
 class ExpertAgreement:
-    """Per expert: live calls on steps where the replay called it too, and how many answered byte for byte alike."""
+    """Per expert: live calls on steps where the replay called it too, and how many answered byte
+    for byte alike."""
 
     compared: int = 0
     same_answer: int = 0
@@ -56,7 +57,8 @@ class ExpertAgreement:
 
 @dataclass
 class CheckReport:
-    """Agreement of live routes with their replay, mismatches with both texts, embedding distances, latency."""
+    """Agreement of live routes with their replay, mismatches with both texts, embedding distances,
+    latency."""
 
     policy: str
     split: str
@@ -168,8 +170,9 @@ def _walk_replay(
 
 
 def _live_states(root: int, route: Route, by_answer: dict[str, int]) -> list[int]:
-    """The cache state of each state the live route visited: the root, then the question's state whose
-    answer is the live answer up to whitespace (the cache's dedup rule), or -1 when it has none."""
+    """The cache state of each state the live route visited: the root, then the question's state
+    whose answer is the live answer up to whitespace (the cache's dedup rule), or -1 when it has
+    none."""
     return [root] + [by_answer.get(normalise_answer(step.answer), -1) for step in route.steps]
 
 
@@ -250,7 +253,8 @@ def _compare_embeddings(
     answers: list[str],
     cached: np.ndarray,
 ) -> None:
-    """Live embedding vs cached embedding for every visited state whose live answer is the cached one."""
+    """Live embedding vs cached embedding for every visited state whose live answer is the cached
+    one."""
     live_answers = [""] + [s.answer for s in route.steps]
     for state, answer, embedding in zip(live_states, live_answers, route.embeddings, strict=True):
         if state < 0 or answers[state] != answer:
@@ -297,7 +301,8 @@ def _compare_kernels(backend: str, build: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kernels_here(backend: str) -> dict[str, Any] | None:
-    """This process's fingerprint of `backend` (None: a backend without one, or llama-cpp-python missing)."""
+    """This process's fingerprint of `backend` (None: a backend without one, or llama-cpp-python
+    missing)."""
     if backend != "llama_cpp":
         return None
     try:
@@ -313,8 +318,8 @@ def describe_kernels(report: dict[str, Any]) -> list[str]:
         return ["kernels: unknown: the cache records no fingerprint (built by an older dersim)"]
     if status == "not applicable":
         return [
-            "kernels: not applicable: no expert runs in this process on this machine's kernels (synthetic "
-            "answers are the same everywhere, HTTP experts answer on their servers)"
+            "kernels: not applicable: no expert runs in this process on this machine's kernels "
+            "(synthetic answers are the same everywhere, HTTP experts answer on their servers)"
         ]
     lines = []
     for backend, entry in report["backends"].items():
@@ -322,8 +327,8 @@ def describe_kernels(report: dict[str, Any]) -> list[str]:
         if not entry["differences"]:
             build = entry["build"]
             lines.append(
-                f"kernels ({backend}): match the build's (llama-cpp-python {build.get('llama_cpp_python')}, "
-                f"{' '.join(build.get('features', []))}); {cpus}"
+                f"kernels ({backend}): match the build's (llama-cpp-python "
+                f"{build.get('llama_cpp_python')}, {' '.join(build.get('features', []))}); {cpus}"
             )
             continue
         what = "; ".join(

@@ -27,9 +27,9 @@ console = Console(stderr=True)
 
 
 def endpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --recipe, --base-url NAME=URL and --api-key-env NAME=VAR to a click command; it receives them
-    parsed as one `endpoints` argument (`dersim.live.pool.Endpoints`). Live HTTP experts are called
-    only where these say: never where a cache's or run's files say."""
+    """Add --recipe, --base-url NAME=URL and --api-key-env NAME=VAR to a click command; it receives
+    them parsed as one `endpoints` argument (`dersim.live.pool.Endpoints`). Live HTTP experts are
+    called only where these say: never where a cache's or run's files say."""
 
     @click.option(
         "--recipe",
@@ -50,7 +50,10 @@ def endpoint_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "endpoint_keys",
         multiple=True,
         metavar="NAME=VAR",
-        help="The environment variable holding HTTP expert NAME's API key (repeatable; wins over --recipe).",
+        help=(
+            "The environment variable holding HTTP expert NAME's API key (repeatable; wins over "
+            "--recipe)."
+        ),
     )
     @functools.wraps(command)
     def wrapper(
@@ -100,10 +103,10 @@ def _assignments(values: tuple[str, ...], option: str, metavar: str) -> dict[str
 def load_live(
     run: Path, cache: Path | None, endpoints: Endpoints | None = None
 ) -> tuple[Any, Any, Any]:
-    """(LiveRun, ExpertPool, CallPricer) for a run directory: the experts come from its cache (checked to
-    be the one the run trained on), their endpoints and keys from `endpoints` only (default: none, so
-    only in-process experts). A wrong cache, a recipe that disagrees with it and a missing endpoint are
-    refused before any model loads."""
+    """(LiveRun, ExpertPool, CallPricer) for a run directory: the experts come from its cache
+    (checked to be the one the run trained on), their endpoints and keys from `endpoints` only
+    (default: none, so only in-process experts). A wrong cache, a recipe that disagrees with it and
+    a missing endpoint are refused before any model loads."""
     from dersim.live.costs import CallPricer
     from dersim.live.policy import LiveRun
     from dersim.live.pool import ExpertPool
@@ -116,16 +119,17 @@ def load_live(
 def depth_note(max_calls: int | None, depth: int, t_max: int) -> None:
     if max_calls is not None and max_calls > depth:
         console.print(
-            f"note: --max-calls {max_calls} goes deeper than the cache's depth {depth}: calls beyond "
-            f"{depth} were never simulated, and from call {t_max + 1} on the policy is shown step "
-            f"{t_max - 1}, the last it acted on in training"
+            f"note: --max-calls {max_calls} goes deeper than the cache's depth {depth}: calls "
+            f"beyond {depth} were never simulated, and from call {t_max + 1} on the policy is "
+            f"shown step {t_max - 1}, the last it acted on in training"
         )
 
 
 def read_questions(path: Path) -> list[Question]:
-    """One question per non-blank JSONL line: an object with a string "question" and optional "id" (a
-    string or an integer), "reference", "references" (a list of strings) and "label". The whole file
-    is checked before anything loads: the first bad line is a one-line error naming it (file:line)."""
+    """One question per non-blank JSONL line: an object with a string "question" and optional "id"
+    (a string or an integer), "reference", "references" (a list of strings) and "label". The whole
+    file is checked before anything loads: the first bad line is a one-line error naming it
+    (file:line)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -250,7 +254,10 @@ def atomic_output(path: Path | None) -> Iterator[IO[str]]:
     "--output",
     "output_path",
     type=click.Path(path_type=Path),
-    help="JSONL of routes, one per question (default: stdout); replaced only once every question is routed.",
+    help=(
+        "JSONL of routes, one per question (default: stdout); replaced only once every question is "
+        "routed."
+    ),
 )
 @click.option(
     "--max-calls",
@@ -262,7 +269,10 @@ def atomic_output(path: Path | None) -> Iterator[IO[str]]:
     "check_n",
     type=click.IntRange(min=1),
     metavar="N",
-    help="Sim-to-real check: route N cached questions live and compare with their replay from the cache.",
+    help=(
+        "Sim-to-real check: route N cached questions live and compare with their replay from the "
+        "cache."
+    ),
 )
 @click.option(
     "--split",
@@ -294,8 +304,8 @@ def route_command(
     one JSON line per question: the final answer and, per step, the expert, answer, tokens, latency
     and cost in the run's cost unit; a question an expert refuses or fails gets a line with an
     "error" and the batch goes on (exit status 1 at the end). --check N proves the cache exact: live
-    routes on N cached questions must replay the cached ones byte for byte (exit status 1 otherwise).
-    HTTP experts are called only where --recipe, --base-url and --api-key-env say.
+    routes on N cached questions must replay the cached ones byte for byte (exit status 1
+    otherwise). HTTP experts are called only where --recipe, --base-url and --api-key-env say.
     """
     from dersim.live.router import LiveRouter
 
@@ -329,14 +339,15 @@ def route_command(
             pool.close()
     if failed:
         console.print(
-            f'{failed} of {len(questions or [])} questions failed (their output lines have an "error")'
+            f"{failed} of {len(questions or [])} questions failed (their output lines have an "
+            '"error")'
         )
         sys.exit(1)
 
 
 def _batch(router: Any, questions: list[Question], out: IO[str], max_calls: int | None) -> int:
-    """Route every question, one JSON line each; a question an expert refuses or fails gets a line with
-    its "error" and the batch goes on. Returns how many failed."""
+    """Route every question, one JSON line each; a question an expert refuses or fails gets a line
+    with its "error" and the batch goes on. Returns how many failed."""
     from dersim.live.pool import ExpertCallError
 
     failed = 0
@@ -390,8 +401,8 @@ def _interactive(router: Any, max_calls: int | None) -> None:
         except UnicodeEncodeError as exc:
             byte = ord(text[exc.start]) - 0xDC00
             click.echo(
-                f"error: stdin: the line is not UTF-8 (byte 0x{byte:02x} at column {exc.start + 1}); type "
-                "the question again",
+                f"error: stdin: the line is not UTF-8 (byte 0x{byte:02x} at column "
+                f"{exc.start + 1}); type the question again",
                 err=True,
             )
             continue
@@ -400,8 +411,10 @@ def _interactive(router: Any, max_calls: int | None) -> None:
                 live_question(text),
                 max_calls,
                 on_step=lambda s: click.echo(
-                    f"  [{s.step}] {s.expert} ({s.latency_s:.2f} s, {s.completion_tokens} tokens, {s.cost:.4g} {unit}"
-                    f"{'' if s.judge_prob is None else f', judge {s.judge_prob:.2f}'}): {s.answer}"
+                    f"  [{s.step}] {s.expert} ({s.latency_s:.2f} s, {s.completion_tokens} tokens, "
+                    f"{s.cost:.4g} "
+                    f"{unit}{'' if s.judge_prob is None else f', judge {s.judge_prob:.2f}'}): "
+                    f"{s.answer}"
                 ),
             )
         except ExpertCallError as exc:
@@ -410,8 +423,8 @@ def _interactive(router: Any, max_calls: int | None) -> None:
         total = sum(s.cost for s in route.steps)
         calls = f"{len(route.steps)} call{'' if len(route.steps) == 1 else 's'}"
         click.echo(
-            f"answer ({calls}, stopped by {route.stopped_by}, {total:.4g} {unit}, {route.wall_s:.2f} s): "
-            f"{route.answer}\n"
+            f"answer ({calls}, stopped by {route.stopped_by}, {total:.4g} {unit}, "
+            f"{route.wall_s:.2f} s): {route.answer}\n"
         )
 
 
@@ -456,8 +469,8 @@ def _print_check(result: dict[str, Any], requested: int) -> None:
     out.print(experts)
     emb = result["embeddings"]
     out.print(
-        f"embeddings: {emb['bitwise_equal']}/{emb['states_compared']} live state embeddings equal the cached "
-        f"ones bit for bit; max |difference| {emb['max_abs_diff']:.3g}"
+        f"embeddings: {emb['bitwise_equal']}/{emb['states_compared']} live state embeddings equal "
+        f"the cached ones bit for bit; max |difference| {emb['max_abs_diff']:.3g}"
     )
     latency = result["latency"]
     if latency["median_question_s"] is not None:
@@ -466,14 +479,14 @@ def _print_check(result: dict[str, Any], requested: int) -> None:
             for name, s in latency["median_call_s"].items()
         )
         out.print(
-            f"live latency: median {latency['median_question_s']:.2f} s per question; median per call: "
-            f"{per_expert}"
+            f"live latency: median {latency['median_question_s']:.2f} s per question; median per "
+            f"call: {per_expert}"
         )
     for m in result["mismatches"]:
         where = "final state" if m["step"] is None else f"step {m['step']} {m['what']}"
         out.print(
-            f"[red]mismatch[/red] {m['question_id']} {where}:\n  replay: {m['replay']!r}\n  live:   "
-            f"{m['live']!r}",
+            f"[red]mismatch[/red] {m['question_id']} {where}:\n  replay: {m['replay']!r}\n  live:  "
+            f" {m['live']!r}",
             highlight=False,
         )
 
@@ -544,12 +557,13 @@ def serve_command(
     max_queue: int,
     endpoints: Endpoints,
 ) -> None:
-    """Serve a run's policies behind an OpenAI-compatible API (/v1/models, /v1/chat/completions, /health).
+    """Serve a run's policies behind an OpenAI-compatible API (/v1/models, /v1/chat/completions,
+    /health).
 
     The model `der-<run>` is the best deployable policy on val, `der-<run>-<K>` policy K. Set
     DERSIM_SERVE_TOKEN to require `Authorization: Bearer <token>` on every request but GET /health.
-    The experts load once the server listens: GET /health answers 503 until they are ready, 200 after.
-    SIGINT or SIGTERM stop accepting, finish the requests in flight and queued, then exit 0.
+    The experts load once the server listens: GET /health answers 503 until they are ready, 200
+    after. SIGINT or SIGTERM stop accepting, finish the requests in flight and queued, then exit 0.
     """
     try:
         from dersim.live.server import TOKEN_ENV, create_app, serve
@@ -562,7 +576,8 @@ def serve_command(
     from dersim.live.pool import resolve_experts
 
     token = os.environ.get(TOKEN_ENV) or None
-    # Every one-line refusal (the run, its cache, nothing servable, an expert without an endpoint) comes from
+    # Every one-line refusal (the run, its cache, nothing servable, an expert without an endpoint)
+    # comes from
     # the files alone, before the server listens and the experts load.
     live = LiveRun(run_dir, cache)
     names = live.model_names()
@@ -578,7 +593,8 @@ def serve_command(
     if not _is_loopback(host) and token is None:
         console.print(f"warning: serving on {host} without a token; set {TOKEN_ENV} to require one")
     console.print(
-        f"serving {len(names)} models on http://{host}:{port}/v1: {', '.join(names)} (loading the experts)"
+        f"serving {len(names)} models on http://{host}:{port}/v1: {', '.join(names)} (loading the "
+        "experts)"
     )
     app = create_app(
         list(names),
@@ -596,8 +612,8 @@ def serve_command(
 def _load_experts(
     live: Any, policies: dict[str, Any], endpoints: Endpoints
 ) -> tuple[dict[str, Any], Any]:
-    """(a router per model name, the pool's close): the cache's experts loaded once for every policy,
-    and the policies' network compiled before the first request."""
+    """(a router per model name, the pool's close): the cache's experts loaded once for every
+    policy, and the policies' network compiled before the first request."""
     import numpy as np
 
     from dersim.live.costs import CallPricer

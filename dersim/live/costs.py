@@ -1,4 +1,5 @@
-"""What a live call costs, in the run's cost unit (`dersim.cache.costs`), priced as the cache prices it.
+"""What a live call costs, in the run's cost unit (`dersim.cache.costs`), priced as the cache prices
+it.
 
 params: the expert's billions of parameters; tokens: prompt + completion tokens in thousands;
 latency: the call's seconds; latency_norm: its seconds over the expert's median cached latency (the

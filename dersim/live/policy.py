@@ -42,14 +42,16 @@ def per_policy(env_params: EnvParams, index: int) -> EnvParams:
 
 
 class LiveRun:
-    """A run directory loaded for live routing: every policy's kept parameters and what they observe."""
+    """A run directory loaded for live routing: every policy's kept parameters and what they
+    observe."""
 
     def __init__(self, run_dir: Path, cache: Path | None = None) -> None:
         self.run_dir = Path(run_dir)
         check_run_cache(self.run_dir, cache)
         self.trainer = GridTrainer.from_run(self.run_dir, cache)
         self.name = self.run_dir.resolve().name
-        # The checkpoint restored into an abstract template: the trainer's own load() compiles and runs
+        # The checkpoint restored into an abstract template: the trainer's own load() compiles and
+        # runs
         # the grid's initialisation only to get that structure (seconds for nothing live).
         state = load_checkpoint(self.trainer.out, jax.eval_shape(self.trainer.initial_state))
         self.params = self.trainer.kept_params(state)
@@ -90,14 +92,16 @@ class LiveRun:
         ]
 
     def model_names(self) -> dict[str, int]:
-        """OpenAI model names: der-<run>-<policy> for each servable policy, der-<run> for the best."""
+        """OpenAI model names: der-<run>-<policy> for each servable policy, der-<run> for the
+        best."""
         names = {f"der-{self.name}-{i}": i for i in self.servable}
         if self.best is not None:
             names = {f"der-{self.name}": self.best, **names}
         return names
 
     def policy(self, index: int | None = None) -> LivePolicy:
-        """Policy `index` (default: the best deployable one); one-line errors for the oracle or a bad index."""
+        """Policy `index` (default: the best deployable one); one-line errors for the oracle or a
+        bad index."""
         n = len(self.trainer.policies)
         if index is None:
             if self.best is None:
@@ -107,8 +111,8 @@ class LiveRun:
                     else "stops by the oracle terminator"
                 )
                 raise DersimError(
-                    f"{self.run_dir}: every policy {why}, which reads the reference answer; none can "
-                    "route live"
+                    f"{self.run_dir}: every policy {why}, which reads the reference answer; none "
+                    "can route live"
                 )
             index = self.best
         if not 0 <= index < n:
@@ -116,14 +120,14 @@ class LiveRun:
         settings = self.trainer.policies[index]
         if settings["terminator"] not in DEPLOYABLE_TERMINATORS:
             raise DersimError(
-                f"--policy {index} stops by the oracle terminator, which reads the reference answer; "
-                "a live question has none (choose a learned, judge or none policy)"
+                f"--policy {index} stops by the oracle terminator, which reads the reference "
+                "answer; a live question has none (choose a learned, judge or none policy)"
             )
         if _pairs_by_reference(self.trainer.spec):
             raise DersimError(
-                f"--policy {index} keeps each pair's better answer by the reference answer (pair_pick "
-                "'reference'), which a live question does not have (a pairs run picked by the judge "
-                "can route live)"
+                f"--policy {index} keeps each pair's better answer by the reference answer "
+                "(pair_pick 'reference'), which a live question does not have (a pairs run picked "
+                "by the judge can route live)"
             )
         return LivePolicy(self, index)
 
@@ -182,14 +186,16 @@ class LivePolicy:
         return int(np.argmax(self.logits(raw_embedding, t, last_action)))
 
     def judge_prob(self, raw_embedding: np.ndarray) -> float | None:
-        """The judge's P(good enough) for a new answer state (None unless the terminator is the judge)."""
+        """The judge's P(good enough) for a new answer state (None unless the terminator is the
+        judge)."""
         if self.terminator != "judge" or self.run.judge is None:
             return None
         return float(self.run.judge.prob(raw_embedding[None, :])[0])
 
     def prefers_second(self, first: np.ndarray, second: np.ndarray) -> bool:
-        """The pair view's pick between two answers' raw embeddings, as `dersim.env.views.with_pairs` makes
-        it: the second only when the judge gives it a strictly higher probability."""
+        """The pair view's pick between two answers' raw embeddings, as
+        `dersim.env.views.with_pairs` makes it: the second only when the judge gives it a strictly
+        higher probability."""
         assert self.run.judge is not None, "a pairs run picked by the judge has its judge"
         prob = self.run.judge.prob
         return bool(prob(second[None, :])[0] > prob(first[None, :])[0])

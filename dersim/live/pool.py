@@ -95,8 +95,9 @@ def live_prompt(manifest: dict[str, Any], where: Path) -> PromptSpec:
 
 def resolve_experts(cache: Path, endpoints: Endpoints) -> tuple[ExpertSpec, ...]:
     """The experts to call live: the manifest's, with endpoints and key variables from `endpoints`
-    only. One-line errors for a recipe that disagrees with the cache, an option naming no HTTP expert
-    of it, and an HTTP expert left without an endpoint. Loads nothing: call it before the models."""
+    only. One-line errors for a recipe that disagrees with the cache, an option naming no HTTP
+    expert of it, and an HTTP expert left without an endpoint. Loads nothing: call it before the
+    models."""
     manifest = read_manifest(cache)
     where = cache / "manifest.json"
     if is_imported(manifest) or "prompt" not in manifest or "embedding" not in manifest:
@@ -118,14 +119,15 @@ def resolve_experts(cache: Path, endpoints: Endpoints) -> tuple[ExpertSpec, ...]
         if expert.backend == HTTP_BACKEND and not expert.options.get("base_url"):
             raise DersimError(
                 f"expert '{expert.name}' is called over HTTP and has no endpoint: pass --base-url "
-                f"{expert.name}=URL (and --api-key-env {expert.name}=VAR for a key) or --recipe RECIPE; "
-                "a cache's or run's files never choose where calls and keys go"
+                f"{expert.name}=URL (and --api-key-env {expert.name}=VAR for a key) or --recipe "
+                "RECIPE; a cache's or run's files never choose where calls and keys go"
             )
     return experts
 
 
 def _answer_settings(spec: ExpertSpec) -> dict[str, Any]:
-    """Every setting of an expert but those about how its calls run (endpoint, key, timeouts, speed)."""
+    """Every setting of an expert but those about how its calls run (endpoint, key, timeouts,
+    speed)."""
     settings = asdict(spec)
     run_only = RUN_ONLY_OPTIONS.get(spec.backend, set())
     settings["options"] = {k: v for k, v in spec.options.items() if k not in run_only}
@@ -151,12 +153,13 @@ def _first_difference(
 def _recipe_experts(
     recipe: Recipe, cached: tuple[ExpertSpec, ...], prompt: PromptSpec
 ) -> tuple[ExpertSpec, ...]:
-    """The recipe's experts, once every one agrees with the cache's on all that changes answers or costs."""
+    """The recipe's experts, once every one agrees with the cache's on all that changes answers or
+    costs."""
     names, cache_names = [e.name for e in recipe.experts], [e.name for e in cached]
     if names != cache_names:
         raise DersimError(
-            f"{recipe.path}: its experts {names} are not the cache's {cache_names} (same names, same "
-            "order)"
+            f"{recipe.path}: its experts {names} are not the cache's {cache_names} (same names, "
+            "same order)"
         )
     for mine, theirs in zip(recipe.experts, cached, strict=True):
         found = _first_difference(_answer_settings(mine), _answer_settings(theirs))
@@ -169,8 +172,8 @@ def _recipe_experts(
     found = _first_difference(asdict(recipe.prompt), asdict(prompt))
     if found is not None:
         raise DersimError(
-            f"{recipe.path}: [prompt] differs from the cache's in '{found[0]}' (recipe {found[1]!r}, "
-            f"cache {found[2]!r})"
+            f"{recipe.path}: [prompt] differs from the cache's in '{found[0]}' (recipe "
+            f"{found[1]!r}, cache {found[2]!r})"
         )
     return recipe.experts
 
@@ -178,7 +181,8 @@ def _recipe_experts(
 def _overlay(
     experts: tuple[ExpertSpec, ...], values: Mapping[str, str], key: str, option: str, metavar: str
 ) -> tuple[ExpertSpec, ...]:
-    """`experts` with option `key` set from `values` (expert name -> value); each name an HTTP expert."""
+    """`experts` with option `key` set from `values` (expert name -> value); each name an HTTP
+    expert."""
     by_name = {e.name: e for e in experts}
     for name, value in values.items():
         expert = by_name.get(name)
@@ -199,7 +203,8 @@ def _overlay(
 
 
 def _detail(exc: Exception, name: str) -> str:
-    """A backend's error without the "expert '<name>': " its messages start with (the pool's say it once)."""
+    """A backend's error without the "expert '<name>': " its messages start with (the pool's say it
+    once)."""
     return str(exc).removeprefix(f"expert '{name}': ")
 
 

@@ -45,9 +45,9 @@ def live_question(
     references: tuple[str, ...] = (),
     label: str = "",
 ) -> Question:
-    """A question to route. Routing never reads the reference fields (only the synthetic backend, which
-    writes its answers from them, does). The id defaults to a hash of the text, since the synthetic
-    backend also seeds its answers by id: the same text always routes alike."""
+    """A question to route. Routing never reads the reference fields (only the synthetic backend,
+    which writes its answers from them, does). The id defaults to a hash of the text, since the
+    synthetic backend also seeds its answers by id: the same text always routes alike."""
     qid = question_id or "live-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return Question(
         question_id=qid,
@@ -75,7 +75,8 @@ class Step:
 
 @dataclass
 class Route:
-    """A routed question: its steps, why it stopped, and the raw embedding of every state visited."""
+    """A routed question: its steps, why it stopped, and the raw embedding of every state
+    visited."""
 
     question: Question
     policy: str
@@ -189,8 +190,8 @@ class LiveRouter:
     def _act(
         self, action: int, question: Question, previous: str | None
     ) -> tuple[str, np.ndarray, list[Completion], float]:
-        """(answer, its state's raw embedding, the calls made, their cost) of one action: one expert's
-        call, or under the pairs view both experts' and the answer the judge prefers."""
+        """(answer, its state's raw embedding, the calls made, their cost) of one action: one
+        expert's call, or under the pairs view both experts' and the answer the judge prefers."""
         experts = [action] if self.pairs is None else list(self.pairs[action])
         calls = [self.pool.call(e, question, previous) for e in experts]
         answers = [c.text.strip() for c in calls]

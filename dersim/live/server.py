@@ -13,8 +13,9 @@ the first event (all of them: the route runs before streaming starts) is a plain
 Every request passes, in this order: the bearer token (`BearerAuth`, when one is set: 401 before
 anything reads the body, on every path but GET /health, /docs and /openapi.json included), the
 body-size limit (`BodyLimit`: 413 for a Content-Length over it, or a chunked body that grows past
-it), then JSON parsing and validation (400). GET /health is open: 200 {"status": "ready", "running": R,
-"queued": Q} once the experts are loaded, 503 with "loading" before (any answer means the process lives).
+it), then JSON parsing and validation (400). GET /health is open: 200 {"status": "ready", "running":
+R, "queued": Q} once the experts are loaded, 503 with "loading" before (any answer means the process
+lives).
 
 The experts load in a background thread once the server listens (`Service`); /v1/models answers
 meanwhile, a chat completion gets a 503 with Retry-After. Routes run on their own threads, at most
@@ -153,8 +154,8 @@ def question_text(messages: list[Message], max_chars: int) -> str:
 
 
 class BearerAuth:
-    """ASGI middleware: every HTTP request but GET /health needs `Authorization: Bearer <token>` (401
-    otherwise), checked on the headers alone, before anything reads or parses the body."""
+    """ASGI middleware: every HTTP request but GET /health needs `Authorization: Bearer <token>`
+    (401 otherwise), checked on the headers alone, before anything reads or parses the body."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app, self.token = app, token.encode()
@@ -177,9 +178,9 @@ class BearerAuth:
 
 
 class BodyLimit:
-    """ASGI middleware: reads each request's body, at most `max_bytes` of it, before the app sees it:
-    a 413 for a Content-Length over the limit (the body is never read) or for a chunked body that
-    grows past it (reading stops there), so no request holds more than the limit in memory."""
+    """ASGI middleware: reads each request's body, at most `max_bytes` of it, before the app sees
+    it: a 413 for a Content-Length over the limit (the body is never read) or for a chunked body
+    that grows past it (reading stops there), so no request holds more than the limit in memory."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -279,8 +280,9 @@ class Service:
 
 
 class RouteQueue:
-    """At most `concurrency` routes run at once, each on its own thread, and at most `max_queue` more
-    wait for one to end; a request past that gets a 429 at once instead of waiting without bound."""
+    """At most `concurrency` routes run at once, each on its own thread, and at most `max_queue`
+    more wait for one to end; a request past that gets a 429 at once instead of waiting without
+    bound."""
 
     def __init__(self, concurrency: int, max_queue: int) -> None:
         self._limiter = anyio.CapacityLimiter(concurrency)
@@ -312,7 +314,8 @@ class RouteQueue:
 
 
 def route_question(router: LiveRouter, question: Question, max_calls: int | None) -> Route:
-    """`router.route`, with an expert's failure as an API error (400 when it can never succeed, else 502)."""
+    """`router.route`, with an expert's failure as an API error (400 when it can never succeed, else
+    502)."""
     try:
         return router.route(question, max_calls)
     except ExpertCallError as exc:
@@ -350,8 +353,8 @@ def completion(route: Route, model: str) -> dict[str, Any]:
 
 
 def stream_events(route: Route, model: str) -> list[str]:
-    """The route as server-sent `chat.completion.chunk` events: the role, the answer, an empty delta with
-    finish_reason "stop", the usage and the trace (`route`); then [DONE]."""
+    """The route as server-sent `chat.completion.chunk` events: the role, the answer, an empty delta
+    with finish_reason "stop", the usage and the trace (`route`); then [DONE]."""
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion.chunk",
@@ -397,7 +400,8 @@ def create_app(
     max_queue: int = DEFAULT_MAX_QUEUE,
     concurrency: int = DEFAULT_CONCURRENCY,
 ) -> FastAPI:
-    """The API over `models` (OpenAI model names); `load` builds their routers once the server starts."""
+    """The API over `models` (OpenAI model names); `load` builds their routers once the server
+    starts."""
     created = int(time.time())
     service = Service(models, load)
     queue = RouteQueue(concurrency, max_queue)
@@ -480,8 +484,9 @@ def create_app(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, except that a shutdown by SIGINT or SIGTERM ends with exit status 0 (uvicorn
-    re-raises the signal once it has shut down, which turns Ctrl-C into a KeyboardInterrupt traceback)."""
+    """uvicorn's server, except that a shutdown by SIGINT or SIGTERM ends with exit status 0
+    (uvicorn re-raises the signal once it has shut down, which turns Ctrl-C into a KeyboardInterrupt
+    traceback)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -508,8 +513,9 @@ def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
 
 
 def serve(app: FastAPI, host: str, port: int) -> None:
-    """Run `app` until SIGINT or SIGTERM: the listener closes, the requests in flight and queued finish,
-    then the experts close. An error loading the experts stops the server and is raised here."""
+    """Run `app` until SIGINT or SIGTERM: the listener closes, the requests in flight and queued
+    finish, then the experts close. An error loading the experts stops the server and is raised
+    here."""
     uvicorn_server(app, host, port).run()
     if app.state.service.error is not None:
         raise app.state.service.error

@@ -50,7 +50,8 @@ class World:
 
 @dataclass(frozen=True)
 class Questions:
-    """Questions to route: their root states and root embeddings, and the world to call experts in."""
+    """Questions to route: their root states and root embeddings, and the world to call experts
+    in."""
 
     roots: np.ndarray  # int [Q]
     embedding: np.ndarray  # float32 [Q, d], the root states' embeddings
@@ -184,9 +185,15 @@ class Router(ABC):
     def unavailable(cls, data: RouterData) -> str | None:
         """Why this router cannot run on the cache of `data`, or None."""
         if cls.transfer and data.imported:
-            return "an imported cache holds no knowledge-transfer answers (its routes replay as independent calls)"
+            return (
+                "an imported cache holds no knowledge-transfer answers (its routes replay as "
+                "independent calls)"
+            )
         if cls.transfer and data.depth < 2:
-            return f"the cache is built to depth {data.depth}; routes with knowledge transfer need depth >= 2"
+            return (
+                f"the cache is built to depth {data.depth}; routes with knowledge transfer need "
+                "depth >= 2"
+            )
         return None
 
     @classmethod
@@ -219,11 +226,13 @@ class Router(ABC):
         """A route for every question in `questions` at one willingness to pay."""
 
     def sweep(self, questions: Questions) -> list[Routes]:
-        """Routes at every grid value (routers with costly inference override this to infer once)."""
+        """Routes at every grid value (routers with costly inference override this to infer
+        once)."""
         return [self.route(questions, w) for w in self.grid()]
 
 
-# Cost weights lambda swept by the trade-off routers (argmax of quality - lambda * cost / cost_scale):
+# Cost weights lambda swept by the trade-off routers (argmax of quality - lambda * cost /
+# cost_scale):
 # 0 buys the best predicted quality, 1000 the cheapest expert.
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 37)])
 

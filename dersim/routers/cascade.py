@@ -35,7 +35,8 @@ LONGEST = 4
 
 
 def chains(cost: np.ndarray, score: np.ndarray, longest: int) -> list[tuple[int, ...]]:
-    """Every chain of 2..longest experts in ascending cost from the POOL best experts and the cheapest."""
+    """Every chain of 2..longest experts in ascending cost from the POOL best experts and the
+    cheapest."""
     order = np.lexsort(
         (np.arange(len(cost)), -score, cost)
     )  # by cost, the better first among equals

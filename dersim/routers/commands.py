@@ -32,8 +32,10 @@ from dersim.routers.registry import ROUTERS
     "run_dirs",
     type=click.Path(path_type=Path),
     multiple=True,
-    help="A `dersim train` run on this cache (repeatable): its DER policies join the table, one curve per "
-    "algorithm, hyperparameters chosen on the run's val questions.",
+    help=(
+        "A `dersim train` run on this cache (repeatable): its DER policies join the table, one "
+        "curve per algorithm, hyperparameters chosen on the run's val questions."
+    ),
 )
 @click.option(
     "--split",
@@ -95,8 +97,10 @@ from dersim.routers.registry import ROUTERS
 @click.option(
     "--p0",
     type=FiniteFloat(0.0, 1.0),
-    help="Good-enough score the learned judge predicts (default: 0.5 for 0/1 scores, else the median "
-    "train answer score).",
+    help=(
+        "Good-enough score the learned judge predicts (default: 0.5 for 0/1 scores, else the "
+        "median train answer score)."
+    ),
 )
 @click.option(
     "--no-verify",

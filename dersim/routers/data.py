@@ -21,13 +21,14 @@ from dersim.routers.base import Questions, RouterError, TrainData, World
 
 
 def default_cost_mode(manifest: dict) -> str:
-    """`params` (billions of parameters, the paper's cost) when every expert has a size, else `usd`."""
+    """`params` (billions of parameters, the paper's cost) when every expert has a size, else
+    `usd`."""
     return "params" if all(e.get("params_b") is not None for e in manifest["experts"]) else "usd"
 
 
 def median_p0(scores: np.ndarray) -> float:
-    """The judge's good-enough threshold: 0.5 for 0/1 scores (right or wrong), else the median answer
-    score, so that the judge learns to tell the better half of the answers."""
+    """The judge's good-enough threshold: 0.5 for 0/1 scores (right or wrong), else the median
+    answer score, so that the judge learns to tell the better half of the answers."""
     scores = np.asarray(scores, dtype=np.float64)
     if np.isin(scores, (0.0, 1.0)).all():
         return 0.5

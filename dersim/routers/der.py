@@ -33,8 +33,8 @@ NOT_HYPERPARAMETERS = ("alpha", "seed", "algo")  # alpha sweeps the curve; seeds
 def der_curves(
     run_dir: Path, data: RouterData, split: str, verify: bool = True, suffix: str = ""
 ) -> list[Curve]:
-    """The run's `der: <algo>` curves (and `der (oracle stop): <algo>`), hyperparameters chosen on val;
-    `suffix` names the run where several are compared."""
+    """The run's `der: <algo>` curves (and `der (oracle stop): <algo>`), hyperparameters chosen on
+    val; `suffix` names the run where several are compared."""
     from dersim.trainer.run import GridTrainer
 
     started = time.perf_counter()
@@ -78,7 +78,8 @@ def der_curves(
 
 
 def policy_outcomes(trainer, params, roots: np.ndarray, data: RouterData) -> dict[str, np.ndarray]:
-    """Every policy's greedy episodes on `roots`, replayed through the cache: score, cost, calls [P, Q]."""
+    """Every policy's greedy episodes on `roots`, replayed through the cache: score, cost, calls [P,
+    Q]."""
     result = trainer.greedy(params, trainer.env_params, roots)
     routes = policy_routes(result["actions"], data.n_experts)  # [P, Q, D]
     outcome = replay(routes, roots, RouteTables(data.world.next_state, cost=data.world.cost))
@@ -100,8 +101,8 @@ def setting_of(policy: dict[str, Any]) -> tuple:
 def best_setting(
     policies: list[dict[str, Any]], indices: list[int], val: dict[str, np.ndarray], reference
 ) -> tuple[dict[str, Any], list[int]]:
-    """The hyperparameter setting (everything but alpha and the seed) whose curves have the best mean
-    val AIQ over seeds (the first among ties), and the run indices of its policies."""
+    """The hyperparameter setting (everything but alpha and the seed) whose curves have the best
+    mean val AIQ over seeds (the first among ties), and the run indices of its policies."""
     settings = list(dict.fromkeys(setting_of(p) for p in policies))
 
     def val_aiq(setting: tuple) -> float:

@@ -1,6 +1,6 @@
-"""`elo`: Eagle (arXiv 2409.15518): a global ELO rating of the experts from every train battle, plus a
-local ELO for each question from the battles on its k nearest train questions, mixed as
-P * global + (1 - P) * local.
+"""`elo`: Eagle (arXiv 2409.15518): a global ELO rating of the experts from every train battle, plus
+a local ELO for each question from the battles on its k nearest train questions, mixed as P * global
++ (1 - P) * local.
 
 The global rating plays the train battles (every pair of experts on every train question) once,
 in a seeded random order. The local rating starts from the global one and replays the k nearest

@@ -1,4 +1,5 @@
-"""Every figure with its 95% bootstrap interval over the evaluated questions, and its spread over seeds.
+"""Every figure with its 95% bootstrap interval over the evaluated questions, and its spread over
+seeds.
 
 The resampled question sets (`dersim.evaluation.stats.bootstrap_indices`, one seed for the whole
 table) are shared by every router and by the single experts they are measured against, so
@@ -77,7 +78,8 @@ class Bootstrap:
         ]
 
     def means(self, values: np.ndarray) -> np.ndarray:
-        """[..., B + 1]: the mean over the last axis (questions) on the full set and each resample."""
+        """[..., B + 1]: the mean over the last axis (questions) on the full set and each
+        resample."""
         return np.asarray(values, dtype=np.float64) @ self.weights.T
 
     def figures(self, score: np.ndarray, cost: np.ndarray) -> dict[str, Figure]:
@@ -98,8 +100,9 @@ class Bootstrap:
         return out
 
     def seed_values(self, score: np.ndarray, cost: np.ndarray) -> np.ndarray:
-        """[B + 1, M]: the metrics of one seed's curve [P, Q] on the full set and each resample; points
-        with the same outcome on every question (sweep values giving the same routes) count once."""
+        """[B + 1, M]: the metrics of one seed's curve [P, Q] on the full set and each resample;
+        points with the same outcome on every question (sweep values giving the same routes) count
+        once."""
         points = np.unique(np.concatenate([score, cost], axis=1), axis=0)
         n_questions = score.shape[1]
         mean_score, mean_cost = (

@@ -45,7 +45,8 @@ class Curve:
 
 @dataclass
 class Comparison:
-    """Every router's curve and figures on one split, with the single experts they are measured by."""
+    """Every router's curve and figures on one split, with the single experts they are measured
+    by."""
 
     curves: list[Curve]
     skipped: dict[str, str]  # router -> why it did not run
@@ -77,7 +78,8 @@ def sweep_outcomes(
 
 
 def reference_on(data: RouterData, roots: np.ndarray, train: TrainData) -> Reference:
-    """The single experts' mean cost and score on `roots`, with weak and strong chosen on `train`."""
+    """The single experts' mean cost and score on `roots`, with weak and strong chosen on
+    `train`."""
     score, cost = data.first_calls(roots)
     return Reference(cost.mean(axis=0), score.mean(axis=0), *weak_and_strong(train))
 

@@ -1,5 +1,5 @@
-"""`forc`: Fly-swat or cannon (FORC, arXiv 2308.12919): a meta-model predicts every expert's score and
-cost on each question, then questions are assigned to experts to maximise the total predicted
+"""`forc`: Fly-swat or cannon (FORC, arXiv 2308.12919): a meta-model predicts every expert's score
+and cost on each question, then questions are assigned to experts to maximise the total predicted
 score under a total budget.
 
 Scores and per-question costs are predicted by ridge regressions on the question's embedding

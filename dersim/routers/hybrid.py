@@ -1,5 +1,5 @@
-"""`hybrid`: Hybrid LLM (arXiv 2404.14618): a classifier predicts whether the small expert's answer is
-as good as the large one's (within a relaxation t), and questions whose probability reaches the
+"""`hybrid`: Hybrid LLM (arXiv 2404.14618): a classifier predicts whether the small expert's answer
+is as good as the large one's (within a relaxation t), and questions whose probability reaches the
 threshold go to the small expert, the others to the large one.
 
 Small = the cheapest expert on train, large = the best single expert on train. The label of a train

@@ -14,9 +14,11 @@ Vocabulary (RouterBench, arXiv 2403.12031; RouteLLM, arXiv 2406.18665), generali
                    dearest single expert's cost (RouterBench's average quality over the cost range)
     PGR(c)       = (C(c) - s_w) / (s_b - s_w)                      (performance gap recovered)
     APGR         = 1/(c_b - c_w) * integral_{c_w}^{c_b} PGR(c) dc   (RouteLLM; 0.5 for a random mix)
-    CPT(p)       = 100 * (c_p - c_w) / (c_b - c_w), c_p the least cost with PGR(c) >= p: the share of
-                   the weak-to-strong cost gap needed to recover p of the performance gap (RouteLLM's
-                   "% calls to the strong model" when two experts have fixed costs); inf if never
+    CPT(p)       = 100 * (c_p - c_w) / (c_b - c_w), c_p the least cost with PGR(c) >= p: the share
+    of
+                   the weak-to-strong cost gap needed to recover p of the performance gap
+                   (RouteLLM's "% calls to the strong model" when two experts have fixed costs); inf
+                   if never
     best_within  = max_{c <= c_b} C(c): the best score at or below the strong expert's cost
     cost_to_match = the least c with C(c) >= s_b (raw unit); inf if never
 
@@ -38,7 +40,8 @@ TOLERANCE = (
 
 @dataclass(frozen=True)
 class Reference:
-    """The single experts on the evaluated questions, and which are weak and strong (chosen on train)."""
+    """The single experts on the evaluated questions, and which are weak and strong (chosen on
+    train)."""
 
     cost: np.ndarray  # float [N], mean cost of each expert's first call
     score: np.ndarray  # float [N]

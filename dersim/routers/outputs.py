@@ -31,7 +31,8 @@ JSON = "routers.json"
 CURVES = "curves.parquet"
 PLOT = "routers.png"
 
-# metric -> (column header, scale, digits); cost_to_match gets the cost unit and 4 significant digits
+# metric -> (column header, scale, digits); cost_to_match gets the cost unit and 4 significant
+# digits
 COLUMNS = {
     "aiq": ("AIQ x100", 100, 1),
     "apgr": ("APGR", 1, 2),
@@ -41,13 +42,14 @@ COLUMNS = {
     "cost_to_match": ("cost to match strong", 1, -1),
 }
 DEFINITIONS = (
-    "weak = the cheapest expert, strong = the best single expert, both chosen on train; every curve is "
-    "anchored at weak's point. AIQ: area under the non-decreasing concave hull of the curve over [weak's "
-    "cost, the dearest expert's cost], divided by that range. APGR: the mean performance gap recovered, "
-    "(score - weak) / (strong - weak), over costs from weak's to strong's (0.5 for a random mix). "
-    "CPT(p): the share of the weak-to-strong cost gap at which the curve first recovers p of the gap. "
-    "best <= strong's cost: the best score of the curve at or below strong's cost; cost to match strong: "
-    "the least cost at which the curve reaches strong's score."
+    "weak = the cheapest expert, strong = the best single expert, both chosen on train; every "
+    "curve is anchored at weak's point. AIQ: area under the non-decreasing concave hull of the "
+    "curve over [weak's cost, the dearest expert's cost], divided by that range. APGR: the mean "
+    "performance gap recovered, (score - weak) / (strong - weak), over costs from weak's to "
+    "strong's (0.5 for a random mix). CPT(p): the share of the weak-to-strong cost gap at which "
+    "the curve first recovers p of the gap. best <= strong's cost: the best score of the curve at "
+    "or below strong's cost; cost to match strong: the least cost at which the curve reaches "
+    "strong's score."
 )
 
 
@@ -90,8 +92,8 @@ def headers(comparison: Comparison) -> list[str]:
 def title(comparison: Comparison) -> str:
     names = comparison.expert_names
     return (
-        f"{comparison.split} split, {comparison.n_questions} questions, {comparison.metric}; cost in "
-        f"{comparison.cost_unit} per question; weak = {names[comparison.weak]}, strong = "
+        f"{comparison.split} split, {comparison.n_questions} questions, {comparison.metric}; cost "
+        f"in {comparison.cost_unit} per question; weak = {names[comparison.weak]}, strong = "
         f"{names[comparison.strong]} (chosen on train)"
     )
 
@@ -101,8 +103,8 @@ def caveats(comparison: Comparison) -> list[str]:
     notes = []
     if comparison.weak == comparison.strong:
         notes.append(
-            "APGR and CPT are n/a: the best single expert on train is also the cheapest, so there is no "
-            "weak-to-strong gap to recover."
+            "APGR and CPT are n/a: the best single expert on train is also the cheapest, so there "
+            "is no weak-to-strong gap to recover."
         )
     if comparison.split == "val":
         notes.append(
@@ -175,7 +177,8 @@ def print_table(comparison: Comparison) -> None:
     total = sum(c.seconds for c in comparison.curves)
     console.print(
         f"routing {total:.1f} s (time column: choosing on val, fitting, routing and replaying), "
-        f"bootstrap of every figure {comparison.bootstrap_seconds:.1f} s ({comparison.n_boot} resamples)",
+        f"bootstrap of every figure {comparison.bootstrap_seconds:.1f} s ({comparison.n_boot} "
+        "resamples)",
         style="dim",
     )
     console.print(

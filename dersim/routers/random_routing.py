@@ -17,8 +17,8 @@ from dersim.routers.base import Questions, Router, Routes, TrainData
 
 
 def weak_and_strong(train: TrainData) -> tuple[int, int]:
-    """(cheapest expert, best expert) by mean first-call cost and score on the train questions; ties go
-    to the better (for weak) or the cheaper (for strong) expert, then the lower id."""
+    """(cheapest expert, best expert) by mean first-call cost and score on the train questions; ties
+    go to the better (for weak) or the cheaper (for strong) expert, then the lower id."""
     cost, score = train.expert_cost, train.expert_score
     weak = int(np.lexsort((np.arange(len(cost)), -score, cost))[0])
     strong = int(np.lexsort((np.arange(len(cost)), cost, -score))[0])

@@ -1,4 +1,5 @@
-"""Router names -> router classes, and the settings each gets from the command line and the cache."""
+"""Router names -> router classes, and the settings each gets from the command line and the
+cache."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ ROUTERS = tuple(CLASSES)
 
 
 def parse_names(text: str | None) -> list[str]:
-    """'knn,mlp' -> ['knn', 'mlp'] (every router when None); a one-line error names an unknown one."""
+    """'knn,mlp' -> ['knn', 'mlp'] (every router when None); a one-line error names an unknown
+    one."""
     if text is None:
         return list(ROUTERS)
     names = [n.strip() for n in text.split(",") if n.strip()]

@@ -1,4 +1,5 @@
-"""`dersim train`: routing policies trained on a cache's train questions, chosen on its val questions.
+"""`dersim train`: routing policies trained on a cache's train questions, chosen on its val
+questions.
 
 algorithms (the registry of a grid's algorithms and their defaults) -> ppo (the paper's algorithm,
 from sampled episodes), exact_pg (gradient ascent on the exact return) and fqi (fitted Q-iteration)

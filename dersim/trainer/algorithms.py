@@ -60,8 +60,8 @@ CHOICES = {"algo": ALGOS, "regressor": REGRESSORS, "fqi_target": TARGETS}
 
 
 def with_defaults(policy: dict[str, Any]) -> dict[str, Any]:
-    """The policy with every learning setting its algorithm does not read reset to that algorithm's default
-    (and the seed to 0 for fqi with ridge, a closed form that no seed changes)."""
+    """The policy with every learning setting its algorithm does not read reset to that algorithm's
+    default (and the seed to 0 for fqi with ridge, a closed form that no seed changes)."""
     algo = policy["algo"]
     defaults = LEARNING_DEFAULTS[algo]
     used = USES[algo]
@@ -88,7 +88,8 @@ class Algorithm(Protocol):
 
 @dataclass
 class Group:
-    """Policies trained together: their indices in the run, their stacked settings and their trainer."""
+    """Policies trained together: their indices in the run, their stacked settings and their
+    trainer."""
 
     label: str  # "ppo", "exact-pg", "fqi (ridge, policy targets)"
     indices: np.ndarray

@@ -28,7 +28,8 @@ _RETRAIN = "train the run again with --overwrite"
 
 
 def save_checkpoint(directory: Path, state: Any) -> Path:
-    """Write `state` (any pytree of arrays) and its sha256 to `directory/checkpoint.msgpack`, atomically."""
+    """Write `state` (any pytree of arrays) and its sha256 to `directory/checkpoint.msgpack`,
+    atomically."""
     path = directory / CHECKPOINT
     payload = serialization.to_bytes(state)
     tmp = path.with_name(f".tmp-{path.name}")
@@ -92,13 +93,15 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
     payload = record["state"]
     if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != record["sha256"]:
         raise DersimError(
-            f"{path}: does not match its sha256 (damaged or edited since it was written); {_RETRAIN}"
+            f"{path}: does not match its sha256 (damaged or edited since it was written); "
+            f"{_RETRAIN}"
         )
     return payload
 
 
 def _non_finite(tree: Any, where: str = "") -> str | None:
-    """The path of the first float array holding NaN or inf (-inf allowed in val returns), or None."""
+    """The path of the first float array holding NaN or inf (-inf allowed in val returns), or
+    None."""
     if isinstance(tree, dict):
         for key, value in tree.items():
             found = _non_finite(value, f"{where}/{key}" if where else str(key))

@@ -54,9 +54,11 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     type=click.Choice(ALGOS),
     default=DEFAULT_ALGO,
     show_default=True,
-    help="fqi: fitted Q-iteration from every outcome the cache holds; exact-pg: gradient ascent on the "
-    "exact expected return; ppo: the paper's PPO from sampled episodes. --grid algo=... mixes them "
-    "(val chooses among all).",
+    help=(
+        "fqi: fitted Q-iteration from every outcome the cache holds; exact-pg: gradient ascent on "
+        "the exact expected return; ppo: the paper's PPO from sampled episodes. --grid algo=... "
+        "mixes them (val chooses among all)."
+    ),
 )
 @click.option(
     "--cache",
@@ -78,14 +80,20 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     type=click.IntRange(min=1),
     default=50_000,
     show_default=True,
-    help="PPO: env steps per policy (rounded up to whole chunks of num-envs x rollout x chunk-updates).",
+    help=(
+        "PPO: env steps per policy (rounded up to whole chunks of num-envs x rollout x "
+        "chunk-updates)."
+    ),
 )
 @click.option(
     "--updates",
     type=click.IntRange(min=1),
     default=FullInfoConfig.updates,
     show_default=True,
-    help="exact-pg: gradient steps per policy; fqi with the MLP regressor: regression steps per sweep.",
+    help=(
+        "exact-pg: gradient steps per policy; fqi with the MLP regressor: regression steps per "
+        "sweep."
+    ),
 )
 @click.option(
     "--minibatch-questions",
@@ -129,8 +137,10 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     type=click.IntRange(min=1),
     default=20,
     show_default=True,
-    help="PPO or exact-pg updates per jitted chunk (val checks, curves and checkpoints happen between "
-    "chunks).",
+    help=(
+        "PPO or exact-pg updates per jitted chunk (val checks, curves and checkpoints happen "
+        "between chunks)."
+    ),
 )
 @click.option("--metric", help="Score P (default: bertscore_f1 if the cache has it).")
 @click.option(
@@ -146,8 +156,10 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     type=click.Choice(TERMINATORS),
     default="learned",
     show_default=True,
-    help="learned: the policy STOPs; judge: a classifier fitted on train states stops; none: always "
-    "T_max calls; oracle: stops when the answer reaches p0 by the reference (not deployable).",
+    help=(
+        "learned: the policy STOPs; judge: a classifier fitted on train states stops; none: always "
+        "T_max calls; oracle: stops when the answer reaches p0 by the reference (not deployable)."
+    ),
 )
 @click.option(
     "--cost-mode",
@@ -161,8 +173,10 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     default=AUTO,
     show_default=True,
     callback=parse_cost_scale,
-    help="Divides C in the reward. auto: the dearest expert's mean cost per call on train, so alpha = 1 "
-    "means the dearest call costs the whole score range; 1: the paper's raw units.",
+    help=(
+        "Divides C in the reward. auto: the dearest expert's mean cost per call on train, so alpha "
+        "= 1 means the dearest call costs the whole score range; 1: the paper's raw units."
+    ),
 )
 @click.option(
     "--t-max",
@@ -184,23 +198,30 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     type=float,
     default=0.0,
     show_default=True,
-    help="Bonus (+) or penalty (-) at the end for reaching p0 or not (the paper uses 2; 0 leaves the pure "
-    "score-cost trade-off).",
+    help=(
+        "Bonus (+) or penalty (-) at the end for reaching p0 or not (the paper uses 2; 0 leaves "
+        "the pure score-cost trade-off)."
+    ),
 )
 @click.option(
     "--p0",
     type=float,
     default=0.73,
     show_default=True,
-    help="Good-enough threshold on the metric (the paper's 0.73 was set for another BERTScore model: "
-    "recalibrate it, see `dersim cache info`).",
+    help=(
+        "Good-enough threshold on the metric (the paper's 0.73 was set for another BERTScore "
+        "model: recalibrate it, see `dersim cache info`)."
+    ),
 )
 @click.option(
     "--judge-error",
     type=float,
     default=0.0,
     show_default=True,
-    help="Oracle terminator: flip its stop decision on this share of states (RouterBench's noisy judge).",
+    help=(
+        "Oracle terminator: flip its stop decision on this share of states (RouterBench's noisy "
+        "judge)."
+    ),
 )
 @click.option(
     "--judge-threshold",
@@ -235,8 +256,10 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     "--embedding-dim",
     type=click.IntRange(min=1),
     metavar="K",
-    help="Observe the top K principal components of the state embeddings (fitted on the train split) "
-    "instead of all d: the first layer, most of PPO's arithmetic, shrinks by d / K.",
+    help=(
+        "Observe the top K principal components of the state embeddings (fitted on the train "
+        "split) instead of all d: the first layer, most of PPO's arithmetic, shrinks by d / K."
+    ),
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), help="Run directory (default: runs/<cache name>)."
@@ -384,16 +407,17 @@ def train_command(
             )
         if vectorized and not trainer.finished:
             console.print(
-                f"stopped after chunk {int(state.chunk)} of {trainer.n_chunks}; continue with --resume"
+                f"stopped after chunk {int(state.chunk)} of {trainer.n_chunks}; continue with "
+                "--resume"
             )
             return
         best = trainer.best_on_val(state)
         plot_curves(curves, [best["policy"]] if best else [], run_dir / "curves.png")
         if best:
             console.print(
-                f"best on val: policy {best['policy']}, {trainer.policies[best['policy']]['algo']} (val "
-                f"{trainer.tables.metric} {best['val_score']:.4f}, {best['val_calls']:.2f} calls, cost "
-                f"{best['val_cost']:.4g} per question)"
+                f"best on val: policy {best['policy']}, {trainer.policies[best['policy']]['algo']} "
+                f"(val {trainer.tables.metric} {best['val_score']:.4f}, {best['val_calls']:.2f} "
+                f"calls, cost {best['val_cost']:.4g} per question)"
             )
         console.print(
             f"run written to {run_dir} (run.json, checkpoint.msgpack, curves.parquet, curves.png); "

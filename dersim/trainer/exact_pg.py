@@ -1,4 +1,5 @@
-"""exact-pg: gradient ascent on the exact expected return of the train questions (DESIGN.md, part 1).
+"""exact-pg: gradient ascent on the exact expected return of the train questions (DESIGN.md, part
+1).
 
 The cache knows every action's outcome at every state, so the objective PPO estimates from sampled
 episodes can be computed outright: J(theta) = mean over train roots of V^pi_0(root), with V from

@@ -17,8 +17,8 @@ Regressors:
 - `ridge` (closed form, float64): one SVD of the step's centred features, then a batched solve for
   every policy of the group (their alphas, rewards and l2 strengths differ, the features do not).
   With T_max = 1 it is the `linear` router of `dersim routers` (ridge from the root embedding to
-  each expert's score, minus its cost weight); every further step is a route that router cannot make.
-  A policy that observes its last action gets one linear head per (step, last action).
+  each expert's score, minus its cost weight); every further step is a route that router cannot
+  make. A policy that observes its last action gets one linear head per (step, last action).
 - `mlp`: the actor network's outputs read as action values (the step and last action are inputs),
   fitted by Adam to the targets of every step at once with an L2 penalty l2 / n on its weights; each
   of the D sweeps (chunks) recomputes the targets from the previous sweep's network, so after D
@@ -65,7 +65,8 @@ def batched_backup(axes: EnvParams):
 
 @functools.cache
 def batched_linear_scores(axes: EnvParams):
-    """The masked linear-head action values of rows (states, step, last actions), over a policy axis."""
+    """The masked linear-head action values of rows (states, step, last actions), over a policy
+    axis."""
 
     def scores(linear, env, states, t, lasts):
         return mask_actions(linear_scores(linear, env.embedding[states], t, lasts), env, t)
@@ -77,8 +78,8 @@ def ridge_solve(
     features: np.ndarray, targets: np.ndarray, l2: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ridge with an unpenalised intercept for every policy at once, float64:
-    argmin ||y - X w - b||^2 + l2 ||w||^2 per target column, from one eigendecomposition of the centred
-    X's Gram matrix (a pseudo-inverse where l2 = 0 leaves a direction unconstrained).
+    argmin ||y - X w - b||^2 + l2 ||w||^2 per target column, from one eigendecomposition of the
+    centred X's Gram matrix (a pseudo-inverse where l2 = 0 leaves a direction unconstrained).
     features [n, d], targets [P, n, A], l2 [P] -> (kernel [P, d, A], bias [P, A])."""
     x = np.asarray(features, np.float64)
     y = np.asarray(targets, np.float64)
@@ -97,7 +98,8 @@ def ridge_solve(
 
 @struct.dataclass
 class FQIState:
-    """The MLP regressor's network and optimizer (unused by ridge) and the linear heads (ridge's fit)."""
+    """The MLP regressor's network and optimizer (unused by ridge) and the linear heads (ridge's
+    fit)."""
 
     params: dict
     opt_state: optax.OptState
@@ -106,7 +108,8 @@ class FQIState:
 
 
 class FittedQ:
-    """fqi for a group of policies that share a regressor and a target rule (leading policy axis)."""
+    """fqi for a group of policies that share a regressor and a target rule (leading policy
+    axis)."""
 
     name = "fqi"
 
@@ -131,7 +134,8 @@ class FittedQ:
         )
         self.l2, self.regressor, self.target = np.asarray(l2, np.float64), regressor, target
         depth = env_params.max_depth
-        # The decision points after exactly t calls and, for each call from them, the row it leads to at t + 1.
+        # The decision points after exactly t calls and, for each call from them, the row it leads
+        # to at t + 1.
         self.rows, self.following = flat_rows(
             question_rows(
                 np.asarray(env_params.next_state), train_roots, depth, env_params.last_action_obs
@@ -175,7 +179,8 @@ class FittedQ:
         )
 
     def continuation(self, values_next: jax.Array | None, t: int) -> jax.Array:
-        """V_{t+1} at the point each call from step t's rows leads to: [P, n_t, N] (0 at the last step)."""
+        """V_{t+1} at the point each call from step t's rows leads to: [P, n_t, N] (0 at the last
+        step)."""
         if values_next is None:
             return jnp.zeros(
                 (len(self.l2), len(self.rows[t][0]), self.env_params.n_experts), jnp.float32
@@ -222,9 +227,9 @@ class FittedQ:
     # -- mlp --------------------------------------------------------------------------------
 
     def _make_sweep(self):
-        """One sweep for one policy: targets from the current network (its fitted next-step values, or
-        the exact values of acting greedily on it), then `updates` full-batch Adam steps on the squared
-        error of the allowed actions plus l2 / n ||theta||^2."""
+        """One sweep for one policy: targets from the current network (its fitted next-step values,
+        or the exact values of acting greedily on it), then `updates` full-batch Adam steps on the
+        squared error of the allowed actions plus l2 / n ||theta||^2."""
         network, config, depth = self.network, self.config, len(self.rows)
         states = jnp.asarray(np.concatenate([r[0] for r in self.rows]))
         lasts = jnp.asarray(np.concatenate([r[1] for r in self.rows]))

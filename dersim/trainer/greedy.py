@@ -1,4 +1,5 @@
-"""Greedy (argmax) episodes of trained policies on every question of a split, all policies at once."""
+"""Greedy (argmax) episodes of trained policies on every question of a split, all policies at
+once."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from dersim.trainer.policy import PolicyParams, action_scores
 def make_greedy(
     network: ActorCritic, axes: EnvParams
 ) -> Callable[[PolicyParams, EnvParams, np.ndarray], dict]:
-    """A jitted `greedy(policies, env_params, roots)`: for every policy (leading axis of `policies` and of
-    the per-policy leaves of `env_params`) and every root, the final state, calls, summed cost (raw
-    unit), return and the actions taken ([P, Q, D], -1 after the end). Compiled once per number of
-    roots and of policies (and kept for every trainer of the same network and settings), so it can run
-    after every training chunk."""
+    """A jitted `greedy(policies, env_params, roots)`: for every policy (leading axis of `policies`
+    and of the per-policy leaves of `env_params`) and every root, the final state, calls, summed
+    cost (raw unit), return and the actions taken ([P, Q, D], -1 after the end). Compiled once per
+    number of roots and of policies (and kept for every trainer of the same network and settings),
+    so it can run after every training chunk."""
 
     def episode(policy_params, one_env, question):
         _, start = reset_to(one_env, question)

@@ -102,9 +102,9 @@ def check_value(name: str, value: float) -> float:
 def expand_policies(
     grid: dict[str, list[Any]], seeds: int, base: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """One dict per policy: every grid combination, each with `seeds` seeds (seed varies fastest); the
-    learning settings an algorithm does not read take its defaults, and the duplicates this makes
-    (l2 varied under PPO, say) are dropped."""
+    """One dict per policy: every grid combination, each with `seeds` seeds (seed varies fastest);
+    the learning settings an algorithm does not read take its defaults, and the duplicates this
+    makes (l2 varied under PPO, say) are dropped."""
     names = list(grid)
     policies: list[dict[str, Any]] = []
     seen: set[tuple] = set()
@@ -136,7 +136,8 @@ def stack_env_params(base: EnvParams, policies: list[dict[str, Any]]) -> EnvPara
 
 
 def policy_axes(params: EnvParams) -> EnvParams:
-    """vmap in_axes for stacked EnvParams: the cache tables are shared, per-policy settings are mapped."""
+    """vmap in_axes for stacked EnvParams: the cache tables are shared, per-policy settings are
+    mapped."""
     return params.replace(
         next_state=None,
         score=None,

@@ -15,8 +15,8 @@ import polars as pl  # noqa: E402
 
 
 def plot_curves(curves: pl.DataFrame, best: list[int], path: Path) -> Path:
-    """Every policy's training return (left) and greedy val score (right) per chunk, in grey; the best
-    highlighted."""
+    """Every policy's training return (left) and greedy val score (right) per chunk, in grey; the
+    best highlighted."""
     has_val = "val_score" in curves.columns and curves["val_score"].is_not_nan().any()
     panels = [("return", "training return (PPO: sampled episodes; exact-pg: exact)")]
     panels += [("val_score", "greedy val score")] if has_val else []

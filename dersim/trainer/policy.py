@@ -1,4 +1,5 @@
-"""How a trained routing policy acts: one score per action at a state, masked, and the greedy choice.
+"""How a trained routing policy acts: one score per action at a state, masked, and the greedy
+choice.
 
 Every algorithm's policy is a `PolicyParams`: the actor-critic network's parameters (PPO and
 exact-pg act by its actor logits, fqi with the MLP regressor by the same outputs read as action
@@ -28,8 +29,9 @@ class PolicyParams:
     """One policy (or, stacked, a policy axis): the network, the linear head, and which one acts."""
 
     network: dict  # ActorCritic variables
-    linear: dict  # {"kernel": [D + 1, L, d, N + 1], "bias": [D + 1, L, N + 1]}: per step t and last action (L = 1
-    # when the policy does not observe its last action, else N + 1)
+    # {"kernel": [D + 1, L, d, N + 1], "bias": [D + 1, L, N + 1]}: per step t and last action
+    # (L = 1 when the policy does not observe its last action, else N + 1)
+    linear: dict
     head: jax.Array  # int32 []: ACTOR or LINEAR
 
 
@@ -69,8 +71,9 @@ def actor(
     last_action: jax.Array,
     table: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Masked actor logits and critic values for a batch of (state id, t, last action). `table` is the
-    network's first layer precomputed over every state, or None to apply it to the gathered rows."""
+    """Masked actor logits and critic values for a batch of (state id, t, last action). `table` is
+    the network's first layer precomputed over every state, or None to apply it to the gathered
+    rows."""
     first = (
         network.apply(params, env_params.embedding[state_id], method=ActorCritic.table)
         if table is None
@@ -95,8 +98,8 @@ def pick_slot(table: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Arr
 
 
 def linear_scores(linear: dict, rows: jax.Array, t: jax.Array, last_action: jax.Array) -> jax.Array:
-    """Q_{t,l}(s) = rows @ kernel[t, l] + bias[t, l] for rows [..., d] at steps t [...] after last actions
-    l [...] -> [..., N + 1]."""
+    """Q_{t,l}(s) = rows @ kernel[t, l] + bias[t, l] for rows [..., d] at steps t [...] after last
+    actions l [...] -> [..., N + 1]."""
     return pick_slot(linear_table(linear, rows), t, last_action)
 
 
@@ -108,7 +111,8 @@ def action_scores(
     t: jax.Array,
     last_action: jax.Array,
 ) -> jax.Array:
-    """The masked score of every action [..., N + 1] that the policy maximises: its greedy action is the argmax."""
+    """The masked score of every action [..., N + 1] that the policy maximises: its greedy action is
+    the argmax."""
     logits, _ = actor(network, policy.network, env_params, state_id, t, last_action)
     values = mask_actions(
         linear_scores(policy.linear, env_params.embedding[state_id], t, last_action), env_params, t

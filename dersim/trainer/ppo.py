@@ -140,9 +140,9 @@ def init_runner(key: jax.Array, config: PPOConfig, env_params: EnvParams, hyper:
 
 
 class PPOFunctions(NamedTuple):
-    """`train_chunk(runner, env_params, hyper) -> (runner, metrics per update)`: rollouts in the JAX env
-    and updates, for one policy; `learn(...)`: the update alone, for trajectories collected elsewhere
-    (the step-by-step Gymnasium path)."""
+    """`train_chunk(runner, env_params, hyper) -> (runner, metrics per update)`: rollouts in the JAX
+    env and updates, for one policy; `learn(...)`: the update alone, for trajectories collected
+    elsewhere (the step-by-step Gymnasium path)."""
 
     train_chunk: Callable
     learn: Callable

@@ -66,7 +66,8 @@ VAL_METRICS = ("val_return", "val_score", "val_cost", "val_calls")
 
 @struct.dataclass
 class Best:
-    """Per policy: the parameters with the best greedy val return so far, that return and its chunk."""
+    """Per policy: the parameters with the best greedy val return so far, that return and its
+    chunk."""
 
     params: PolicyParams
     val_return: jax.Array  # float32 [P], -inf before the first evaluation
@@ -108,8 +109,8 @@ def curve_rows(
     updates: int,
     env_steps: int,
 ) -> list[dict[str, Any]]:
-    """One row per policy of a group for one chunk: the algorithm's training figures (NaN where it has
-    none) and the greedy val figures."""
+    """One row per policy of a group for one chunk: the algorithm's training figures (NaN where it
+    has none) and the greedy val figures."""
     rows = []
     for position, policy in enumerate(indices.tolist()):
         row: dict[str, Any] = {
@@ -143,8 +144,8 @@ class GridTrainer:
         keep: str = "best",
         verify: bool = True,
         algo: str = DEFAULT_ALGO,
-        full_info: FullInfoConfig = FullInfoConfig(),
-    ) -> GridTrainer:  # noqa: B008 (frozen)
+        full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+    ) -> GridTrainer:
         """Seeds x every grid combination; unset per-policy values come from `spec`, `algo` and the
         algorithms' defaults."""
         return cls(
@@ -197,8 +198,8 @@ class GridTrainer:
         steps: int,
         keep: str = "best",
         verify: bool = True,
-        full_info: FullInfoConfig = FullInfoConfig(),
-    ) -> None:  # noqa: B008 (frozen)
+        full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+    ) -> None:
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
         if keep == "best" and spec.val_fraction <= 0:
@@ -210,8 +211,8 @@ class GridTrainer:
         judged = [p for p in policies if p["terminator"] == "judge"]
         if any(p["p0"] != spec.p0 for p in judged):
             raise DersimError(
-                "the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for judge "
-                "policies"
+                "the judge terminator is fitted at one p0 (--p0): do not vary p0 with --grid for "
+                "judge policies"
             )
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
         self.tables = load_tables(
@@ -242,7 +243,8 @@ class GridTrainer:
         self.n_chunks = sum(g.algorithm.n_chunks for g in self.groups)
 
     def _make_groups(self, base) -> list[Group]:
-        """The policies of each algorithm (fqi: each regressor and target rule), in order of appearance."""
+        """The policies of each algorithm (fqi: each regressor and target rule), in order of
+        appearance."""
         keys = list(dict.fromkeys(group_key(p) for p in self.policies))
         groups = []
         for key in keys:
@@ -271,7 +273,8 @@ class GridTrainer:
         return NamedSharding(Mesh(np.array(devices), ("policies",)), P("policies"))
 
     def _shard(self, tree: Any) -> Any:
-        """Place a group's per-policy leaves (leading axis) on the device mesh, when there is one."""
+        """Place a group's per-policy leaves (leading axis) on the device mesh, when there is
+        one."""
         leaves = jax.tree.leaves(tree)
         sharding = (
             self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
@@ -279,10 +282,12 @@ class GridTrainer:
         return tree if sharding is None else jax.device_put(tree, sharding)
 
     def initial_state(self) -> TrainState:
-        """The state before training: each group's initial algorithm state, no val record, no chunk done."""
+        """The state before training: each group's initial algorithm state, no val record, no chunk
+        done."""
         states, bests = [], []
         for group in self.groups:
-            # Policies that share a seed share their initial weights (and PPO's env draws): grid points compare fairly.
+            # Policies that share a seed share their initial weights (and PPO's env draws): grid
+            # points compare fairly.
             seeds = np.asarray([self.policies[i]["seed"] for i in group.indices], dtype=np.uint32)
             state = group.algorithm.init(jax.vmap(jax.random.PRNGKey)(seeds))
             states.append(self._shard(state))
@@ -297,8 +302,8 @@ class GridTrainer:
         return TrainState(groups=states, best=bests, chunk=0)
 
     def run_record(self) -> dict[str, Any]:
-        """What run.json holds: the settings to rebuild the trainer, and the cache's identity (its manifest
-        digest: `route`, `serve` and `eval` refuse another cache, a moved copy passes)."""
+        """What run.json holds: the settings to rebuild the trainer, and the cache's identity (its
+        manifest digest: `route`, `serve` and `eval` refuse another cache, a moved copy passes)."""
         from dersim.cache.files import manifest_digest
 
         return {
@@ -319,8 +324,8 @@ class GridTrainer:
         return load_checkpoint(self.out, self.initial_state())
 
     def kept_params(self, state: TrainState) -> PolicyParams:
-        """The parameters to evaluate and deploy, for every policy in run order: each policy's best by val
-        return, or its last."""
+        """The parameters to evaluate and deploy, for every policy in run order: each policy's best
+        by val return, or its last."""
         parts = []
         for group, group_state, best in zip(self.groups, state.groups, state.best, strict=True):
             last = group.algorithm.policy_params(group_state)
@@ -341,8 +346,8 @@ class GridTrainer:
         recorded = json.loads(path.read_text(encoding="utf-8"))
         if recorded != json.loads(json.dumps(self.run_record())):
             raise DersimError(
-                f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the run "
-                "being resumed"
+                f"{path}: --resume needs the same cache, grid, seeds, steps and settings as the "
+                "run being resumed"
             )
         state = self.load()
         chunk = int(state.chunk)
@@ -356,8 +361,8 @@ class GridTrainer:
     def validate(
         self, params: PolicyParams, env_params: Any = None
     ) -> dict[str, np.ndarray] | None:
-        """Per policy: greedy mean return, score, cost and calls on the val questions (None without val);
-        `env_params` are the policies' stacked settings (default: every policy of the run)."""
+        """Per policy: greedy mean return, score, cost and calls on the val questions (None without
+        val); `env_params` are the policies' stacked settings (default: every policy of the run)."""
         if self.val_roots is None:
             return None
         result = self.greedy(
@@ -371,7 +376,8 @@ class GridTrainer:
         }
 
     def best_on_val(self, state: TrainState) -> dict[str, float] | None:
-        """The chosen policy and its val figures (kept parameters), or None without val or deployable policies."""
+        """The chosen policy and its val figures (kept parameters), or None without val or
+        deployable policies."""
         val = self.validate(self.kept_params(state))
         if val is None:
             return None
@@ -397,7 +403,8 @@ class GridTrainer:
         )
 
     def chunk_plan(self) -> list[tuple[int, int]]:
-        """(group index, the group's own chunk index) of every chunk of the run, in training order."""
+        """(group index, the group's own chunk index) of every chunk of the run, in training
+        order."""
         return [
             (g, c) for g, group in enumerate(self.groups) for c in range(group.algorithm.n_chunks)
         ]
@@ -405,8 +412,9 @@ class GridTrainer:
     def train(
         self, resume: bool = False, show_progress: bool = True, stop_after: int | None = None
     ) -> tuple[TrainState, pl.DataFrame]:
-        """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after each;
-        returns the final checkpoint state and the learning curves (one row per policy per chunk)."""
+        """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after
+        each; returns the final checkpoint state and the learning curves (one row per policy per
+        chunk)."""
         self.out.mkdir(parents=True, exist_ok=True)
         state, curves = self._resume() if resume else (self.initial_state(), [])
         if self.tables.judge is not None:
@@ -459,7 +467,8 @@ class GridTrainer:
                     self.out, TrainState(groups=groups, best=bests, chunk=run_chunk + 1)
                 )
                 rate = (
-                    f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k env-steps/s"
+                    f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k "
+                    "env-steps/s"
                     if algorithm.steps_per_chunk
                     else f"{len(group.indices) / seconds:,.1f} policy-chunks/s"
                 )

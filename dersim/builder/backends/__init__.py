@@ -1,4 +1,5 @@
-"""Expert backends: in-process llama.cpp, OpenAI-compatible HTTP and a deterministic synthetic one."""
+"""Expert backends: in-process llama.cpp, OpenAI-compatible HTTP and a deterministic synthetic
+one."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def make_backend(spec: ExpertSpec) -> Backend:
 
 
 def backend_fingerprints(experts: list[ExpertSpec]) -> dict[str, dict]:
-    """The kernel fingerprint of each in-process backend the experts use (so far: llama_cpp), for the
-    manifest: what decides whether another machine's answers are byte-identical."""
+    """The kernel fingerprint of each in-process backend the experts use (so far: llama_cpp), for
+    the manifest: what decides whether another machine's answers are byte-identical."""
     if not any(e.backend == "llama_cpp" for e in experts):
         return {}
     from dersim.builder.backends.llama_cpp import kernel_fingerprint

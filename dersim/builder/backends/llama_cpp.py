@@ -40,7 +40,8 @@ DEFAULT_THREADS = 2
 # How the README builds llama-cpp-python: the x86-64-v3 instruction set (AVX2, FMA, F16C, BMI2)
 # that every x86-64 machine of this project has, no native tuning, no runtime weight repacking.
 PORTABLE_CMAKE_ARGS = "-DGGML_NATIVE=OFF -DGGML_CPU_REPACK=OFF"
-# Features of llama.cpp's system info that a portable build lacks (a build tuned for this CPU has them).
+# Features of llama.cpp's system info that a portable build lacks (a build tuned for this CPU has
+# them).
 NATIVE_ONLY_FEATURES = (
     "AVX512",
     "AVX512_VBMI",
@@ -113,8 +114,9 @@ def replay_key(fingerprint: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def without_extra_buffers() -> Iterator[None]:
     """While the body runs, make llama-cpp-python's default model params turn off llama.cpp's extra
-    buffer types (`use_extra_bufts`: AMX and repacked weight layouts, chosen by CPU); its `Llama` has
-    no argument for it. Wrap a whole `llama_cpp.server` run in it to serve with the pinned kernels."""
+    buffer types (`use_extra_bufts`: AMX and repacked weight layouts, chosen by CPU); its `Llama`
+    has no argument for it. Wrap a whole `llama_cpp.server` run in it to serve with the pinned
+    kernels."""
     module = importlib.import_module("llama_cpp.llama_cpp")
     defaults = module.llama_model_default_params
 
@@ -186,7 +188,8 @@ class LlamaCppBackend:
             )
         if self._llm.n_ctx() != n_ctx:
             # llama.cpp pads the context (to a multiple of 256) but llama-cpp-python sizes its token
-            # buffers by the requested n_ctx, so prompts between the two crash instead of being refused.
+            # buffers by the requested n_ctx, so prompts between the two crash instead of being
+            # refused.
             padded = self._llm.n_ctx()
             self._llm.close()
             raise BackendError(

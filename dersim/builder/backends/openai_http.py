@@ -1,11 +1,11 @@
 """OpenAI-compatible HTTP experts: vLLM, Ollama, llama.cpp's server, TGI, hosted APIs.
 
 Only the standard library is used (urllib + json). A chat expert posts one user message to
-`{base_url}/chat/completions`; a completion expert posts its full prompt to `{base_url}/completions`.
-Decoding is greedy (temperature 0, top_p 1, seed 0). Servers differ in how exactly they honour
-that: llama-cpp-python's server, for one, applies its default repeat penalty (1.1) on top of the
-argmax, which no standard request field switches off, so its answers can differ from those of the
-in-process llama_cpp backend on the same model and prompt.
+`{base_url}/chat/completions`; a completion expert posts its full prompt to
+`{base_url}/completions`. Decoding is greedy (temperature 0, top_p 1, seed 0). Servers differ in how
+exactly they honour that: llama-cpp-python's server, for one, applies its default repeat penalty
+(1.1) on top of the argmax, which no standard request field switches off, so its answers can differ
+from those of the in-process llama_cpp backend on the same model and prompt.
 
 Options (`[[experts]] options = {...}`):
 - `base_url` (required): the API root, e.g. "http://127.0.0.1:8000/v1";
@@ -47,8 +47,8 @@ _GREEDY: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Never follow redirects: urllib would re-send the Authorization header to the new host and turn
-    the POST into a GET; a redirect answer becomes an HTTPError instead."""
+    """Never follow redirects: urllib would re-send the Authorization header to the new host and
+    turn the POST into a GET; a redirect answer becomes an HTTPError instead."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
         return None

@@ -98,8 +98,8 @@ class SyntheticBackend:
             for k, v in self.skill.topics.items()
         ):
             raise BackendError(
-                f"expert '{spec.name}': synthetic option 'topics' must map first words to skills in "
-                "[0, 1]"
+                f"expert '{spec.name}': synthetic option 'topics' must map first words to skills "
+                "in [0, 1]"
             )
         if self.skill.levels < 1:
             raise BackendError(f"expert '{spec.name}': synthetic option 'levels' must be >= 1")

@@ -1,4 +1,5 @@
-"""Generated yes/no questions of known kinds: the questions of synthetic caches whose best routes are known.
+"""Generated yes/no questions of known kinds: the questions of synthetic caches whose best routes
+are known.
 
 Each question names its kind (a topic word) first, then a few filler words from a fixed made-up
 vocabulary, so the kind is visible in any embedding of the text while the rest of it differs from
@@ -23,7 +24,8 @@ FILLER_WORDS = 6
 
 
 def generate_questions(topics: tuple[str, ...], count: int, seed: int) -> list[Question]:
-    """`count` questions, the topics in turn, each with seeded filler words and a seeded Yes/No label."""
+    """`count` questions, the topics in turn, each with seeded filler words and a seeded Yes/No
+    label."""
     rng = np.random.default_rng(seed)
     questions = []
     for index in range(count):

@@ -27,7 +27,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def read_csv_text(path: Path) -> pl.DataFrame:
-    """A CSV file with every column as text (callers check types with row numbers), or a one-line error."""
+    """A CSV file with every column as text (callers check types with row numbers), or a one-line
+    error."""
     if not path.exists():
         raise DatasetError(f"{path}: dataset file not found")
     try:
@@ -37,7 +38,8 @@ def read_csv_text(path: Path) -> pl.DataFrame:
 
 
 def read_frame(path: Path) -> pl.DataFrame:
-    """Load a JSONL/CSV/Parquet file as strings-friendly polars frame, with a one-line error on failure."""
+    """Load a JSONL/CSV/Parquet file as strings-friendly polars frame, with a one-line error on
+    failure."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise DatasetError(
@@ -52,7 +54,8 @@ def read_frame(path: Path) -> pl.DataFrame:
 
 
 def read_table(path: Path, columns: dict[str, str]) -> list[Question]:
-    """Questions from a table; ids default to `row-<index>`; empty questions are errors naming the row."""
+    """Questions from a table; ids default to `row-<index>`; empty questions are errors naming the
+    row."""
     unknown = set(columns) - {"id", "question", "reference", "label"}
     if unknown:
         raise DatasetError(
