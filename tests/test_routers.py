@@ -11,6 +11,7 @@ agree with each other while wrong ones do not. Every router must beat random rou
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -41,7 +42,7 @@ from dersim.routers.data import load_router_data
 from dersim.routers.evaluate import choose, compare
 from dersim.routers.metrics import curve_points
 from dersim.routers.reference import OracleRouter
-from dersim.routers.registry import ROUTERS
+from dersim.routers.registry import CLASSES, ROUTERS
 
 from conftest import REPO, SHARED_DATA
 
@@ -347,6 +348,16 @@ def test_capabilities_are_read_from_the_class_before_a_router_is_made(clusters: 
     )
     with pytest.raises(TypeError, match="abstract"):
         Router()  # type: ignore[abstract]
+
+
+def test_every_router_documents_each_of_its_parameters() -> None:
+    """scikit-learn's shape: a Parameters section naming every constructor argument."""
+    for name, cls in CLASSES.items():
+        documented = next(
+            c.__doc__ for c in cls.__mro__ if "Parameters\n    ---" in (c.__doc__ or "")
+        )
+        for parameter in list(inspect.signature(cls.__init__).parameters)[1:]:
+            assert f"    {parameter} : " in documented, f"{name}: {parameter} is not documented"
 
 
 def test_bundled_routerbench_cache_has_a_cost_quality_story() -> None:

@@ -49,6 +49,25 @@ def chains(cost: np.ndarray, score: np.ndarray, longest: int) -> list[tuple[int,
 
 
 class CascadeRouter(Router):
+    """FrugalGPT's cascade: experts of a chain in ascending cost, each answer accepted or
+    passed on by a judge; every call answers the question from scratch.
+
+    Parameters
+    ----------
+    chain : tuple of int, default=(0,)
+        Expert indices in calling order; chosen on val among `candidates`.
+    judge : {"learned", "oracle"}, default="learned"
+        `learned` is deployable (a logistic regression on answer embeddings); `oracle` reads the
+        reference scores (a reference row).
+    judge_error : float, default=0.0
+        Share of answer states whose judge decision is flipped (one seeded draw per state).
+    reference : ndarray of shape (S,), default=None
+        Reference score of every state; required by the oracle judge.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "cascade"
     transfer = False
 
@@ -118,5 +137,10 @@ class CascadeRouter(Router):
 
 
 class CascadeKTPRouter(CascadeRouter):
+    """The cascade with knowledge transfer: each later expert sees the previous answer through
+    the Knowledge Transfer Prompt (needs a built cache of depth >= 2). Parameters as
+    `CascadeRouter`.
+    """
+
     name = "cascade+ktp"
     transfer = True

@@ -30,7 +30,19 @@ from dersim.trainer.ppo import PPOConfig, make_network
 
 
 class DERFQIRouter(Router):
-    """fqi with ridge over the routers' willingness-to-pay grid (one policy per value)."""
+    """fqi with ridge over the routers' willingness-to-pay grid (one policy per value).
+
+    Parameters
+    ----------
+    l2 : float, default=10.0
+        Ridge strength of the linear action-value heads; chosen on val from `search`.
+    t_max : int, default=1
+        Longest route in calls (1: the `linear` router's single call); chosen on val among
+        1 .. the cache's depth.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
 
     name = "der-fqi"
     search = {"l2": (1.0, 10.0, 100.0)}

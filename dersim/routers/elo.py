@@ -24,6 +24,19 @@ def expected(ra: np.ndarray | float, rb: np.ndarray | float) -> np.ndarray | flo
 
 
 class EloRouter(QualityRouter):
+    """Eagle: a global ELO rating of the experts mixed with a local one per question.
+
+    Parameters
+    ----------
+    k : int, default=20
+        Nearest train questions whose battles the local rating replays.
+    global_weight : float, default=0.5
+        P in P * global + (1 - P) * local.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "elo"
     stochastic = True
     search = {"k": (10, 30), "global_weight": (0.25, 0.5, 0.75)}

@@ -22,6 +22,17 @@ BISECTIONS = 50
 
 
 class FORCRouter(Router):
+    """FORC: predicted score and cost per expert, assigned under a mean budget per question.
+
+    Parameters
+    ----------
+    l2 : float, default=1.0
+        Ridge strength of the score and cost regressions.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "forc"
     search = {"l2": (0.1, 1.0, 10.0)}
 

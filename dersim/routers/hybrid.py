@@ -20,6 +20,20 @@ from dersim.routers.random_routing import weak_and_strong
 
 
 class HybridRouter(Router):
+    """Hybrid LLM: a classifier sends a question to the small expert when it predicts the small
+    answer is as good as the large one's (within `relax`).
+
+    Parameters
+    ----------
+    relax : float, default=0.0
+        The relaxation t of the label score_small >= score_large - t.
+    c : float, default=1.0
+        Inverse regularisation strength of the logistic regression (scikit-learn's `C`).
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "hybrid"
     search = {"relax": (0.0, 0.1), "c": (0.1, 1.0, 10.0)}
 

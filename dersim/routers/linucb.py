@@ -22,6 +22,17 @@ DIM = 16
 
 
 class LinUCBRouter(Router):
+    """MetaLLM: a LinUCB contextual bandit over the experts, one per cost weight.
+
+    Parameters
+    ----------
+    alpha : float, default=0.5
+        Width of the upper confidence bound (exploration while training).
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "linucb"
     stochastic = True
     search = {"alpha": (0.1, 0.5, 2.0)}

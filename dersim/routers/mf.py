@@ -19,6 +19,19 @@ LEARNING_RATE = 0.02
 
 
 class MFRouter(QualityRouter):
+    """RouteLLM's matrix factorisation: a rank-k bilinear model of pairwise wins.
+
+    Parameters
+    ----------
+    rank : int, default=16
+        Rank k of the question projection W and the expert vectors.
+    l2 : float, default=1e-3
+        L2 penalty on every parameter.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "mf"
     stochastic = True
     search = {"rank": (8, 32), "l2": (1e-4, 1e-2)}

@@ -20,6 +20,17 @@ EPSILON = 0.1
 
 
 class PickLLMRouter(Router):
+    """PickLLM: stateless epsilon-greedy Q-learning over the experts, blind to the question.
+
+    Parameters
+    ----------
+    eta : float, default=0.1
+        Learning rate of the update Q(e) += eta * (reward - Q(e)).
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "pickllm"
     stochastic = True
     search = {"eta": (0.05, 0.2)}

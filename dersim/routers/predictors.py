@@ -35,6 +35,17 @@ class ScorePredictor(QualityRouter):
 
 
 class KNNRouter(ScorePredictor):
+    """Predicts each expert's score as the mean over the k nearest train questions (cosine).
+
+    Parameters
+    ----------
+    k : int, default=10
+        Neighbours averaged (at most the number of train questions); chosen on val from `search`.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "knn"
     search = {"k": (5, 10, 20, 40)}
 
@@ -47,6 +58,19 @@ class KNNRouter(ScorePredictor):
 
 
 class MLPRouter(ScorePredictor):
+    """Predicts each expert's score with a one-hidden-layer perceptron on the embedding.
+
+    Parameters
+    ----------
+    hidden : int, default=64
+        Width of the hidden layer.
+    l2 : float, default=1e-4
+        L2 penalty on the weights (scikit-learn's `alpha`).
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "mlp"
     stochastic = True
     search = {"hidden": (32, 128), "l2": (1e-4, 1e-2)}
@@ -62,6 +86,17 @@ class MLPRouter(ScorePredictor):
 
 
 class LinearRouter(ScorePredictor):
+    """Predicts each expert's score with ridge regression on the embedding.
+
+    Parameters
+    ----------
+    l2 : float, default=1.0
+        Ridge strength (scikit-learn's `alpha`).
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "linear"
     search = {"l2": (0.1, 1.0, 10.0)}
 

@@ -26,6 +26,15 @@ def weak_and_strong(train: TrainData) -> tuple[int, int]:
 
 
 class RandomRouter(Router):
+    """Each question goes to an expert drawn uniformly at random (one point, no sweep).
+
+    Parameters
+    ----------
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "random"
     stochastic = True
 
@@ -42,6 +51,16 @@ class RandomRouter(Router):
 
 
 class RandomMixRouter(Router):
+    """Each question goes to the strong expert with probability p, else to the weak one; the
+    sweep runs p from 0 to 1 (APGR 0.5 in expectation).
+
+    Parameters
+    ----------
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "random-mix"
     stochastic = True
 

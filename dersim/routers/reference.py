@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 
 
 class OracleRouter(Router):
+    """Per question and cost weight, the expert with the best reference score - lambda * cost:
+    the upper bound of single-call routing (reads the reference).
+
+    Parameters
+    ----------
+    reference : ndarray of shape (S,)
+        Reference score of every state.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "oracle"
     uses_reference = True
 
@@ -57,6 +69,15 @@ class OracleRouter(Router):
 
 
 class BestSingleRouter(Router):
+    """Every question goes to the strong expert (the best single expert on train).
+
+    Parameters
+    ----------
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "best-single"
 
     def fit(self, train: TrainData) -> Self:

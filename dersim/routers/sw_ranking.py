@@ -19,6 +19,17 @@ TIE_PRIOR = 0.01  # pseudo-battles (half a win each way) per pair, against weigh
 
 
 class SWRankingRouter(QualityRouter):
+    """RouteLLM's similarity-weighted Bradley-Terry ranking of the experts per question.
+
+    Parameters
+    ----------
+    gamma : float, default=10.0
+        Base of the battle weight gamma^(1 + cos(q, q_i)): larger weighs similar questions more.
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "sw-ranking"
     search = {"gamma": (10.0, 100.0, 1000.0)}
 

@@ -14,6 +14,16 @@ from dersim.routers.base import Questions, Router, Routes, TrainData
 
 
 class VotingRouter(Router):
+    """Agreement voting: the m best experts on train answer and the most agreed-with answer (mean
+    cosine to the others) is kept; the sweep runs m = 3 .. N.
+
+    Parameters
+    ----------
+    seed : int, default=0
+        Seed of the router's random choices (same seed, same routes; a deterministic router
+        has none).
+    """
+
     name = "voting"
 
     def fit(self, train: TrainData) -> Self:
