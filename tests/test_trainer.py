@@ -162,7 +162,9 @@ def test_resume_continues_exactly_and_compiles_once(cache: Path, tmp_path: Path)
     assert curves.equals(straight_curves), "val figures and training metrics resume exactly"
     for key in ("groups", "best"):
         for x, y in zip(
-            jax.tree.leaves(straight_state[key]), jax.tree.leaves(resumed_state[key]), strict=True
+            jax.tree.leaves(getattr(straight_state, key)),
+            jax.tree.leaves(getattr(resumed_state, key)),
+            strict=True,
         ):
             assert np.array_equal(np.asarray(x), np.asarray(y)), key
     with pytest.raises(DersimError, match="--resume needs the same"):

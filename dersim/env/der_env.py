@@ -126,8 +126,19 @@ def policy_settings(tables: EnvTables, **overrides: Any) -> dict[str, Any]:
 
 
 def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
-    """Device arrays from `EnvTables`; `overrides` replace per-policy settings (alpha, beta, gamma,
-    p0, t_max, terminator and reward given by name or index, judge_error, judge_threshold)."""
+    """The env's device arrays and settings for one policy.
+
+    Args:
+        tables: the tables `load_tables` read.
+        **overrides: per-policy settings that replace the spec's (alpha, beta, gamma, p0, t_max,
+            terminator and reward by name or index, judge_error, judge_threshold).
+
+    Returns:
+        `EnvParams`, ready for `reset`, `step` and `jax.vmap` over stacked settings.
+
+    Raises:
+        EnvError: a setting out of range, with the option named.
+    """
     settings = policy_settings(tables, **overrides)
     return EnvParams(
         next_state=jnp.asarray(tables.next_state),
@@ -187,7 +198,15 @@ def reset_to(params: EnvParams, question: jax.Array) -> tuple[jax.Array, EnvStat
 
 
 def reset(key: jax.Array, params: EnvParams) -> tuple[jax.Array, EnvState]:
-    """Start an episode on a uniformly drawn question."""
+    """Start an episode on a uniformly drawn question of the split.
+
+    Args:
+        key: a JAX PRNG key.
+        params: from `make_params`.
+
+    Returns:
+        (observation float32 [obs_dim], the episode's first `EnvState`).
+    """
     return reset_to(params, jax.random.randint(key, (), 0, params.roots.shape[0], dtype=jnp.int32))
 
 
@@ -271,9 +290,19 @@ def _question_from_key(key: jax.Array, n_questions: int) -> jax.Array:
 def step(
     key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
 ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
-    """Step, and auto-reset to a fresh question when the episode ends (gymnax convention: the
-    returned observation and state then belong to the new episode; reward, done and info to the
-    finished one)."""
+    """Step, and auto-reset to a fresh question when the episode ends (gymnax convention).
+
+    Args:
+        key: a JAX PRNG key; draws the next question when the episode ends.
+        state: the current `EnvState`.
+        action: 0..N-1 calls that expert, N is STOP (values above N are STOP too).
+        params: from `make_params`.
+
+    Returns:
+        (observation, state, reward, done, info). When done, the observation and state belong to
+        the new episode, while reward, done and info (final_score, calls, cost, return, success,
+        question) describe the one that ended.
+    """
     next_state, reward, done, outcome = transition(state, action, params)
     _, fresh = reset_to(params, _question_from_key(key, params.roots.shape[0]))
     merged = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, next_state)

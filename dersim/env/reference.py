@@ -50,7 +50,14 @@ class DERGymEnv(gym.Env):
     """One DER episode at a time over the cache in `cache_dir` (see `dersim.env` for the rules).
 
     The resolved settings (defaults filled in from the cache) are `env_spec`; Gymnasium's own
-    `spec` attribute (its registry entry) is left alone."""
+    `spec` attribute (its registry entry) is left alone.
+
+    Args:
+        cache_dir: the cache directory (read with `open_cache`, checked).
+        spec: the environment's settings; the twin replays the cache as built (transfer, one
+            expert per step).
+        render_mode: None or "ansi" (the episode so far as text).
+    """
 
     metadata = {"render_modes": ["ansi"]}
 
@@ -224,8 +231,16 @@ class DERGymEnv(gym.Env):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict]:
-        """Start an episode: on question index `options["question"]` of the split, else on a
-        uniformly drawn one."""
+        """Start an episode.
+
+        Args:
+            seed: reseeds the env's generator (Gymnasium's convention).
+            options: {"question": index} starts on that question of the split; else one is drawn
+                uniformly.
+
+        Returns:
+            (observation, info) with info holding the question's index and its root state.
+        """
         super().reset(seed=seed)
         options = options or {}
         if "question" in options:
@@ -276,6 +291,13 @@ class DERGymEnv(gym.Env):
         return action
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """One call (action 0..N-1) or STOP (action N), by the same rules as the JAX env.
+
+        Returns:
+            (observation, reward, terminated, truncated, info): truncated is always False (T_max
+            ends an episode as terminated); info holds the state and t, and when the episode ends
+            its final_score, calls, cost, success, question and return.
+        """
         if self._question is None:
             raise RuntimeError("step() before reset(): call reset() to start an episode")
         if self._done:

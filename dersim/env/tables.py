@@ -187,10 +187,27 @@ def load_tables(
     with_judge: bool | None = None,
     verify: bool = True,
 ) -> EnvTables:
-    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max. The judge
-    is fitted when `with_judge` (default: when spec.terminator is 'judge'). The cache is checked
-    first (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids, finite scores of the
-    metric, finite embeddings), so a damaged cache is refused with one line before any work."""
+    """Read a cache into `EnvTables` for `spec`; the cache must be complete up to T_max.
+
+    The cache is checked first (`dersim.cache.check.read_checked`: hashes unless not `verify`, ids,
+    finite scores of the metric, finite embeddings), so a damaged cache is refused with one line
+    before any work.
+
+    Args:
+        directory: the cache directory.
+        spec: the environment's settings (metric, cost mode, split, view, terminator, ...); unset
+            fields are resolved from the cache's manifest.
+        with_judge: fit the judge on the train split's answer states (default: when
+            spec.terminator is 'judge').
+        verify: check the table files' sha256 against the manifest (the CLI's --no-verify: False).
+
+    Returns:
+        The tables of the chosen split under the spec's view, with the resolved spec.
+
+    Raises:
+        CacheFormatError: a damaged or incomplete cache (one line naming the file).
+        EnvError: a setting the cache cannot serve (unknown metric, T_max past the built depth).
+    """
     directory = Path(directory)
     spec = resolve_spec(spec, read_manifest(directory), directory)
     manifest, read = read_checked(

@@ -29,7 +29,7 @@ class TrainedGrid:
 
 
 def grid_trainer(plan: Plan, grid: Grid, out: Path, verify: bool) -> GridTrainer:
-    return GridTrainer(
+    return GridTrainer.open(
         grid.cache,
         out / GRIDS / grid.name,
         grid.spec(plan),

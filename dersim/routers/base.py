@@ -115,8 +115,19 @@ class Routes:
         return cls(np.asarray(experts, dtype=np.int64)[:, None])
 
     def replay(self, roots: np.ndarray, world: World) -> Outcome:
-        """The outcome of these routes from `roots` (`dersim.cache.routes`); refuses a route the
-        cache cannot replay, so every router is judged on the same cached answers."""
+        """Replay these routes through the cache, so every router is judged on the same answers.
+
+        Args:
+            roots: the questions' root states, one per route.
+            world: the cache's successor and cost tables.
+
+        Returns:
+            The `Outcome` (`dersim.cache.routes`): final state, calls and cost per question.
+
+        Raises:
+            RouterError: a route the cache cannot replay (a gap, an unknown expert, past the built
+                depth, a failed call, a kept call that was not made).
+        """
         calls = np.asarray(self.calls, dtype=np.int64)
         if calls.ndim != 2 or calls.shape[0] != len(roots) or calls.shape[1] == 0:
             raise RouterError(f"routes of shape {calls.shape} for {len(roots)} questions")
@@ -214,8 +225,15 @@ class Router(ABC):
 
     @abstractmethod
     def fit(self, train: TrainData) -> Self:
-        """Learn from the train questions (their root embeddings and every expert's first-answer
-        score and cost); returns the router."""
+        """Learn from the train questions.
+
+        Args:
+            train: their root embeddings, every expert's first-answer score and cost, and the
+                world to make calls in (never a score of a later answer).
+
+        Returns:
+            The router itself, fitted.
+        """
 
     @abstractmethod
     def grid(self) -> np.ndarray:
@@ -223,7 +241,15 @@ class Router(ABC):
 
     @abstractmethod
     def route(self, questions: Questions, willingness_to_pay: float) -> Routes:
-        """A route for every question in `questions` at one willingness to pay."""
+        """Route every question at one point of the curve.
+
+        Args:
+            questions: their root embeddings and the world to make calls in.
+            willingness_to_pay: one value of `grid()` (a cost weight, threshold or budget).
+
+        Returns:
+            One route per question (`Routes`), replayed through the cache by `Routes.replay`.
+        """
 
     def sweep(self, questions: Questions) -> list[Routes]:
         """Routes at every grid value (routers with costly inference override this to infer

@@ -37,7 +37,7 @@ from rich.progress import (
 
 from dersim.env.der_env import POLICY_SETTINGS, make_params
 from dersim.env.judge import JUDGE_FILE
-from dersim.env.tables import EnvSpec, load_tables, split_roots
+from dersim.env.tables import EnvSpec, EnvTables, load_tables, split_roots
 from dersim.errors import DersimError
 from dersim.trainer.algorithms import DEFAULT_ALGO, Group, group_key, group_label, make_algorithm
 from dersim.trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -129,7 +129,13 @@ def curve_rows(
 
 
 class GridTrainer:
-    """Holds the stacked policies, their groups, the compiled val function and the run directory."""
+    """A grid of routing policies over one cache: their stacked settings, their groups (one per
+    algorithm), the greedy evaluation and the run directory.
+
+    Make one with `from_grid` (a new run), `from_run` (a run directory's) or `open` (explicit
+    policies); each reads the cache's tables and then constructs, which fits, compiles and trains
+    nothing. `train` trains; `kept_params` and `greedy` evaluate.
+    """
 
     @classmethod
     def from_grid(
@@ -146,9 +152,26 @@ class GridTrainer:
         algo: str = DEFAULT_ALGO,
         full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
     ) -> GridTrainer:
-        """Seeds x every grid combination; unset per-policy values come from `spec`, `algo` and the
-        algorithms' defaults."""
-        return cls(
+        """The trainer of a new run: seeds x every grid combination.
+
+        Args:
+            cache: the cache directory.
+            out: the run directory.
+            spec: the environment's settings; unset per-policy values come from it, from `algo`
+                and from the algorithms' defaults.
+            config: PPO's settings (used by ppo policies).
+            grid: setting name -> the values to cross (e.g. {"alpha": [0, 0.1], "algo": ["fqi"]}).
+            seeds: seeds per grid point.
+            steps: env steps per PPO policy.
+            keep: "best" (each policy's best checkpoint by val return) or "last".
+            verify: check the cache's table hashes.
+            algo: the default algorithm (ppo, exact-pg or fqi).
+            full_info: the full-information algorithms' settings.
+
+        Returns:
+            The trainer, ready for `train`.
+        """
+        return cls.open(
             cache,
             out,
             spec,
@@ -182,14 +205,15 @@ class GridTrainer:
         except (KeyError, TypeError) as exc:
             raise DersimError(f"{path}: not a run record of this dersim version ({exc})") from None
         run_cache, spec, config, policies, steps, keep, full_info = settings
-        trainer = cls(
+        trainer = cls.open(
             cache or run_cache, run_dir, spec, config, policies, steps, keep, verify, full_info
         )
         trainer.run_cache = run_cache
         return trainer
 
-    def __init__(
-        self,
+    @classmethod
+    def open(
+        cls,
         cache: Path,
         out: Path,
         spec: EnvSpec,
@@ -199,7 +223,13 @@ class GridTrainer:
         keep: str = "best",
         verify: bool = True,
         full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
-    ) -> None:
+    ) -> GridTrainer:
+        """Check the run's settings, read the cache's tables for them (fitting the judge when a
+        policy stops by it) and construct the trainer; `from_grid` documents the arguments.
+
+        Raises:
+            DersimError: a setting the run cannot use (one line naming it), or a damaged cache.
+        """
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
         if keep == "best" and spec.val_fraction <= 0:
@@ -215,15 +245,30 @@ class GridTrainer:
                 "judge policies"
             )
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
-        self.tables = load_tables(
-            cache, depth_spec, with_judge=True if judged else None, verify=verify
-        )
-        spec = replace(spec, metric=self.tables.metric, t_max=spec.t_max or self.tables.max_depth)
+        tables = load_tables(cache, depth_spec, with_judge=True if judged else None, verify=verify)
+        return cls(tables, cache, out, spec, config, policies, steps, keep, full_info)
+
+    def __init__(
+        self,
+        tables: EnvTables,
+        cache: Path,
+        out: Path,
+        spec: EnvSpec,
+        config: PPOConfig,
+        policies: list[dict[str, Any]],
+        steps: int,
+        keep: str = "best",
+        full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+    ) -> None:
+        """The trainer over `tables` (from `load_tables`): stacks the policies' settings and makes
+        the network and each group's algorithm. Nothing is fitted, compiled or trained here (jitted
+        functions compile on first use); use `open`, `from_grid` or `from_run` to read a cache."""
+        self.tables = tables
+        spec = replace(spec, metric=tables.metric, t_max=spec.t_max or tables.max_depth)
         self.cache, self.out, self.spec, self.config, self.keep = cache, out, spec, config, keep
         self.full_info = full_info
-        self.run_cache = (
-            cache  # the cache the run trained on (from_run: as recorded, whatever `cache` is)
-        )
+        # The cache the run trained on (from_run: as recorded, whatever `cache` is).
+        self.run_cache = cache
         self.policies = [
             {**p, "t_max": spec.t_max if p.get("t_max") is None else p["t_max"]} for p in policies
         ]
@@ -324,8 +369,15 @@ class GridTrainer:
         return load_checkpoint(self.out, self.initial_state())
 
     def kept_params(self, state: TrainState) -> PolicyParams:
-        """The parameters to evaluate and deploy, for every policy in run order: each policy's best
-        by val return, or its last."""
+        """The parameters to evaluate and deploy.
+
+        Args:
+            state: a `TrainState` (from `train` or `load`).
+
+        Returns:
+            Every policy's parameters in run order (leading policy axis): its best by val return
+            under keep "best" (where it was evaluated), else its last.
+        """
         parts = []
         for group, group_state, best in zip(self.groups, state.groups, state.best, strict=True):
             last = group.algorithm.policy_params(group_state)
@@ -412,9 +464,19 @@ class GridTrainer:
     def train(
         self, resume: bool = False, show_progress: bool = True, stop_after: int | None = None
     ) -> tuple[TrainState, pl.DataFrame]:
-        """Run all chunks (or the remaining ones; at most `stop_after` now), checkpointing after
-        each; returns the final checkpoint state and the learning curves (one row per policy per
-        chunk)."""
+        """Train every chunk of the run, checkpointing after each.
+
+        Args:
+            resume: continue from the run directory's last checkpoint (same settings required).
+            show_progress: show a progress bar with the rate and the best val figures.
+            stop_after: train at most this many chunks now (None: all that remain).
+
+        Returns:
+            (the final `TrainState`, the learning curves: one row per policy per chunk).
+
+        Raises:
+            DersimError: a --resume whose settings differ from the run's, or a damaged checkpoint.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         state, curves = self._resume() if resume else (self.initial_state(), [])
         if self.tables.judge is not None:
@@ -480,4 +542,4 @@ class GridTrainer:
                     val="" if val is None else f"val score {float(np.max(val['val_score'])):.3f}",
                 )
         self.finished = last_chunk == self.n_chunks
-        return {"groups": groups, "best": bests, "chunk": last_chunk}, pl.DataFrame(curves)
+        return TrainState(groups=groups, best=bests, chunk=last_chunk), pl.DataFrame(curves)
