@@ -56,8 +56,7 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         # The server loads the model as the in-process backend does: without llama.cpp's extra
-        # buffer
-        # types, whose layouts depend on the CPU (dersim.builder.backends.llama_cpp).
+        # buffer types, whose layouts depend on the CPU (dersim.builder.backends.llama_cpp).
         serve = (
             "import runpy, sys; from dersim.builder.backends.llama_cpp import "
             "without_extra_buffers; sys.argv[0] = 'llama_cpp.server'\nwith "

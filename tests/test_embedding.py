@@ -80,8 +80,7 @@ def test_unknown_model() -> None:
         make_embedder(EmbeddingSpec(model="all-mpnet-base-v2", dim=768))
 
 
-# ---------------------------------------------------------------------------------------------
-# hashing
+# ------------------------------------------------------------------------------------- hashing
 
 _SUBPROCESS = """
 import sys

@@ -91,8 +91,7 @@ def transitions_with_scores(directory: Path) -> pl.DataFrame:
     )
 
 
-# ------------------------------------------------------------------------------------ RouterBench,
-# real
+# -------------------------------------------------------------------------------- RouterBench, real
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +203,7 @@ def test_strip_shared_prefix_keeps_the_question_itself(tmp_path: Path) -> None:
     assert shared_prefix(["a\n\nb", "a\n\nb"]) == "a\n\n" and shared_prefix(["x"]) == ""
 
 
-# ------------------------------------------------------------------------------------ RouterBench,
-# crafted
+# ----------------------------------------------------------------------------- RouterBench, crafted
 
 
 def wide_csv(path: Path, rows: list[dict], models: tuple[str, ...] = ("m1", "org/m2")) -> Path:

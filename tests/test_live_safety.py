@@ -100,8 +100,7 @@ def routes(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-# ---------------------------------------------------------------- A: data never chooses where
-# secrets go
+# ----------------------------------------------------------- A: data never chooses where secrets go
 
 
 def test_a_cache_manifest_cannot_send_a_key_to_its_own_url(
@@ -212,8 +211,7 @@ def test_route_refuses_a_cache_whose_experts_differ_from_the_recipe(
     )
 
 
-# ---------------------------------------------------------------- B: the run's view and its own
-# cache
+# -------------------------------------------------------------- B: the run's view and its own cache
 
 
 def check_report(run_dir: Path, *args: object) -> dict:

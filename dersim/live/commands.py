@@ -577,8 +577,7 @@ def serve_command(
 
     token = os.environ.get(TOKEN_ENV) or None
     # Every one-line refusal (the run, its cache, nothing servable, an expert without an endpoint)
-    # comes from
-    # the files alone, before the server listens and the experts load.
+    # comes from the files alone, before the server listens and the experts load.
     live = LiveRun(run_dir, cache)
     names = live.model_names()
     if not names:

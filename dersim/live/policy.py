@@ -51,8 +51,7 @@ class LiveRun:
         self.trainer = GridTrainer.from_run(self.run_dir, cache)
         self.name = self.run_dir.resolve().name
         # The checkpoint restored into an abstract template: the trainer's own load() compiles and
-        # runs
-        # the grid's initialisation only to get that structure (seconds for nothing live).
+        # runs the grid's initialisation only to get that structure (seconds for nothing live).
         state = load_checkpoint(self.trainer.out, jax.eval_shape(self.trainer.initial_state))
         self.params = self.trainer.kept_params(state)
         self.best = self._best(state)

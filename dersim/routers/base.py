@@ -258,8 +258,7 @@ class Router(ABC):
 
 
 # Cost weights lambda swept by the trade-off routers (argmax of quality - lambda * cost /
-# cost_scale):
-# 0 buys the best predicted quality, 1000 the cheapest expert.
+# cost_scale): 0 buys the best predicted quality, 1000 the cheapest expert.
 LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 37)])
 
 

@@ -32,7 +32,7 @@ CURVES = "curves.parquet"
 PLOT = "routers.png"
 
 # metric -> (column header, scale, digits); cost_to_match gets the cost unit and 4 significant
-# digits
+# digits.
 COLUMNS = {
     "aiq": ("AIQ x100", 100, 1),
     "apgr": ("APGR", 1, 2),
