@@ -141,14 +141,13 @@ options = {options}
 """
 
 
-# --------------------------------------------------------------------------------------- real
-# server
+# -------------------------------------------------------------------------------------- real server
 
 
 def test_chat_call_returns_text_and_usage_and_is_deterministic(server: LlamaServer) -> None:
     backend = make_backend(_spec(server.base_url))
     assert isinstance(backend, OpenAIBackend)
-    assert backend.url == f"{server.base_url}/chat/completions"
+    assert backend.urls == [f"{server.base_url}/chat/completions"]
     request = _request("Is the Eiffel Tower taller than the Statue of Liberty? Answer yes or no.")
     first = backend.complete(request)
     assert first.text and first.text == first.text.strip()
@@ -157,8 +156,7 @@ def test_chat_call_returns_text_and_usage_and_is_deterministic(server: LlamaServ
     assert first.latency_s > 0
     # Another prompt in between must not change the answer. (Not the same request twice in a row:
     # llama_cpp.server then re-evaluates only the last prompt token from its KV cache, and that can
-    # flip
-    # a near-tie argmax, so back-to-back repeats are not reproducible on that server.)
+    # flip a near-tie argmax, so back-to-back repeats are not reproducible on that server.)
     other = backend.complete(_request("Name three colors of the rainbow.", max_new_tokens=12))
     assert other.text != first.text
     again = backend.complete(request)
@@ -167,7 +165,7 @@ def test_chat_call_returns_text_and_usage_and_is_deterministic(server: LlamaServ
 
 def test_completion_format_posts_the_raw_prompt(server: LlamaServer) -> None:
     completion = OpenAIBackend(_spec(server.base_url, "completion"))
-    assert completion.url == f"{server.base_url}/completions"
+    assert completion.urls == [f"{server.base_url}/completions"]
     question = "Question: Is Paris the capital of France?"
     out = completion.complete(
         _request(f"{FEW_SHOT}{question}\nAnswer:", max_new_tokens=16, stop=("\n",))
@@ -322,8 +320,7 @@ def test_server_killed_mid_build_then_resumed(model_path: Path, tmp_path: Path) 
         srv.close()
 
 
-# ------------------------------------------------------------------------------------ dead
-# endpoints
+# ----------------------------------------------------------------------------------- dead endpoints
 
 
 def test_nothing_listening_fails_fast_and_is_retryable() -> None:
@@ -349,8 +346,7 @@ def test_a_server_that_never_answers_times_out() -> None:
         assert 0.25 < time.perf_counter() - started < 3
 
 
-# ---------------------------------------------------------- error answers (a stdlib stand-in
-# server)
+# --------------------------------------------------------- error answers (a stdlib stand-in server)
 
 
 class _Scripted(BaseHTTPRequestHandler):

@@ -108,7 +108,9 @@ class CallRunner:
         if not todo:
             return results  # type: ignore[return-value]
         with (
-            progress(f"depth {level + 1}", len(todo), "calls", self.show_progress) as advance,
+            progress(
+                f"depth {level + 1}", len(todo), "calls", self.show_progress, status=self.status
+            ) as advance,
             ThreadPoolExecutor(max_workers=self.build.concurrency) as pool,
         ):
             futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
@@ -124,6 +126,12 @@ class CallRunner:
                     future.cancel()
                 self.journal.flush()
         return results  # type: ignore[return-value]
+
+    def status(self) -> str:
+        """What the backends report for the progress line (an HTTP expert's replicas)."""
+        with self._backend_lock:
+            backends = list(self._backends.values())
+        return "; ".join(text for b in backends if (text := getattr(b, "status", lambda: "")()))
 
     def close(self) -> None:
         for backend in self._backends.values():

@@ -71,7 +71,14 @@ class CallRecord:
 RUN_ONLY_OPTIONS = {
     "synthetic": {"latency_ms", "fail_rate", "fail_attempts"},
     "llama_cpp": {"n_threads"},
-    "openai": {"base_url", "api_key_env", "timeout_s", "max_concurrency"},
+    "openai": {
+        "base_url",
+        "api_key_env",
+        "timeout_s",
+        "max_concurrency",
+        "replica_failures",
+        "replica_probe_s",
+    },
 }
 
 

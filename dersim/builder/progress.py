@@ -41,10 +41,16 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def progress(
-    description: str, total: int, unit: str, enabled: bool = True, every_s: float = PLAIN_EVERY_S
+    description: str,
+    total: int,
+    unit: str,
+    enabled: bool = True,
+    every_s: float = PLAIN_EVERY_S,
+    status: Callable[[], str] | None = None,
 ) -> Iterator[Callable[[int], None]]:
     """Yields `advance(n)`; shows the job as a bar on a terminal, else as a plain line on stderr
-    every `every_s` seconds and at the end. Shows nothing when not `enabled` or `total` is 0."""
+    every `every_s` seconds and at the end, followed by `status()` when given (e.g. the replicas'
+    calls/s). Shows nothing when not `enabled` or `total` is 0."""
     console = Console(stderr=True)
     if not enabled or total <= 0:
         yield lambda n=1: None
@@ -58,10 +64,15 @@ def progress(
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
             console=console,
         ) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(task, n)
+            task = bar.add_task(description, total=total, status="")
+
+            def advance_bar(n: int = 1) -> None:
+                bar.update(task, advance=n, status=status() if status else "")
+
+            yield advance_bar
         return
     started = last = time.monotonic()
     done = shown = 0
@@ -70,7 +81,8 @@ def progress(
         nonlocal shown, last
         shown, last = done, time.monotonic()
         print(
-            f"{description}: {done}/{total} {unit} ({done / max(last - started, 1e-9):.1f}/s)",
+            f"{description}: {done}/{total} {unit} ({done / max(last - started, 1e-9):.1f}/s)"
+            + (f"; {text}" if status and (text := status()) else ""),
             file=sys.stderr,
             flush=True,
         )
