@@ -2,8 +2,8 @@
 HTTP experts on loopback that answer at once, so what is measured is dersim's own cost per request,
 not an LLM's.
 
-Setup, in a temp dir: two canned OpenAI-compatible chat experts, each a `ThreadingHTTPServer` in a
-separate process (the answer "Yes." or "No." by a hash of the model and prompt, no model behind it);
+Setup, in a temp dir: two canned OpenAI-compatible chat experts (`dersim.builder.fleet` replicas) in
+a separate process (an answer by a hash of the model and prompt, no model behind it);
 a cache built from them (strategyqa questions, depth 2, hashing embeddings); a run with one policy
 of the "none" terminator (every route makes T_max = 2 calls); `dersim serve` on it in a subprocess
 (default --concurrency and --max-queue). The clients are threads of this process, one keep-alive
@@ -28,7 +28,6 @@ measure contention as much as dersim.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import multiprocessing
@@ -45,12 +44,13 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from dersim.builder.fleet import FleetReplica
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGYQA = REPO.parent / "shared" / "data" / "bigbench" / "strategyqa" / "task.json"
@@ -59,38 +59,12 @@ EXPERTS = ("alpha", "beta")
 MODEL = "der-run"
 
 
-class CannedExpert(BaseHTTPRequestHandler):
-    """POST .../chat/completions: "Yes." or "No." by a hash of the model and prompt, with usage."""
-
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][0]["content"]
-        digest = hashlib.sha256(f"{body['model']}\n{prompt}".encode()).digest()
-        payload = json.dumps(
-            {
-                "choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
-                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def serve_experts(ports: list[int]) -> None:
-    """One canned expert server per port, until the process is terminated."""
-    ThreadingHTTPServer.request_queue_size = (
-        256  # the listen backlog (default 5): 64 clients connect at once
-    )
-    servers = [ThreadingHTTPServer((HOST, port), CannedExpert) for port in ports]
-    for server in servers[1:]:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    servers[0].serve_forever()
+    """One synthetic expert replica (`dersim.builder.fleet`) per port, until the process is
+    terminated."""
+    replicas = [FleetReplica(port=port) for port in ports]
+    threading.Event().wait()
+    del replicas
 
 
 def free_port() -> int:

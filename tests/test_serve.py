@@ -4,7 +4,6 @@ its answers)."""
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -18,7 +17,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import openai
 import pytest
 
 from dersim.builder.build import build_cache
+from dersim.builder.fleet import FleetReplica
 from dersim.cache.reader import open_cache
 from dersim.env.tables import EnvSpec
 from dersim.errors import DersimError
@@ -170,46 +169,21 @@ def routers(run: tuple[Path, Path]) -> Iterator[dict[str, LiveRouter]]:
     pool.close()
 
 
-class _Expert(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat expert: "Yes." or "No." by a hash of the model and prompt. While
-    `gate` is clear, each call sets `arrived` and waits for the gate: a route can be held in
-    flight."""
-
-    gate = threading.Event()
-    arrived = threading.Event()
-
-    def do_POST(self) -> None:  # noqa: N802 (the http.server API)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if not _Expert.gate.is_set():
-            _Expert.arrived.set()
-            _Expert.gate.wait()
-        prompt = body["messages"][0]["content"]
-        digest = hashlib.sha256(f"{body['model']}\n{prompt}".encode()).digest()
-        answer = {
-            "choices": [{"message": {"content": ("Yes.", "No.")[digest[0] % 2]}}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 2},
-        }
-        payload = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
+# The HTTP experts' server (`http_run` starts it): a synthetic OpenAI-compatible replica whose
+# gate can hold calls in flight.
+_EXPERT: list[FleetReplica] = []
 
 
 @pytest.fixture(scope="module")
 def http_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, tuple[str, ...]]]:
     """(run, the `dersim serve` options that give its experts their endpoint): a run over a depth-1
-    cache built from two HTTP experts of `_Expert`, with one policy of the "none" terminator (every
-    route makes one call); the expert server lives as long as the module's tests."""
-    httpd = ThreadingHTTPServer((HOST, 0), _Expert)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    _Expert.gate.set()
+    cache built from two HTTP experts of one `FleetReplica`, with one policy of the "none"
+    terminator (every route makes one call); the expert server lives as long as the module's
+    tests."""
+    expert = FleetReplica()
+    _EXPERT.append(expert)
     root = tmp_path_factory.mktemp("serve-http")
-    base_url = f"http://{HOST}:{httpd.server_address[1]}/v1"
+    base_url = expert.base_url
     experts = "".join(
         f"""
 [[experts]]
@@ -255,19 +229,19 @@ dim = 16
     )
     trainer.train(show_progress=False)
     yield root / "run", ("--base-url", f"alpha={base_url}", "--base-url", f"beta={base_url}")
-    _Expert.gate.set()
-    httpd.shutdown()
-    httpd.server_close()
+    expert.gate.set()
+    expert.close()
 
 
 @pytest.fixture
 def held_experts() -> Iterator[threading.Event]:
     """The HTTP experts hold every call until the test sets the returned gate (set again at the
     end)."""
-    _Expert.arrived.clear()
-    _Expert.gate.clear()
-    yield _Expert.gate
-    _Expert.gate.set()
+    expert = _EXPERT[0]
+    expert.arrived.clear()
+    expert.gate.clear()
+    yield expert.gate
+    expert.gate.set()
 
 
 def questions(run: tuple[Path, Path], n: int) -> list[str]:
@@ -540,7 +514,7 @@ def test_a_full_queue_gets_429_with_retry_after(
         running = pool.submit(
             server.request, "POST", "/chat/completions", chat("der-run", "Is water wet?")
         )
-        wait_until(_Expert.arrived.is_set, "the first route to call its expert")
+        wait_until(_EXPERT[0].arrived.is_set, "the first route to call its expert")
         queued = pool.submit(
             server.request, "POST", "/chat/completions", chat("der-run", "Is fire hot?")
         )
@@ -575,7 +549,7 @@ def test_sigterm_drains_the_requests_in_flight_and_queued(
         futures = [
             pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[0]))
         ]
-        wait_until(_Expert.arrived.is_set, "the first route to call its expert")
+        wait_until(_EXPERT[0].arrived.is_set, "the first route to call its expert")
         futures.append(
             pool.submit(server.request, "POST", "/chat/completions", chat("der-run", texts[1]))
         )

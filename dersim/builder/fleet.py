@@ -5,7 +5,8 @@ Each `FleetReplica` is a real HTTP server (the standard library's `ThreadingHTTP
 answer of the (model, prompt) pair, after `latency_s`; every replica of a fleet answers alike, so
 a build against any mix of them equals a build against one. Faults are switched on per replica:
 `fail_with(status, calls)` answers the next `calls` requests with that HTTP status, `close()`
-kills it (its port then refuses connections).
+kills it (its port then refuses connections), and while its `gate` is clear every request sets
+`arrived` and waits for the gate (a call held in flight).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HOST = "127.0.0.1"
+BACKLOG = 256  # the listen backlog (the standard library's 5 refuses a burst of clients)
 ANSWERS = 3  # distinct answers per (model, question): depth-2 builds stay small
 
 
@@ -33,6 +35,10 @@ def fleet_answer(model: str, prompt: str) -> str:
     return f"{verdict}, because of {topic.strip('?.,')} ({model} {digest[2] % ANSWERS})"
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = BACKLOG
+
+
 class FleetReplica:
     """One synthetic replica on a loopback port (0: any free port), serving in a daemon thread."""
 
@@ -44,6 +50,8 @@ class FleetReplica:
         self._fail_status = 0
         self._fail_calls = 0
         self._closed = False
+        self.gate, self.arrived = threading.Event(), threading.Event()
+        self.gate.set()
         replica = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -63,7 +71,7 @@ class FleetReplica:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((HOST, port), Handler)
+        self._server = _Server((HOST, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -86,6 +94,9 @@ class FleetReplica:
                 self._fail_calls -= 1
         if failing:
             return self._fail_status, {"error": {"message": "injected failure"}}
+        if not self.gate.is_set():
+            self.arrived.set()
+            self.gate.wait()
         if self.latency_s:
             time.sleep(self.latency_s)
         model = str(body.get("model", ""))
