@@ -2,17 +2,19 @@
 progress.
 
 Calls already in the journal are reused; the rest run on a thread pool of `concurrency` workers
-(in-process backends serialise themselves). A transient error is retried with exponential backoff;
+(in-process backends serialise themselves), at most `window()` of them submitted ahead, so memory
+does not grow with the level. A transient error is retried with exponential backoff;
 after the last attempt, or on a permanent error, the call is recorded as failed and the build goes
 on. Backends are created lazily, so a fully journaled rebuild loads no model.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dersim.builder.backends.base import Backend, CallFailed, CallRejected, Completion
@@ -22,6 +24,10 @@ from dersim.builder.prompts import render_request
 from dersim.builder.sources.question import Question
 from dersim.cache.schema import STATUS_FAILED, STATUS_OK
 from dersim.recipe import BuildSpec, ExpertSpec, PromptSpec
+
+# Calls submitted ahead of the oldest one awaited: per worker, and at least.
+WINDOW_PER_WORKER = 4
+MIN_WINDOW = 16
 
 
 class CallRunner:
@@ -50,6 +56,7 @@ class CallRunner:
         self.backend_seconds = 0.0
         self.setup_seconds = 0.0
         self.calls_per_expert: Counter[str] = Counter()
+        self.peak_pending = 0  # the most calls submitted and not yet journaled at once
         self.seconds_per_expert: Counter[str] = Counter()
 
     def _backend(self, expert: int) -> Backend:
@@ -113,19 +120,34 @@ class CallRunner:
             ) as advance,
             ThreadPoolExecutor(max_workers=self.build.concurrency) as pool,
         ):
-            futures = {pool.submit(self._call, keys[i], *calls[i]): i for i in todo}
+            window = self.window()
+            pending: deque[tuple[Future, int]] = deque()
+            waiting = iter(todo)
             try:
-                for future in _as_completed_in_submission_order(futures):
+                while True:
+                    # Keep `window` calls submitted; take their records in submission order (the
+                    # journal's order stays deterministic), so memory does not grow with the level.
+                    for index in itertools.islice(waiting, window - len(pending)):
+                        pending.append((pool.submit(self._call, keys[index], *calls[index]), index))
+                    self.peak_pending = max(self.peak_pending, len(pending))
+                    if not pending:
+                        break
+                    future, index = pending.popleft()
                     record = future.result()
                     self.journal.add(record)
-                    results[futures[future]] = record
+                    results[index] = record
                     self.calls_made += 1
                     advance(1)
             finally:
-                for future in futures:
+                for future, _ in pending:
                     future.cancel()
                 self.journal.flush()
         return results  # type: ignore[return-value]
+
+    def window(self) -> int:
+        """How many calls are submitted ahead at most: enough to keep every worker busy while the
+        oldest call is awaited."""
+        return max(WINDOW_PER_WORKER * self.build.concurrency, MIN_WINDOW)
 
     def status(self) -> str:
         """What the backends report for the progress line (an HTTP expert's replicas)."""
@@ -137,14 +159,6 @@ class CallRunner:
         for backend in self._backends.values():
             backend.close()
         self._backends.clear()
-
-
-def _as_completed_in_submission_order(futures: dict[Future, int]) -> Iterator[Future]:
-    """Yield futures in submission order (keeps the journal's order deterministic for concurrency
-    1)."""
-    for future in futures:
-        future.result()
-        yield future
 
 
 def _record(
