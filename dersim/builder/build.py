@@ -19,6 +19,7 @@ from dersim.builder.backends import backend_fingerprints, make_backend
 from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
 from dersim.builder.journal import CallJournal, check_kernels
+from dersim.builder.shards import Shard
 from dersim.builder.sources import load_questions
 from dersim.builder.tables import questions_table, states_table, transitions_table
 from dersim.cache.schema import DEDUP_BY_ANSWER, QUESTIONS, STATES, TRANSITIONS
@@ -90,16 +91,22 @@ def build_cache(
     limit: int | None = None,
     depth: int | None = None,
     show_progress: bool = True,
+    shard: Shard | None = None,
 ) -> BuildReport:
     """Build (or resume, or extend) the cache of `recipe` in `out`, holding its write lock (a
     second writer fails at once; see `dersim.locking`)."""
     with directory_lock(out, "build"):
         claim_output(out, "cache")
-        return _build(recipe, out, limit, depth, show_progress)
+        return _build(recipe, out, limit, depth, show_progress, shard)
 
 
 def _build(
-    recipe: Recipe, out: Path, limit: int | None, depth: int | None, show_progress: bool
+    recipe: Recipe,
+    out: Path,
+    limit: int | None,
+    depth: int | None,
+    show_progress: bool,
+    shard: Shard | None,
 ) -> BuildReport:
     from dersim.builder.embedding import make_embedder, state_text
     from dersim.builder.embedding_store import embed_texts, embedding_store
@@ -108,6 +115,9 @@ def _build(
     depth = depth or recipe.build.depth
     started = time.perf_counter()
     questions = load_questions(recipe.dataset, limit)
+    n_recipe_questions = len(questions)
+    if shard is not None:
+        questions, positions = shard.select(questions)
     embedder = make_embedder(recipe.embedding)
     journal = CallJournal(out / JOURNAL_DIR, recipe.build.flush_every)
     fingerprints = backend_fingerprints(recipe.experts)
@@ -169,6 +179,18 @@ def _build(
             },
             "backend_fingerprint": fingerprints,
             "recipe": recipe.to_manifest(),
+            **(
+                {}
+                if shard is None
+                else {
+                    "shard": {
+                        "index": shard.index,
+                        "count": shard.count,
+                        "recipe_questions": n_recipe_questions,
+                        "positions": positions,
+                    }
+                }
+            ),
         },
     )
     finished = time.perf_counter()

@@ -25,21 +25,38 @@ console = Console(stderr=True)
 @click.option(
     "--depth", type=click.IntRange(min=1), help="Expansion depth D (default: the recipe's)."
 )
+@click.option(
+    "--shard",
+    metavar="I/N",
+    help="Build only shard I of N (0-based): the questions whose id hashes to I; join the N shard "
+    "caches with `dersim cache merge` (default --out: cache/<name>-shard-I-of-N).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON on stdout.")
 def build_cache_command(
-    recipe: Path, out: Path | None, limit: int | None, depth: int | None, quiet: bool, as_json: bool
+    recipe: Path,
+    out: Path | None,
+    limit: int | None,
+    depth: int | None,
+    shard: str | None,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Run every expert of RECIPE breadth-first over distinct answers and write the cache.
 
     Resumable: rerun the same command after an interruption and finished calls are reused.
     """
     from dersim.builder.build import build_cache
+    from dersim.builder.shards import Shard
     from dersim.recipe import load_recipe
 
+    part = None if shard is None else Shard.parse(shard)
     spec = load_recipe(recipe)
-    target = out or Path("cache") / spec.name
-    report = build_cache(spec, target, limit=limit, depth=depth, show_progress=not quiet)
+    suffix = "" if part is None else f"-shard-{part.index}-of-{part.count}"
+    target = out or Path("cache") / f"{spec.name}{suffix}"
+    report = build_cache(
+        spec, target, limit=limit, depth=depth, show_progress=not quiet, shard=part
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -138,3 +138,24 @@ def cache_verify_command(directory: Path) -> None:
     if problems:
         sys.exit(1)
     click.echo(f"{directory}: ok")
+
+
+@cache_group.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="The merged cache's directory."
+)
+def cache_merge_command(shards: tuple[Path, ...], out: Path) -> None:
+    """Join the shard caches SHARDS (`build-cache --shard I/N`, all N of them, one recipe) into the
+    cache a single build would have written (the same ids and table bytes)."""
+    from dersim.cache.merge import merge_caches
+    from dersim.locking import directory_lock
+    from dersim.ownership import claim_output
+
+    with directory_lock(out, "merge"):
+        claim_output(out, "cache")
+        manifest = merge_caches(list(shards), out)
+    click.echo(
+        f"{out}: merged {len(shards)} shards, {sum(manifest['dataset']['splits'].values())} "
+        "questions"
+    )
