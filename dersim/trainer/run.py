@@ -295,6 +295,9 @@ class GridTrainer:
         for key in keys:
             indices = np.array([i for i, p in enumerate(self.policies) if group_key(p) == key])
             members = [self.policies[i] for i in indices]
+            # Copies of the last policy pad the group to a multiple of the device count; they are
+            # trained like it and dropped from every result and checkpoint.
+            members += [members[-1]] * self._padding(len(members))
             env_params, hyper = stack_env_params(base, members), stack_hyper(members)
             algorithm = make_algorithm(
                 key,
@@ -311,20 +314,46 @@ class GridTrainer:
             groups.append(Group(group_label(key), indices, env_params, hyper, algorithm))
         return groups
 
-    def _policy_sharding(self, n_policies: int) -> NamedSharding | None:
-        devices = jax.devices()
-        if len(devices) < 2 or n_policies % len(devices):
-            return None
-        return NamedSharding(Mesh(np.array(devices), ("policies",)), P("policies"))
+    @staticmethod
+    def _padding(n_policies: int) -> int:
+        """Policies to add to a group of `n_policies` so that it divides the device count (none on
+        one device)."""
+        devices = len(jax.devices())
+        return 0 if devices < 2 else -n_policies % devices
 
     def _shard(self, tree: Any) -> Any:
-        """Place a group's per-policy leaves (leading axis) on the device mesh, when there is
-        one."""
-        leaves = jax.tree.leaves(tree)
-        sharding = (
-            self._policy_sharding(leaves[0].shape[0]) if leaves and np.ndim(leaves[0]) else None
-        )
-        return tree if sharding is None else jax.device_put(tree, sharding)
+        """Place a group's per-policy leaves (leading axis, padded to divide the device count) on
+        the device mesh, when there is one."""
+        devices = jax.devices()
+        if len(devices) < 2 or not jax.tree.leaves(tree):
+            return tree
+        sharding = NamedSharding(Mesh(np.array(devices), ("policies",)), P("policies"))
+        return jax.device_put(tree, sharding)
+
+    def _resize(self, state: TrainState, padded: bool) -> TrainState:
+        """`state` with each group's padding policies dropped (not `padded`: what a checkpoint
+        holds) or added back as copies of its last policy (`padded`: what training runs on)."""
+        groups, bests = [], []
+        for group, group_state, best in zip(self.groups, state.groups, state.best, strict=True):
+            n = len(group.indices)
+            size = n + self._padding(n)
+
+            def resize(x: Any, n: int = n, size: int = size) -> Any:
+                if n == size or not np.ndim(x):
+                    return x
+                if not padded:
+                    return x[:n] if x.shape[0] == size else x
+                if x.shape[0] != n:
+                    return x
+                return jnp.concatenate([x, jnp.repeat(x[-1:], size - n, axis=0)])
+
+            groups.append(
+                self._shard(jax.tree.map(resize, group_state))
+                if padded
+                else jax.tree.map(resize, group_state)
+            )
+            bests.append(jax.tree.map(resize, best))
+        return TrainState(groups=groups, best=bests, chunk=state.chunk)
 
     def initial_state(self) -> TrainState:
         """The state before training: each group's initial algorithm state, no val record, no chunk
@@ -333,10 +362,13 @@ class GridTrainer:
         for group in self.groups:
             # Policies that share a seed share their initial weights (and PPO's env draws): grid
             # points compare fairly.
-            seeds = np.asarray([self.policies[i]["seed"] for i in group.indices], dtype=np.uint32)
-            state = group.algorithm.init(jax.vmap(jax.random.PRNGKey)(seeds))
+            seeds = [self.policies[i]["seed"] for i in group.indices]
+            n = len(seeds) + self._padding(len(seeds))
+            seeds += [seeds[-1]] * (n - len(seeds))
+            state = group.algorithm.init(
+                jax.vmap(jax.random.PRNGKey)(np.asarray(seeds, dtype=np.uint32))
+            )
             states.append(self._shard(state))
-            n = len(group.indices)
             bests.append(
                 Best(
                     params=jax.tree.map(jnp.copy, group.algorithm.policy_params(state)),
@@ -365,8 +397,9 @@ class GridTrainer:
         }
 
     def load(self) -> TrainState:
-        """The run directory's last checkpoint."""
-        return load_checkpoint(self.out, self.initial_state())
+        """The run directory's last checkpoint (padded for this machine's devices)."""
+        template = self._resize(self.initial_state(), padded=False)
+        return self._resize(load_checkpoint(self.out, template), padded=True)
 
     def kept_params(self, state: TrainState) -> PolicyParams:
         """The parameters to evaluate and deploy.
@@ -383,7 +416,8 @@ class GridTrainer:
             last = group.algorithm.policy_params(group_state)
             if self.keep == "best":
                 last = prefer_evaluated(best, last)
-            parts.append(last)
+            n = len(group.indices)
+            parts.append(jax.tree.map(lambda x, n=n: x[:n], last))
         order = np.argsort(np.concatenate([g.indices for g in self.groups]), kind="stable")
         return jax.tree.map(lambda *leaves: jnp.concatenate(leaves)[order], *parts)
 
@@ -525,9 +559,8 @@ class GridTrainer:
                 )
                 curves.extend({**row, "run_chunk": run_chunk} for row in rows)
                 pl.DataFrame(curves).write_parquet(self.out / CURVES)
-                save_checkpoint(
-                    self.out, TrainState(groups=groups, best=bests, chunk=run_chunk + 1)
-                )
+                done = TrainState(groups=groups, best=bests, chunk=run_chunk + 1)
+                save_checkpoint(self.out, self._resize(done, padded=False))
                 rate = (
                     f"{len(group.indices) * algorithm.steps_per_chunk / seconds / 1e3:,.0f}k "
                     "env-steps/s"
