@@ -123,8 +123,10 @@ def test_a_failing_replica_leaves_the_rotation_and_is_probed_back() -> None:
         pool.release(0, ok=False)
     assert "r0 0.0/s down" in pool.status()
     assert [pool.acquire(set()) for _ in range(3)] == [1, 1, 1], "a down replica takes no call"
+    assert pool.acquire({1}) is None, "with every other replica down, the call fails at once"
     now[0] = 1.5
     assert pool.acquire({1}) == 0, "after probe_after_s one probe goes to it"
+    assert pool.replicas[0].capacity(now[0], 4) == 0, "one probe at a time"
     pool.release(0, ok=False)  # the probe fails: out again, for twice as long
     now[0] = 3.0
     assert pool.replicas[0].is_down(now[0]) and not pool.replicas[0].is_down(3.6)

@@ -247,11 +247,14 @@ class OpenAIBackend:
         transient failure moves the call to a replica it has not tried; CallFailed once every
         replica failed it, CallRejected at once (a refusal is the request's, not the replica's)."""
         tried: set[int] = set()
-        failure = CallFailed(f"expert '{self.name}': no replica answered")
+        failure: CallFailed | None = None
         while True:
             index = self.replicas.acquire(exclude=tried)
             if index is None:
-                raise failure
+                raise failure or CallFailed(
+                    f"expert '{self.name}': every replica failed repeatedly and is out of "
+                    f"rotation (next probe in {self.replicas.next_probe_s():.1f} s)"
+                )
             url = self.urls[index]
             start = time.perf_counter()
             try:

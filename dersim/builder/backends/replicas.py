@@ -65,8 +65,8 @@ class ReplicaPool:
 
     def acquire(self, exclude: set[int]) -> int | None:
         """The index of the replica that takes the next call, once one outside `exclude` has room
-        (waiting for a slot, or for a replica out of rotation to be probed); None when every
-        replica is in `exclude`."""
+        (waiting for a slot); None at once when every replica outside `exclude` is out of rotation
+        (the call fails fast and the builder's retry, with backoff, tries again later)."""
         with self._changed:
             while True:
                 now = self._clock()
@@ -78,8 +78,9 @@ class ReplicaPool:
                     index = min(free, key=lambda i: (self.replicas[i].in_flight, i))
                     self.replicas[index].in_flight += 1
                     return index
-                down = [self.replicas[i].down_until for i in open_ if self.replicas[i].is_down(now)]
-                self._changed.wait(timeout=max(min(down) - now, 0.01) if down else None)
+                if all(self.replicas[i].is_down(now) for i in open_):
+                    return None
+                self._changed.wait()
 
     def release(self, index: int, ok: bool) -> None:
         """Record the end of a call on replica `index`: answered (`ok`, or refused for a reason
@@ -100,6 +101,12 @@ class ReplicaPool:
                     )
                     replica.down_until = self._clock() + replica.probe_s
             self._changed.notify_all()
+
+    def next_probe_s(self) -> float:
+        """Seconds until the first replica out of rotation may be probed (0 when one is live)."""
+        now = self._clock()
+        with self._changed:
+            return max(0.0, min(r.down_until for r in self.replicas) - now)
 
     def status(self) -> str:
         """One line for the progress display: calls/s per replica, and which are down."""
