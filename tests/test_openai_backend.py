@@ -465,7 +465,7 @@ def test_max_concurrency_bounds_requests_in_flight(scripted: str) -> None:
     in_flight, peak, lock = 0, 0, threading.Lock()
     original = backend._post
 
-    def slow_post(body: dict) -> bytes:
+    def slow_post(url: str, body: dict) -> bytes:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
@@ -473,7 +473,7 @@ def test_max_concurrency_bounds_requests_in_flight(scripted: str) -> None:
         time.sleep(0.05)
         with lock:
             in_flight -= 1
-        return original(body)
+        return original(url, body)
 
     backend._post = slow_post  # type: ignore[method-assign]
     threads = [threading.Thread(target=backend.complete, args=(_request("Hi"),)) for _ in range(6)]

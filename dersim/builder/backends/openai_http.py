@@ -257,19 +257,19 @@ class OpenAIBackend:
                 )
             url = self.urls[index]
             start = time.perf_counter()
+            answered = True  # a refusal is the request's; only a transient failure is the replica's
             try:
                 raw = self._post(url, body)
             except CallRejected:
-                self.replicas.release(index, ok=True)
                 raise
             except CallFailed as exc:
-                self.replicas.release(index, ok=False)
+                answered = False
                 tried.add(index)
                 failure = exc
                 continue
-            latency_s = time.perf_counter() - start
-            self.replicas.release(index, ok=True)
-            return raw, url, latency_s
+            finally:
+                self.replicas.release(index, ok=answered)  # on any exit: the slot never leaks
+            return raw, url, time.perf_counter() - start
 
     def complete(self, request: CallRequest) -> Completion:
         """One greedy answer from one of the expert's replicas."""
