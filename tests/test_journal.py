@@ -1,5 +1,6 @@
-"""The call journal: records survive reopening, the newest record of a key wins, many shards are
-compacted, and a damaged shard is reported by name."""
+"""The call journal: records survive reopening, the newest record of a key wins, shards are merged
+as they accumulate (an interrupted merge loses nothing), opening reads only keys, and a damaged
+shard is reported by name."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dersim.builder.journal import COMPACT_ABOVE, CallJournal, CallRecord
+from dersim.builder.journal import MERGE_FAN, CallJournal, CallRecord
 from dersim.errors import CacheFormatError
 
 
@@ -34,17 +35,66 @@ def test_unflushed_records_are_the_only_loss(tmp_path: Path) -> None:
     for key in "abcd":
         journal.add(record(key))
     # "d" is pending; a SIGKILL now loses it, nothing else.
-    assert sorted(CallJournal(tmp_path).records) == ["a", "b", "c"]
+    assert sorted(CallJournal(tmp_path).keys()) == ["a", "b", "c"]
 
 
-def test_many_shards_are_compacted(tmp_path: Path) -> None:
+def shard_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("shard-*.parquet"))
+
+
+def test_shards_merge_like_a_base_f_counter(tmp_path: Path) -> None:
+    """300 flushes are 1*16^2 + 2*16 + 12 in base 16: 15 shards, every record still there and
+    the newest version of a rewritten key wins across merges."""
     journal = CallJournal(tmp_path, flush_every=1)
-    for index in range(COMPACT_ABOVE + 5):
+    for index in range(300):
         journal.add(record(f"k{index}"))
-    assert len(list(tmp_path.glob("shard-*.parquet"))) == COMPACT_ABOVE + 5
+    journal.add(record("k5", "failed", None))  # flush 301 rewrites a key merged long ago
+    assert (MERGE_FAN, journal.shards()) == (16, 1 + 2 + 13)
+    assert len(shard_files(tmp_path)) == journal.shards()
     reopened = CallJournal(tmp_path)
-    assert len(list(tmp_path.glob("shard-*.parquet"))) == 1
-    assert reopened.records == journal.records
+    assert reopened.shards() == journal.shards() and len(reopened) == 300
+    wanted = [f"k{index}" for index in range(300)]
+    assert reopened.lookup(wanted) == journal.lookup(wanted)
+    assert reopened.get("k5") == record("k5", "failed", None)
+    assert reopened.get("k6") == record("k6")
+
+
+def test_an_interrupted_merge_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A kill after a merge wrote its shard but before it deleted the merged ones: the next open
+    deletes the leftovers (their records are in the merged shard) and answers from the merged."""
+    journal = CallJournal(tmp_path, flush_every=1)
+    for index in range(MERGE_FAN - 1):
+        journal.add(record(f"k{index}"))
+    leftover = (tmp_path / "shard-000003.parquet").read_bytes()  # holds k2
+    journal.add(record("k2", "failed", None))  # the 16th flush: merged into shard-000001-000016
+    assert shard_files(tmp_path) == ["shard-000001-000016.parquet"]
+    (tmp_path / "shard-000003.parquet").write_bytes(leftover)
+    reopened = CallJournal(tmp_path)
+    assert shard_files(tmp_path) == ["shard-000001-000016.parquet"]
+    assert reopened.get("k2") == record("k2", "failed", None) and len(reopened) == MERGE_FAN - 1
+
+
+def test_opening_reads_only_the_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening a journal touches its key column only; a look-up reads just the shards that hold
+    a wanted key."""
+    import pyarrow.parquet as pq
+
+    journal = CallJournal(tmp_path, flush_every=2)
+    for index in range(6):
+        journal.add(record(f"k{index}"))
+    reads: list[tuple[str, list[str] | None]] = []
+    real = pq.read_table
+
+    def counted(source: Path, columns: list[str] | None = None, **kwargs: object) -> object:
+        reads.append((Path(source).name, columns))
+        return real(source, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", counted)
+    reopened = CallJournal(tmp_path)
+    assert len(reads) == 3 and all(columns == ["key"] for _, columns in reads)
+    reads.clear()
+    assert reopened.lookup(["k4", "k5", "missing"]) == {"k4": record("k4"), "k5": record("k5")}
+    assert reads == [("shard-000003.parquet", None)]
 
 
 def test_damaged_shard_is_named_and_stale_temporaries_are_removed(tmp_path: Path) -> None:

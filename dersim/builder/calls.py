@@ -102,10 +102,11 @@ class CallRunner:
         keys = [
             call_key(self._fingerprints[e], q.question_id, q.text, prev) for q, prev, e in calls
         ]
+        journaled = self.journal.lookup(keys)
         results: list[CallRecord | None] = []
         todo = []
         for index, key in enumerate(keys):
-            known = self.journal.get(key)
+            known = journaled.get(key)
             if known is not None and known.ok:
                 results.append(known)
             else:

@@ -5,6 +5,7 @@ the prompt templates, the question and the previous answer), so a rerun reuses e
 that would give the same answer, and a changed recipe never reuses stale ones. Shards are written
 atomically every `flush_every` calls (or 30 seconds): `kill -9` loses at most the unflushed calls.
 The latest record of a key wins, so a failed call that succeeds on a rerun replaces its failure.
+Shards are merged as they accumulate, and opening reads only their keys (see `CallJournal`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,7 +30,8 @@ SHARD_GLOB = "shard-*.parquet"
 # The kernel fingerprints (replay keys) of the in-process backends the journal's calls ran on.
 KERNELS_FILE = "kernels.json"
 FLUSH_SECONDS = 30.0
-COMPACT_ABOVE = 64  # shards; more are merged into one when a journal is opened
+MERGE_FAN = 16  # the newest this many shards of equal span are merged into one
+INDEX_SCHEMA = {"key": pl.String, "shard": pl.Int64, "row": pl.Int64}
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -108,8 +112,19 @@ def call_key(
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
+Span = tuple[int, int]  # the first and last flush a shard holds
+
+
 class CallJournal:
-    """Append-only store of call records in `directory`, loaded whole at start."""
+    """Append-only store of call records in `directory`, opened by an index of its keys.
+
+    Opening reads only the key column of each shard: memory holds (key, shard, row) per call, not
+    the records; `lookup` reads the records a depth level asks for, shard by shard. Each flush is a
+    new shard; whenever the newest MERGE_FAN shards span equally many flushes, they are rewritten
+    as one (`shard-FIRST-LAST.parquet`), like the digits of a base-F counter. A journal of n
+    flushes keeps at most (F - 1) log_F n shards and rewrites each record log_F n times: the cost
+    of a flush does not grow with the journal, and reopening reads a few dozen files.
+    """
 
     def __init__(self, directory: Path, flush_every: int = 64) -> None:
         self.directory = directory
@@ -117,42 +132,106 @@ class CallJournal:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob(".tmp-*"):
             stale.unlink()
-        self.records: dict[str, CallRecord] = {}
-        self._pending: list[CallRecord] = []
+        self._keys: dict[Span, pl.Series] = {}  # shard -> its keys, in row order
+        self._index: pl.DataFrame | None = None  # newest (key, shard, row) per key
+        self._pending: dict[str, CallRecord] = {}
         self._last_flush = time.monotonic()
-        shards = sorted(directory.glob(SHARD_GLOB))
-        self._next_shard = 1 + max((int(p.stem.split("-")[1]) for p in shards), default=0)
-        for shard in shards:
-            self._load(shard)
-        if len(shards) > COMPACT_ABOVE:
-            self._compact(shards)
+        spans = sorted((_span(p) for p in directory.glob(SHARD_GLOB)), key=lambda s: (s[0], -s[1]))
+        for span in spans:
+            if self._keys and span[0] <= max(self._keys)[1]:
+                # Inside a merged shard: left behind by a merge interrupted before its deletes.
+                self._path(span).unlink()
+                continue
+            self._keys[span] = self._read(self._path(span), ["key"])["key"]
+            self._merge_newest()
+        self._next_flush = 1 + max((last for _, last in self._keys), default=0)
 
-    def _load(self, shard: Path) -> None:
+    def _path(self, span: Span) -> Path:
+        first, last = span
+        name = f"{first:06d}" if first == last else f"{first:06d}-{last:06d}"
+        return self.directory / f"shard-{name}.parquet"
+
+    def _read(self, shard: Path, columns: list[str] | None = None) -> pl.DataFrame:
         try:
-            table = pq.read_table(shard, schema=RECORD_SCHEMA)
+            table = pq.read_table(shard, columns=columns, schema=RECORD_SCHEMA)
         except Exception as exc:  # pyarrow raises several error types for damaged files
             raise CacheFormatError(
                 f"{shard}: unreadable journal shard ({type(exc).__name__}); "
                 "delete it to redo only its calls"
             ) from None
-        for row in table.to_pylist():
-            self.records[row["key"]] = CallRecord(**row)
+        return pl.from_arrow(table)  # type: ignore[return-value]
 
-    def _compact(self, shards: list[Path]) -> None:
-        """Merge all shards into one new shard, then delete the old ones (a kill in between only
-        leaves duplicate records, and the newest shard wins on the next load)."""
-        self._pending = list(self.records.values())
-        self.flush()
-        for shard in shards:
-            shard.unlink()
+    def _merge_newest(self) -> None:
+        """While the newest MERGE_FAN shards span equally many flushes, write them as one shard
+        (newest record per key) and delete them; a kill before the deletes leaves shards inside
+        the merged one's span, which the next open deletes."""
+        while len(self._keys) >= MERGE_FAN:
+            newest = sorted(self._keys)[-MERGE_FAN:]
+            if len({last - first for first, last in newest}) != 1:
+                return
+            merged = pl.concat([self._read(self._path(span)) for span in newest]).unique(
+                subset="key", keep="last", maintain_order=True
+            )
+            span = (newest[0][0], newest[-1][1])
+            write_parquet_atomic(merged.to_arrow().cast(RECORD_SCHEMA), self._path(span))
+            for old in newest:
+                self._path(old).unlink()
+                del self._keys[old]
+            self._keys[span] = merged["key"]
+            self._index = None
+
+    def _newest_rows(self) -> pl.DataFrame:
+        """(key, shard, row) of the newest record of every flushed key; shard counts in age
+        order."""
+        if self._index is None:
+            parts = [
+                pl.DataFrame(
+                    {
+                        "key": keys,
+                        "shard": pl.Series([position] * len(keys), dtype=pl.Int64),
+                        "row": pl.Series(range(len(keys)), dtype=pl.Int64),
+                    }
+                )
+                for position, keys in enumerate(self._keys[s] for s in sorted(self._keys))
+            ]
+            frame = pl.concat(parts) if parts else pl.DataFrame(schema=INDEX_SCHEMA)
+            self._index = frame.unique(subset="key", keep="last", maintain_order=True)
+        return self._index
+
+    def __len__(self) -> int:
+        """How many distinct calls the journal holds (flushed or pending)."""
+        return len(self.keys())
+
+    def keys(self) -> set[str]:
+        """Every call key the journal holds."""
+        return set(self._newest_rows()["key"].to_list()) | set(self._pending)
+
+    def shards(self) -> int:
+        """How many shard files the journal has now."""
+        return len(self._keys)
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, CallRecord]:
+        """The newest record of each of `keys` the journal holds; absent keys are left out. Reads
+        only the shards that hold one of them."""
+        wanted = pl.DataFrame({"key": pl.Series(list(keys), dtype=pl.String)}).unique()
+        found = wanted.join(self._newest_rows(), on="key")
+        spans = sorted(self._keys)
+        records: dict[str, CallRecord] = {}
+        for (position,), rows in found.group_by("shard"):
+            shard = self._read(self._path(spans[position]))  # type: ignore[call-overload]
+            chosen = shard.select(pl.all().gather(rows["row"].sort()))
+            for row in chosen.iter_rows(named=True):
+                records[row["key"]] = CallRecord(**row)
+        records.update((k, self._pending[k]) for k in wanted["key"] if k in self._pending)
+        return records
 
     def get(self, key: str) -> CallRecord | None:
-        return self.records.get(key)
+        """The newest record of `key`, or None."""
+        return self.lookup([key]).get(key)
 
     def add(self, record: CallRecord) -> None:
         """Remember a record; flush a shard when enough calls or seconds have gone by."""
-        self.records[record.key] = record
-        self._pending.append(record)
+        self._pending[record.key] = record
         if (
             len(self._pending) >= self.flush_every
             or time.monotonic() - self._last_flush > FLUSH_SECONDS
@@ -160,13 +239,24 @@ class CallJournal:
             self.flush()
 
     def flush(self) -> None:
-        """Write pending records as one new shard (atomic)."""
+        """Write pending records as one new shard (atomic), then merge shards that are due."""
         if self._pending:
-            table = pa.Table.from_pylist([asdict(r) for r in self._pending], schema=RECORD_SCHEMA)
-            write_parquet_atomic(table, self.directory / f"shard-{self._next_shard:06d}.parquet")
-            self._next_shard += 1
+            records = list(self._pending.values())
+            table = pa.Table.from_pylist([asdict(r) for r in records], schema=RECORD_SCHEMA)
+            span = (self._next_flush, self._next_flush)
+            write_parquet_atomic(table, self._path(span))
+            self._keys[span] = pl.Series("key", [r.key for r in records], dtype=pl.String)
+            self._next_flush += 1
             self._pending.clear()
+            self._index = None
+            self._merge_newest()
         self._last_flush = time.monotonic()
+
+
+def _span(path: Path) -> Span:
+    """The flushes `shard-FIRST[-LAST].parquet` holds."""
+    numbers = [int(part) for part in path.stem.split("-")[1:]]
+    return numbers[0], numbers[-1]
 
 
 def check_kernels(directory: Path, fingerprints: dict[str, dict[str, Any]]) -> None:
