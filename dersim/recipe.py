@@ -87,6 +87,8 @@ class MetricSpec:
     names: tuple[str, ...] = ("bertscore", "token_f1", "rouge_l")
     bertscore_model: str = "all-MiniLM-L6-v2"
     bertscore_layer: int = 6
+    batch_size: int = 32  # BERTScore texts per forward pass (of equal token length: no padding)
+    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda:0"
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class EmbeddingSpec:
     model: str = "all-MiniLM-L6-v2"
     dim: int = 384
     batch_size: int = 64
+    device: str = "auto"  # "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda:0"
 
 
 @dataclass(frozen=True)
@@ -301,6 +304,8 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
     embedding = _parse_section(
         EmbeddingSpec, _take(t, "embedding", dict, where, {}), f"{where} [embedding]"
     )
+    _positive(metrics.batch_size, "batch_size", f"{where} [metrics]")
+    _positive(embedding.batch_size, "batch_size", f"{where} [embedding]")
     _reject_leftovers(t, where)
     return Recipe(
         name=name,

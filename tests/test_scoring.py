@@ -6,14 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from dersim.builder import scoring
+from dersim.builder.embedding_store import STORE_ENV
 from dersim.builder.local_models import local_model_path
 from dersim.builder.scoring import (
+    BERTSCORE_COLUMNS,
+    PairScorer,
     accuracy_yesno,
     exact_match_number,
     metric_columns,
@@ -218,15 +223,10 @@ def test_bertscore_orders_identical_paraphrase_unrelated(
 def test_bertscore_is_clipped_to_the_unit_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """bert-score gave 1.0000001 for an answer equal to its reference in a real build (float32
     rounding, depending on the batch), which `cache verify` rejects."""
-    import torch
-
-    class Rounding:
-        def score(self, answers, references, batch_size):
-            values = torch.tensor([1.0000001, -0.01, 0.5], dtype=torch.float32)
-            return values, values, values
-
-    monkeypatch.setattr(scoring, "_bertscorer", lambda *args: Rounding())
-    columns = score_answers([MATH.reference, "Paris.", "Half."], [MATH] * 3, BERT)
+    raw = np.array([[1.0000001] * 3, [-0.01] * 3, [0.5] * 3], dtype=np.float32)
+    monkeypatch.setattr(scoring.PairScorer, "embed", lambda self, texts: raw[: len(texts)])
+    spec = replace(BERT, bertscore_layer=5)  # a store folder no other test has filled
+    columns = score_answers([MATH.reference, "Paris.", "Half."], [MATH] * 3, spec)
     for name in ("bertscore_p", "bertscore_r", "bertscore_f1"):
         np.testing.assert_array_equal(columns[name], np.array([1.0, 0.0, 0.5], dtype=np.float32))
 
@@ -245,6 +245,52 @@ def test_bertscore_is_deterministic_and_independent_of_batching(
         np.testing.assert_array_equal(again[name], values)
     alone = score_answers(answers[2:3], [HAMSTER], BERT)
     assert alone["bertscore_f1"][0] == pytest.approx(bert_columns["bertscore_f1"][2], abs=1e-6)
+
+
+def cache_pairs(n: int) -> tuple[list[str], list[str]]:
+    """The first `n` answered states of cache/strategyqa and their references."""
+    states = pl.read_parquet(
+        REPO / "cache/strategyqa/states.parquet", columns=["question_id", "answer"]
+    )
+    questions = pl.read_parquet(
+        REPO / "cache/strategyqa/questions.parquet", columns=["question_id", "reference"]
+    )
+    pairs = states.join(questions, on="question_id").filter(
+        pl.col("answer").str.strip_chars() != ""
+    )
+    return pairs["answer"].head(n).to_list(), pairs["reference"].head(n).to_list()
+
+
+def test_batched_bertscore_equals_one_text_at_a_time_up_to_rounding() -> None:
+    """Batches of equal token length (no padding) score as bert-score does one text at a time:
+    bit for bit at batch size 1, and within float32 rounding (1e-6) at 32, where bert-score's own
+    padded batches move scores by about 2e-3."""
+    answers, references = cache_pairs(120)
+    model = scoring._bertscorer("all-MiniLM-L6-v2", 6)
+    alone = np.stack([v.numpy() for v in model.score(answers, references, batch_size=1)], axis=1)
+    pairs = [
+        PairScorer.pair_text(a.strip(), r.strip()) for a, r in zip(answers, references, strict=True)
+    ]
+    one = PairScorer(replace(BERT, batch_size=1)).embed(pairs)
+    batched = PairScorer(replace(BERT, batch_size=32)).embed(pairs)
+    np.testing.assert_array_equal(one, alone)
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=1e-6)
+    padded = np.stack([v.numpy() for v in model.score(answers, references, batch_size=32)], axis=1)
+    assert np.abs(padded - alone).max() > 1e-4  # what the unpadded batches avoid
+
+
+def test_a_stored_score_is_read_back_whatever_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps the first (P, R, F1) computed for a pair: scoring it again in another batch
+    (a resumed or extended build, another batch size) gives exactly those bits."""
+    monkeypatch.setenv(STORE_ENV, str(tmp_path))
+    answers, references = cache_pairs(40)
+    questions = [Question(f"q{i}", "?", r, (), "yes") for i, r in enumerate(references)]
+    first = score_answers(answers[:25], questions[:25], replace(BERT, batch_size=32))
+    later = score_answers(answers[10:], questions[10:], replace(BERT, batch_size=1))
+    for name in BERTSCORE_COLUMNS:
+        np.testing.assert_array_equal(later[name][:15], first[name][10:])
 
 
 def test_bertscore_skips_the_model_for_empty_answers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -326,7 +372,7 @@ print(scores["bertscore_f1"].tobytes().hex())
 """
 
 
-def test_bertscore_is_identical_across_processes() -> None:
+def test_bertscore_is_identical_across_processes(tmp_path: Path) -> None:
     """bert-score groups texts in `set` order, which depends on the process's string hash seed; the
     scores must not (with padded batches about 5% of cache/strategyqa's scores moved by an ulp or
     more)."""
@@ -336,7 +382,8 @@ def test_bertscore_is_identical_across_processes() -> None:
             [sys.executable, "-c", SCORE_IN_SUBPROCESS, str(REPO / "cache" / "strategyqa")],
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONHASHSEED": seed},
+            # Each process its own empty store: both compute every score.
+            env={**os.environ, "PYTHONHASHSEED": seed, STORE_ENV: str(tmp_path / seed)},
             check=True,
         )
         runs.append(result.stdout.strip())

@@ -134,7 +134,7 @@ def _build(
 
     state_questions = [g.question for g in graphs for _ in g.answers]
     answers = [a for g in graphs for a in g.answers]
-    scores = score_answers(answers, state_questions, recipe.metrics)
+    scores = score_answers(answers, state_questions, recipe.metrics, show_progress)
     scored = time.perf_counter()
     embeddings = embed_texts(
         embedder,

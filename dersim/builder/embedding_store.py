@@ -1,5 +1,6 @@
 """The embedding store: every embedding a build or import computed, kept on disk and shared, so
-a rebuild or re-import embeds only the texts it has not seen before.
+a rebuild or re-import embeds only the texts it has not seen before. BERTScore's (P, R, F1) of an
+(answer, reference) pair is kept the same way (`dersim.builder.scoring.PairScorer`).
 
 Rows are keyed by (embedder, sha256 of the text). The store lives in `$DERSIM_EMBEDDING_STORE`,
 else `~/.cache/dersim/embeddings`, with one folder per embedder: its model name and a hash of its
@@ -177,12 +178,13 @@ def embed_texts(
     *,
     show_progress: bool = False,
     store: EmbeddingStore | None = None,
+    label: str = "embedding",
 ) -> np.ndarray:
     """float32 [len(texts), dim]: each distinct text's embedding from `store` when it holds it,
     else computed (CHUNK texts at a time, each chunk then added to the store) with a progress
     line. With no `store`, everything is computed. A store keeps the first row computed for a
     text, so every later build or import gets exactly those bits (MiniLM's last bits depend on
-    the batch a text is embedded in)."""
+    the batch a text is embedded in). `label` names the progress line."""
     keys = [text_key(t) for t in texts]
     first: dict[bytes, int] = {}
     for index, key in enumerate(keys):
@@ -196,7 +198,7 @@ def embed_texts(
     else:
         found, rows = store.lookup(distinct)
     todo = np.flatnonzero(~found)
-    with progress("embedding", len(todo), "texts", show_progress) as advance:
+    with progress(label, len(todo), "texts", show_progress) as advance:
         for start in range(0, len(todo), CHUNK):
             chunk = todo[start : start + CHUNK]
             rows[chunk] = embedder.embed([texts[first[distinct[i]]] for i in chunk])

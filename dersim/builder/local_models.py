@@ -1,4 +1,4 @@
-"""Where the embedding and BERTScore models live on disk.
+"""Where the embedding and BERTScore models live on disk, and which device runs them.
 
 Builds run offline: a model name resolves to a folder shipped inside an installed PyPI package
 (found through the package's own file list, so no site-packages path is hard-coded) or to a folder
@@ -63,3 +63,13 @@ def local_model_path(name: str) -> Path:
             "local folder"
         )
     return folder
+
+
+def torch_device(setting: str) -> str:
+    """The torch device a `device` setting names: "auto" is the first CUDA GPU when torch sees one,
+    else the CPU; anything else is taken as written ("cpu", "cuda:1")."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dersim.builder.local_models import hub_offline, local_model_path
+from dersim.builder.local_models import hub_offline, local_model_path, torch_device
 from dersim.builder.sources.question import Question
 from dersim.errors import BackendError, DatasetError
 from dersim.recipe import MetricSpec
@@ -158,8 +158,9 @@ BERTSCORE_COLUMNS = ("bertscore_p", "bertscore_r", "bertscore_f1")
 
 
 @cache
-def _bertscorer(model: str, layer: int) -> BERTScorer:
-    """One BERTScorer per (model, layer) and process: loading costs seconds, scoring reuses it."""
+def _bertscorer(model: str, layer: int, device: str = "cpu") -> BERTScorer:
+    """One BERTScorer per (model, layer, device) and process: loading costs seconds, scoring reuses
+    it."""
     path = local_model_path(model)
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     n_layers = int(config.get("num_hidden_layers", 0))
@@ -170,9 +171,12 @@ def _bertscorer(model: str, layer: int) -> BERTScorer:
     hub_offline()
     from bert_score import BERTScorer
 
-    # The batch size is given to each score() call (bert-score ignores the constructor's).
     scorer = BERTScorer(
-        model_type=str(path), num_layers=layer, device="cpu", idf=False, rescale_with_baseline=False
+        model_type=str(path),
+        num_layers=layer,
+        device=device,
+        idf=False,
+        rescale_with_baseline=False,
     )
     # bert-score truncates every text to the tokenizer's model_max_length; a folder whose tokenizer
     # config omits it would report ~1e30 and crash on long texts, so cap it at the position table.
@@ -182,18 +186,102 @@ def _bertscorer(model: str, layer: int) -> BERTScorer:
     return scorer
 
 
-def _bertscore(
-    answers: list[str], references: list[str], spec: MetricSpec
-) -> dict[str, np.ndarray]:
-    """Precision, recall and F1 columns; pairs with an empty side score 0 without running the model.
+class PairScorer:
+    """BERTScore (precision, recall, F1) of (answer, reference) pairs, as the rows of an
+    `Embedder`: the embedding store then keeps the first value computed for each pair, like an
+    embedding, so a resumed, extended or re-run build reads back exactly those bits.
 
-    bert-score embeds the distinct texts of a call once (so scoring all states of a question
-    together embeds its reference once), one text per forward pass. Batches would pad texts to
-    a common length, and a padded batch shifts scores (by up to 0.004 on cache/strategyqa)
-    depending on which texts share it; bert-score groups texts in `set` order, which changes
-    from process to process, so batched scores would make caches irreproducible. The model is in
-    eval mode (no dropout): equal inputs give equal scores.
+    Texts run through the model in batches of up to `[metrics].batch_size` texts of equal token
+    length: nothing is padded. (bert-score's own batches pad, and a padded batch moves scores by up
+    to 0.002 on cache/strategyqa, depending on which texts share it.) An unpadded batch differs
+    from one text at a time only in float32 rounding (at most 3e-7 measured), and not at all with
+    `batch_size = 1`. The greedy matching runs pair by pair, as bert-score's does with batch size
+    1; the model is in eval mode (no dropout).
     """
+
+    dim = 3
+
+    def __init__(self, spec: MetricSpec) -> None:
+        self.spec = spec
+        self.device = torch_device(spec.device)
+        self.scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer, self.device)
+
+    @staticmethod
+    def pair_text(answer: str, reference: str) -> str:
+        """One string per pair (length-prefixed, so no separator can be ambiguous): the store's
+        key."""
+        return f"{len(answer)}:{answer}{reference}"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """float32 [len(texts), 3]: (P, R, F1) of each `pair_text`, unclipped."""
+        import torch
+        from bert_score.utils import greedy_cos_idf
+
+        pairs = []
+        for text in texts:
+            length, rest = text.split(":", 1)
+            pairs.append((rest[: int(length)], rest[int(length) :]))
+        tokens, hidden = self._forward(list(dict.fromkeys(t for pair in pairs for t in pair)))
+        tokenizer = self.scorer._tokenizer
+        special = {tokenizer.sep_token_id, tokenizer.cls_token_id}
+        out = np.zeros((len(pairs), 3), dtype=np.float32)
+        with torch.no_grad():
+            for row, (answer, reference) in enumerate(pairs):
+                sides = []
+                for text in (reference, answer):
+                    weights = [0.0 if t in special else 1.0 for t in tokens[text]]
+                    sides += [
+                        hidden[text][None].clone(),
+                        torch.ones(1, len(weights), dtype=torch.bool, device=self.device),
+                        torch.tensor([weights], dtype=torch.float32, device=self.device),
+                    ]
+                p, r, f = greedy_cos_idf(*sides, False)
+                out[row] = [p.item(), r.item(), f.item()]
+        return out
+
+    def _forward(self, texts: list[str]) -> tuple[dict[str, list[int]], dict[str, Any]]:
+        """Each text's token ids (bert-score's encoding and truncation) and its hidden states at
+        the scoring layer, computed in batches of equal token length."""
+        import torch
+        from bert_score.utils import bert_encode, sent_encode
+
+        tokens = {t: sent_encode(self.scorer._tokenizer, t) for t in texts}
+        by_length: dict[int, list[str]] = {}
+        for text in texts:
+            by_length.setdefault(len(tokens[text]), []).append(text)
+        hidden: dict[str, Any] = {}
+        for members in by_length.values():
+            for start in range(0, len(members), self.spec.batch_size):
+                batch = members[start : start + self.spec.batch_size]
+                ids = torch.tensor([tokens[t] for t in batch], dtype=torch.long, device=self.device)
+                states = bert_encode(self.scorer._model, ids, torch.ones_like(ids))
+                hidden.update(zip(batch, states, strict=True))
+        return tokens, hidden
+
+    def describe(self) -> dict[str, Any]:
+        """What the scores depend on: model, layer, settings, library versions (the store folder is
+        named by it; the device and batch size only move float32 rounding)."""
+        return {
+            "kind": "bertscore",
+            "model": self.spec.bertscore_model,
+            "path": str(local_model_path(self.spec.bertscore_model)),
+            "num_layers": self.spec.bertscore_layer,
+            "idf": False,
+            "rescale_with_baseline": False,
+            "max_tokens": self.scorer._tokenizer.model_max_length,
+            "bert_score_version": version("bert-score"),
+            "transformers_version": version("transformers"),
+            "torch_version": version("torch"),
+        }
+
+
+def _bertscore(
+    answers: list[str], references: list[str], spec: MetricSpec, show_progress: bool
+) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 columns through `PairScorer` and the store; pairs with an empty
+    side score 0 without running the model."""
+    from dersim.builder.embedding_store import EmbeddingStore, embed_texts
+
     out = {name: np.zeros(len(answers), dtype=np.float32) for name in BERTSCORE_COLUMNS}
     todo = [
         i
@@ -201,14 +289,18 @@ def _bertscore(
         if a.strip() and r.strip()
     ]
     if todo:
-        scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
-        p, r, f = scorer.score(
-            [answers[i] for i in todo], [references[i] for i in todo], batch_size=1
+        scorer = PairScorer(spec)
+        rows = embed_texts(
+            scorer,
+            [scorer.pair_text(answers[i].strip(), references[i].strip()) for i in todo],
+            store=EmbeddingStore(scorer),
+            label="bertscore",
+            show_progress=show_progress,
         )
-        for name, values in zip(BERTSCORE_COLUMNS, (p, r, f), strict=True):
+        for column, name in enumerate(BERTSCORE_COLUMNS):
             # Clipped: an answer equal to a short reference scores 1.0000001 in float32, and a
             # cosine can in principle be negative; caches hold every metric in [0, 1].
-            out[name][todo] = np.clip(values.numpy(), 0.0, 1.0)
+            out[name][todo] = np.clip(rows[:, column], 0.0, 1.0)
     return out
 
 
@@ -239,9 +331,10 @@ def metric_columns(spec: MetricSpec) -> list[str]:
 
 
 def score_answers(
-    answers: list[str], questions: list[Question], spec: MetricSpec
+    answers: list[str], questions: list[Question], spec: MetricSpec, show_progress: bool = False
 ) -> dict[str, np.ndarray]:
-    """One float32 column per metric of `spec.names` for answers[i] against questions[i]."""
+    """One float32 column per metric of `spec.names` for answers[i] against questions[i] (with a
+    progress line for BERTScore when `show_progress`)."""
     if len(answers) != len(questions):
         raise ValueError(f"{len(answers)} answers for {len(questions)} questions")
     unknown = [n for n in spec.names if n != "bertscore" and n not in _TEXT_METRICS]
@@ -257,7 +350,8 @@ def score_answers(
     columns: dict[str, np.ndarray] = {}
     for name in spec.names:
         if name == "bertscore":
-            columns.update(_bertscore(answers, [q.reference for q in questions], spec))
+            references = [q.reference for q in questions]
+            columns.update(_bertscore(answers, references, spec, show_progress))
             continue
         column, metric = _TEXT_METRICS[name]
         values = [
@@ -285,21 +379,12 @@ def metric_manifest(spec: MetricSpec) -> dict[str, Any]:
     manifest: dict[str, Any] = {}
     for name in spec.names:
         if name == "bertscore":
-            scorer = _bertscorer(spec.bertscore_model, spec.bertscore_layer)
             entry = {
                 "description": (
                     "BERTScore of the answer against question.reference, clipped to [0, 1]; 0 for "
                     "an empty answer"
                 ),
-                "model": spec.bertscore_model,
-                "path": str(local_model_path(spec.bertscore_model)),
-                "num_layers": spec.bertscore_layer,
-                "idf": False,
-                "rescale_with_baseline": False,
-                "max_tokens": scorer._tokenizer.model_max_length,
-                "bert_score_version": version("bert-score"),
-                "transformers_version": version("transformers"),
-                "torch_version": version("torch"),
+                **{k: v for k, v in PairScorer(spec).describe().items() if k != "kind"},
             }
         else:
             entry = described[name]
