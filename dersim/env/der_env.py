@@ -163,6 +163,28 @@ def make_params(tables: EnvTables, **overrides: Any) -> EnvParams:
     )
 
 
+STATE_TABLES = ("next_state", "score", "cost", "embedding", "judge_prob", "noise")
+
+
+def pad_states(params: EnvParams, multiple: int) -> EnvParams:
+    """`params` with its state tables padded to a multiple of `multiple` rows, so the state axis
+    can be split evenly across devices. Padding states are unreachable (no transition leads to
+    them) and inert: no expert built (-1), score, cost and embedding 0."""
+    extra = -params.next_state.shape[0] % multiple
+    if not extra:
+        return params
+
+    def pad(x: jax.Array, fill: int | float) -> jax.Array:
+        return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)])
+
+    return params.replace(
+        **{
+            name: pad(getattr(params, name), -1 if name == "next_state" else 0)
+            for name in STATE_TABLES
+        }
+    )
+
+
 def observation(
     params: EnvParams, state_id: jax.Array, t: jax.Array, last_action: jax.Array
 ) -> jax.Array:

@@ -253,6 +253,15 @@ def parse_cost_scale(_ctx: click.Context, _param: click.Parameter, value: str) -
     help="Keep each policy's checkpoint with the best greedy val return, or its last.",
 )
 @click.option(
+    "--shard-states",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="On several devices, split the cache's state tables across them along the state axis "
+    "(auto: when they would fill over a quarter of one device's memory); policies are always "
+    "split across the devices.",
+)
+@click.option(
     "--embedding-dim",
     type=click.IntRange(min=1),
     metavar="K",
@@ -308,6 +317,7 @@ def train_command(
     val_fraction: float,
     split_seed: int,
     keep: str,
+    shard_states: str,
     embedding_dim: int | None,
     out: Path | None,
     resume: bool,
@@ -386,6 +396,7 @@ def train_command(
             verify=not no_verify,
             algo=algo,
             full_info=full_info,
+            shard_states=shard_states,
         )
         console = Console(stderr=True, quiet=quiet)
         chunk_steps = config.steps_per_chunk

@@ -8,7 +8,10 @@ val return when `keep == "best"`, updates the progress bar, appends learning cur
 return beside val score) and writes a checkpoint, so a run can be resumed after its last finished
 chunk. Every policy ends as a `PolicyParams` of the same shape, so evaluation, routers, reproduce
 and live routing take the run's policies alike. On several devices the policy axis is sharded
-across them; the cache tables are replicated.
+across them (a group padded with copies of its last policy to a multiple of the device count);
+the cache's state tables are replicated, or, for a cache too large for one device
+(`shard_states`), split across the devices along the state axis, whose states are ordered
+question by question.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from dersim.env.der_env import POLICY_SETTINGS, make_params
+from dersim.env.der_env import (
+    POLICY_SETTINGS,
+    STATE_TABLES,
+    EnvParams,
+    make_params,
+    pad_states,
+)
 from dersim.env.judge import JUDGE_FILE
 from dersim.env.tables import EnvSpec, EnvTables, load_tables, split_roots
 from dersim.errors import DersimError
@@ -49,8 +58,12 @@ from dersim.trainer.ppo import PPOConfig, make_network
 from dersim.trainer.selection import choose_policy
 
 RUN_FILE = "run.json"
+DEVICE_AXIS = "devices"  # the one mesh axis: policies and (when split) states are laid along it
 CURVES = "curves.parquet"
 KEEP = ("best", "last")
+SHARD_STATES = ("auto", "on", "off")
+# "auto" splits the state tables when they would fill more than this share of one device's memory.
+AUTO_SHARD_SHARE = 0.25
 CURVE_METRICS = (
     "episodes",
     "loss",
@@ -151,6 +164,7 @@ class GridTrainer:
         verify: bool = True,
         algo: str = DEFAULT_ALGO,
         full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+        shard_states: str = "auto",
     ) -> GridTrainer:
         """The trainer of a new run: seeds x every grid combination.
 
@@ -167,6 +181,8 @@ class GridTrainer:
             verify: check the cache's table hashes.
             algo: the default algorithm (ppo, exact-pg or fqi).
             full_info: the full-information algorithms' settings.
+            shard_states: split the state tables across several devices: "on", "off", or
+                "auto" (when they would fill more than a quarter of one device's memory).
 
         Returns:
             The trainer, ready for `train`.
@@ -181,6 +197,7 @@ class GridTrainer:
             keep,
             verify,
             full_info,
+            shard_states,
         )
 
     @classmethod
@@ -223,6 +240,7 @@ class GridTrainer:
         keep: str = "best",
         verify: bool = True,
         full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+        shard_states: str = "auto",
     ) -> GridTrainer:
         """Check the run's settings, read the cache's tables for them (fitting the judge when a
         policy stops by it) and construct the trainer; `from_grid` documents the arguments.
@@ -232,6 +250,10 @@ class GridTrainer:
         """
         if keep not in KEEP:
             raise DersimError(f"--keep '{keep}': expected one of {', '.join(KEEP)}")
+        if shard_states not in SHARD_STATES:
+            raise DersimError(
+                f"--shard-states '{shard_states}': expected one of {', '.join(SHARD_STATES)}"
+            )
         if keep == "best" and spec.val_fraction <= 0:
             raise DersimError(
                 "--keep best chooses checkpoints on the val split: it needs --val-fraction > 0 "
@@ -246,7 +268,7 @@ class GridTrainer:
             )
         depth_spec = replace(spec, t_max=max(t_max_values) if t_max_values else spec.t_max)
         tables = load_tables(cache, depth_spec, with_judge=True if judged else None, verify=verify)
-        return cls(tables, cache, out, spec, config, policies, steps, keep, full_info)
+        return cls(tables, cache, out, spec, config, policies, steps, keep, full_info, shard_states)
 
     def __init__(
         self,
@@ -259,6 +281,7 @@ class GridTrainer:
         steps: int,
         keep: str = "best",
         full_info: FullInfoConfig = FullInfoConfig(),  # noqa: B008 (frozen)
+        shard_states: str = "auto",
     ) -> None:
         """The trainer over `tables` (from `load_tables`): stacks the policies' settings and makes
         the network and each group's algorithm. Nothing is fitted, compiled or trained here (jitted
@@ -275,7 +298,7 @@ class GridTrainer:
         if any(p["t_max"] < 1 for p in self.policies):
             raise DersimError("--grid t_max values must be at least 1")
         self.steps = steps
-        base = make_params(self.tables)
+        base = self._place_tables(make_params(self.tables), shard_states)
         self.env_params = stack_env_params(base, self.policies)
         self.hyper = stack_hyper(self.policies)
         self.axes = policy_axes(self.env_params)
@@ -314,6 +337,25 @@ class GridTrainer:
             groups.append(Group(group_label(key), indices, env_params, hyper, algorithm))
         return groups
 
+    def _place_tables(self, base: EnvParams, shard_states: str) -> EnvParams:
+        """`base` with its state tables split across the devices along the state axis (padded
+        with inert states to a multiple of the device count) when `shard_states` asks for it;
+        `self.state_shards` says across how many devices (1: replicated)."""
+        devices = jax.devices()
+        size = sum(getattr(base, name).nbytes for name in STATE_TABLES)
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+        wanted = shard_states == "on" or (
+            shard_states == "auto" and limit is not None and size > AUTO_SHARD_SHARE * limit
+        )
+        self.state_shards = len(devices) if wanted and len(devices) > 1 else 1
+        if self.state_shards == 1:
+            return base
+        padded = pad_states(base, self.state_shards)
+        split = NamedSharding(_mesh(), P(DEVICE_AXIS))
+        return padded.replace(
+            **{name: jax.device_put(getattr(padded, name), split) for name in STATE_TABLES}
+        )
+
     @staticmethod
     def _padding(n_policies: int) -> int:
         """Policies to add to a group of `n_policies` so that it divides the device count (none on
@@ -327,8 +369,7 @@ class GridTrainer:
         devices = jax.devices()
         if len(devices) < 2 or not jax.tree.leaves(tree):
             return tree
-        sharding = NamedSharding(Mesh(np.array(devices), ("policies",)), P("policies"))
-        return jax.device_put(tree, sharding)
+        return jax.device_put(tree, NamedSharding(_mesh(), P(DEVICE_AXIS)))
 
     def _resize(self, state: TrainState, padded: bool) -> TrainState:
         """`state` with each group's padding policies dropped (not `padded`: what a checkpoint
@@ -576,3 +617,9 @@ class GridTrainer:
                 )
         self.finished = last_chunk == self.n_chunks
         return TrainState(groups=groups, best=bests, chunk=last_chunk), pl.DataFrame(curves)
+
+
+def _mesh() -> Mesh:
+    """The devices as one mesh axis, shared by the policy and state shardings (one jitted program
+    sees one mesh)."""
+    return Mesh(np.array(jax.devices()), (DEVICE_AXIS,))
