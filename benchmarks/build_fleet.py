@@ -9,15 +9,20 @@ it, and the calls per replica. The issue's target scale is 100k questions x 5 ex
 (about 3 million calls); the default here is a size that runs in minutes on 2 cores.
 
     python benchmarks/build_fleet.py [--questions 2000] [--experts 5] [--depth 2] [--replicas 4]
+                                     [--in-process]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from rich.console import Console
@@ -66,18 +71,58 @@ dim = 16
 {blocks}"""
 
 
+def serve_replica(connection: Connection) -> None:
+    """A child process: one replica; sends its base URL, then its answered count when told to."""
+    with fleet(1) as (replica,):
+        connection.send(replica.base_url)
+        connection.recv()
+        connection.send(replica.answered)
+
+
+@contextmanager
+def replica_processes(n: int) -> Iterator[tuple[list[str], list[int]]]:
+    """`n` replicas in child processes: yields their base URLs and, after the block, the calls
+    each answered."""
+    answered: list[int] = []
+    pipes, children = [], []
+    for _ in range(n):
+        ours, theirs = multiprocessing.Pipe()
+        child = multiprocessing.Process(target=serve_replica, args=(theirs,), daemon=True)
+        child.start()
+        pipes.append(ours)
+        children.append(child)
+    try:
+        yield [pipe.recv() for pipe in pipes], answered
+    finally:
+        for pipe in pipes:
+            pipe.send("stop")
+        answered += [pipe.recv() for pipe in pipes]
+        for child in children:
+            child.join()
+
+
+@contextmanager
+def replica_threads(n: int) -> Iterator[tuple[list[str], list[int]]]:
+    answered: list[int] = []
+    with fleet(n) as replicas:
+        yield [r.base_url for r in replicas], answered
+        answered += [r.answered for r in replicas]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=2000)
     parser.add_argument("--experts", type=int, default=5)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--replicas", type=int, default=4)
+    parser.add_argument("--in-process", action="store_true", help="Replicas in this process.")
     args = parser.parse_args()
-    console = Console()
-    with tempfile.TemporaryDirectory() as tmp, fleet(args.replicas) as replicas:
+    serve = replica_threads if args.in_process else replica_processes
+    with tempfile.TemporaryDirectory() as tmp, serve(args.replicas) as (urls, answered):
         root = Path(tmp)
-        text = recipe_text(args.questions, args.experts, args.depth, [r.base_url for r in replicas])
-        (root / "r.toml").write_text(text, encoding="utf-8")
+        (root / "r.toml").write_text(
+            recipe_text(args.questions, args.experts, args.depth, urls), encoding="utf-8"
+        )
         cpu, wall = time.process_time(), time.perf_counter()
         report = build_cache(load_recipe(root / "r.toml"), root / "cache", show_progress=False)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
@@ -85,26 +130,27 @@ def main() -> None:
         journal = root / "cache" / "journal"
         size_mb = sum(f.stat().st_size for f in journal.iterdir()) / 1e6
         reopened = time.perf_counter()
-        CallJournal(journal)
+        shards = CallJournal(journal).shards()
         reopened = time.perf_counter() - reopened
-        table = Table(title=f"build against {args.replicas} loopback replicas")
-        for column in ("figure", "value"):
-            table.add_column(column)
-        calls = report.calls_made
-        table.add_row(
-            "questions x experts x depth", f"{args.questions} x {args.experts} x {args.depth}"
-        )
-        table.add_row("calls made", f"{calls:,}")
-        table.add_row("wall", f"{wall:.1f} s ({calls / wall:,.0f} calls/s)")
-        table.add_row("expansion (calls)", f"{report.seconds['expand']:.1f} s")
-        table.add_row(
-            "process CPU per call", f"{cpu / calls * 1e3:.2f} ms (builder + client + replicas)"
-        )
-        table.add_row("peak RSS", f"{peak_mb:,.0f} MB")
-        table.add_row("journal on disk", f"{size_mb:.1f} MB; reopened in {reopened:.2f} s")
-        table.add_row("calls per replica", ", ".join(str(r.answered) for r in replicas))
-        table.add_row("machine", f"{os.cpu_count()} CPUs")
-        console.print(table)
+    calls = report.calls_made
+    whose = "builder + client + replicas" if args.in_process else "builder + HTTP client"
+    rows = {
+        "questions x experts x depth": f"{args.questions:,} x {args.experts} x {args.depth}",
+        "calls made": f"{calls:,}",
+        "wall": f"{wall:,.1f} s ({calls / wall:,.0f} calls/s)",
+        "expansion (calls)": f"{report.seconds['expand']:,.1f} s",
+        "CPU per call": f"{cpu / calls * 1e3:.2f} ms ({whose})",
+        "peak RSS": f"{peak_mb:,.0f} MB",
+        "journal on disk": f"{size_mb:,.1f} MB in {shards} shards; reopened in {reopened:.2f} s",
+        "calls per replica": ", ".join(f"{n:,}" for n in answered),
+        "machine": f"{os.cpu_count()} CPUs",
+    }
+    table = Table(title=f"build against {args.replicas} loopback replicas")
+    for column in ("figure", "value"):
+        table.add_column(column)
+    for name, value in rows.items():
+        table.add_row(name, value)
+    Console().print(table)
 
 
 if __name__ == "__main__":
