@@ -62,7 +62,9 @@ class ExpertSpec:
     prompt_format: str = "chat"
     few_shot: str = ""
     max_new_tokens: int = 64
-    temperature: float = 0.0
+    temperature: float = 0.0  # 0: greedy decoding, one answer per call
+    top_p: float = 1.0
+    samples: int = 1  # k: sampled answers per (state, expert), each its own call and seed
     stop: tuple[str, ...] = ()
     usd_per_mtok_in: float = 0.0
     usd_per_mtok_out: float = 0.0
@@ -114,6 +116,12 @@ class Recipe:
     metrics: MetricSpec = MetricSpec()
     embedding: EmbeddingSpec = EmbeddingSpec()
     description: str = ""
+
+    @property
+    def sampled(self) -> bool:
+        """Whether some expert draws several samples per call (the cache then records each
+        transition's sample index)."""
+        return any(e.samples > 1 for e in self.experts)
 
     def to_manifest(self) -> dict[str, Any]:
         """The recipe as plain JSON-able data, for the cache manifest."""
@@ -199,6 +207,21 @@ def _parse_dataset(raw: dict[str, Any], base: Path, where: str) -> DatasetSpec:
     return spec
 
 
+def _check_sampling(spec: ExpertSpec, where: str) -> None:
+    """Greedy (temperature 0, one sample) or sampled (temperature > 0, k >= 1 seeded samples)."""
+    if spec.samples < 1:
+        raise RecipeError(f"{where}: key 'samples' must be >= 1, got {spec.samples}")
+    if spec.temperature < 0:
+        raise RecipeError(f"{where}: key 'temperature' must be >= 0, got {spec.temperature}")
+    if not 0 < spec.top_p <= 1:
+        raise RecipeError(f"{where}: key 'top_p' must be in (0, 1], got {spec.top_p}")
+    if spec.temperature == 0 and (spec.samples > 1 or spec.top_p != 1):
+        key = "samples" if spec.samples > 1 else "top_p"
+        raise RecipeError(
+            f"{where}: key '{key}' needs temperature > 0 (greedy decoding gives one answer)"
+        )
+
+
 def _parse_expert(raw: dict[str, Any], where: str) -> ExpertSpec:
     t = dict(raw)
     name = _take(t, "name", str, where, _REQUIRED)
@@ -226,6 +249,8 @@ def _parse_expert(raw: dict[str, Any], where: str) -> ExpertSpec:
         few_shot=_take(t, "few_shot", str, where, ""),
         max_new_tokens=_take(t, "max_new_tokens", int, where, 64),
         temperature=_take(t, "temperature", float, where, 0.0),
+        top_p=_take(t, "top_p", float, where, 1.0),
+        samples=_take(t, "samples", int, where, 1),
         stop=tuple(stop),
         usd_per_mtok_in=_take(t, "usd_per_mtok_in", float, where, 0.0),
         usd_per_mtok_out=_take(t, "usd_per_mtok_out", float, where, 0.0),
@@ -233,10 +258,7 @@ def _parse_expert(raw: dict[str, Any], where: str) -> ExpertSpec:
     )
     _positive(spec.params_b, "params_b", where)
     _positive(spec.max_new_tokens, "max_new_tokens", where)
-    if spec.temperature != 0.0:
-        raise RecipeError(
-            f"{where}: key 'temperature' must be 0 (greedy decoding makes the cache exact)"
-        )
+    _check_sampling(spec, where)
     if backend == "llama_cpp" and not spec.model:
         raise RecipeError(f"{where}: expert '{name}': the llama_cpp backend needs key 'model'")
     _reject_leftovers(t, where)
@@ -280,6 +302,13 @@ def parse_recipe(data: dict[str, Any], path: Path) -> Recipe:
         _parse_expert(e if isinstance(e, dict) else {}, f"{where} [[experts]] #{i + 1}")
         for i, e in enumerate(raw_experts)
     )
+    largest = max(e.samples for e in experts)
+    uneven = next((e for e in experts if largest % e.samples), None)
+    if uneven is not None:
+        raise RecipeError(
+            f"{where}: expert '{uneven.name}' has samples = {uneven.samples}, which does not "
+            f"divide the largest ({largest}): the env draws one of {largest} children per call"
+        )
     names = [e.name for e in experts]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)

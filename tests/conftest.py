@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
+import pyarrow.parquet as pq
 import pytest
+
+from dersim.cache.schema import MANIFEST, file_sha256, write_manifest, write_parquet_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -102,3 +107,13 @@ def write_recipe(tmp_path: Path):
         return path
 
     return write
+
+
+def rewrite(cache: Path, name: str, edit) -> None:
+    """Rewrite one table through `edit` (a polars frame -> frame) and re-hash it in the manifest,
+    so that only the deeper checks can catch the damage."""
+    table = pq.read_table(cache / name)
+    write_parquet_atomic(edit(pl.from_arrow(table)).to_arrow().cast(table.schema), cache / name)
+    manifest = json.loads((cache / MANIFEST).read_text())
+    manifest["files"][name] = file_sha256(cache / name)
+    write_manifest(manifest, cache)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 
 from dersim.builder.build import build_cache
@@ -16,15 +14,12 @@ from dersim.cache.schema import (
     MANIFEST_HASH,
     STATES,
     TRANSITIONS,
-    file_sha256,
     manifest_hash_line,
-    write_manifest,
-    write_parquet_atomic,
 )
 from dersim.cache.verify import verify_cache
 from dersim.recipe import load_recipe
 
-from conftest import synthetic_recipe_text
+from conftest import rewrite, synthetic_recipe_text
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +36,6 @@ def cache_copy(sound_cache: Path, tmp_path: Path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(sound_cache, target, ignore=shutil.ignore_patterns("journal"))
     return target
-
-
-def rewrite(cache: Path, name: str, edit) -> None:
-    """Rewrite one table through `edit` (a polars frame -> frame) and re-hash it in the manifest,
-    so that only the deeper checks can catch the damage."""
-    table = pq.read_table(cache / name)
-    write_parquet_atomic(edit(pl.from_arrow(table)).to_arrow().cast(table.schema), cache / name)
-    manifest = json.loads((cache / MANIFEST).read_text())
-    manifest["files"][name] = file_sha256(cache / name)
-    write_manifest(manifest, cache)
 
 
 def test_sound_cache_has_no_problems(sound_cache: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dersim.builder.backends import make_backend
 from dersim.builder.calls import MIN_WINDOW, CallRunner
+from dersim.builder.expand import Call
 from dersim.builder.journal import CallJournal
 from dersim.builder.sources import load_questions
 from dersim.recipe import load_recipe
@@ -20,7 +21,7 @@ def test_a_large_level_runs_through_a_bounded_window(tmp_path: Path) -> None:
     )
     recipe = load_recipe(tmp_path / "r.toml")
     questions = load_questions(recipe.dataset)
-    calls = [(q, f"draft {i}", e) for i in range(4) for q in questions for e in range(3)]
+    calls = [Call(q, f"draft {i}", e) for i in range(4) for q in questions for e in range(3)]
     runner = CallRunner(
         recipe.experts,
         recipe.prompt,
@@ -36,6 +37,6 @@ def test_a_large_level_runs_through_a_bounded_window(tmp_path: Path) -> None:
     assert len(calls) == 2400 and runner.window() == MIN_WINDOW
     assert 0 < runner.peak_pending <= runner.window(), "more calls in flight than the window"
     assert [(r.question_id, r.previous_answer) for r in records] == [
-        (q.question_id, prev) for q, prev, _ in calls
+        (q.question_id, prev) for q, prev, _, _ in calls
     ]
     assert runner.calls_made == len(calls) and all(r.ok for r in records)

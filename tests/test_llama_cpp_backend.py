@@ -76,6 +76,30 @@ def test_greedy_decoding_is_deterministic(smol: LlamaCppBackend) -> None:
         fresh.close()
 
 
+def test_sampled_decoding_is_a_seeded_draw(smol: LlamaCppBackend) -> None:
+    """At temperature > 0 a sample's seed fixes its answer (a resumed build, a fresh model, calls
+    in between), and different seeds draw different answers."""
+    from dataclasses import replace
+
+    request = replace(
+        _request("Write one sentence about the sea.", max_new_tokens=24), temperature=0.9
+    )
+    draws = [smol.complete(replace(request, seed=seed)).text for seed in range(4)]
+    assert len(set(draws)) > 1, "four seeds drew the same answer"
+    fresh = LlamaCppBackend(_spec(SMOL), resolve_model(SMOL))
+    try:
+        assert [fresh.complete(replace(request, seed=seed)).text for seed in (2, 0)] == [
+            draws[2],
+            draws[0],
+        ]
+    finally:
+        fresh.close()
+    assert (
+        smol.complete(replace(request, temperature=0.0, seed=3)).text
+        == smol.complete(replace(request, temperature=0.0)).text
+    ), "greedy decoding ignores the seed"
+
+
 def test_concurrent_calls_are_serialized(smol: LlamaCppBackend) -> None:
     requests = [_request(f"Say the number {n % 2}.", max_new_tokens=8) for n in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:

@@ -55,7 +55,19 @@ def test_defaults_fill_missing_sections(write_recipe) -> None:
         ),
         ('backend = "synthetic"', 'backend = "telepathy"', "unknown backend 'telepathy'"),
         ("params_b = 0.5", "params_b = 0.5\ntempreature = 0", "unknown key 'tempreature'"),
-        ("params_b = 0.5", "params_b = 0.5\ntemperature = 0.7", "key 'temperature' must be 0"),
+        ("params_b = 0.5", "params_b = 0.5\nsamples = 4", "key 'samples' needs temperature > 0"),
+        ("params_b = 0.5", "params_b = 0.5\ntop_p = 0.9", "key 'top_p' needs temperature > 0"),
+        (
+            "params_b = 0.5",
+            "params_b = 0.5\ntemperature = 0.7\nsamples = 0",
+            "key 'samples' must be >= 1, got 0",
+        ),
+        ("params_b = 0.5", "params_b = 0.5\ntemperature = -1.0", "key 'temperature' must be >= 0"),
+        (
+            "params_b = 0.5",
+            "params_b = 0.5\ntemperature = 0.7\ntop_p = 0.0",
+            "key 'top_p' must be in (0, 1]",
+        ),
         ('name = "medium"', 'name = "small"', "expert name 'small' appears twice"),
         ("params_b = 0.5", "params_b = -1.0", "key 'params_b' must be > 0"),
         ('source = "bigbench"', 'source = "kaggle"', "key 'source' must be one of"),
@@ -98,3 +110,17 @@ def test_a_recipe_name_cannot_make_build_cache_write_outside_cache(
     result = CliRunner().invoke(main, ["build-cache", str(path), "--quiet"])
     assert result.exit_code != 0 and "must be a plain name" in result.output
     assert not (tmp_path.parent / "escaped").exists() and not (tmp_path / "cache").exists()
+
+
+def test_sampled_experts_parse_and_their_counts_must_divide(write_recipe) -> None:
+    """temperature > 0 with k samples parses (and marks the recipe sampled); a greedy expert
+    beside it is fine (1 divides k), an expert whose k does not divide the largest is an error."""
+    text = synthetic_recipe_text().replace(
+        "params_b = 0.5", "params_b = 0.5\ntemperature = 0.7\ntop_p = 0.95\nsamples = 4", 1
+    )
+    recipe = load_recipe(write_recipe(text))
+    assert [(e.temperature, e.top_p, e.samples) for e in recipe.experts][0] == (0.7, 0.95, 4)
+    assert recipe.sampled and max(e.samples for e in recipe.experts[1:]) == 1
+    uneven = text.replace('name = "medium"', 'name = "medium"\ntemperature = 1.0\nsamples = 3', 1)
+    with pytest.raises(RecipeError, match="expert 'medium' has samples = 3, which does not divide"):
+        load_recipe(write_recipe(uneven))

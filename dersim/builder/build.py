@@ -80,9 +80,10 @@ class BuildReport:
         }
 
 
-def full_tree_calls(n_questions: int, n_experts: int, depth: int) -> int:
-    """Calls a build without deduplication would make: Q * (N + N^2 + ... + N^D)."""
-    return n_questions * sum(n_experts ** (d + 1) for d in range(depth))
+def full_tree_calls(n_questions: int, calls_per_state: int, depth: int) -> int:
+    """Calls a build without deduplication would make: Q * (M + M^2 + ... + M^D), with M calls per
+    state (the number of experts N, or the sum of their samples)."""
+    return n_questions * sum(calls_per_state ** (d + 1) for d in range(depth))
 
 
 def build_cache(
@@ -127,7 +128,7 @@ def _build(
     )
     prepared = time.perf_counter()
     try:
-        graphs = expand(questions, len(recipe.experts), depth, runner.run_level)
+        graphs = expand(questions, [e.samples for e in recipe.experts], depth, runner.run_level)
     finally:
         runner.close()
     expanded = time.perf_counter()
@@ -148,7 +149,9 @@ def _build(
         QUESTIONS: questions_table(graphs),
         STATES: states_table(graphs, scores, embeddings),
         TRANSITIONS: transitions_table(
-            graphs, [(e.usd_per_mtok_in, e.usd_per_mtok_out) for e in recipe.experts]
+            graphs,
+            [(e.usd_per_mtok_in, e.usd_per_mtok_out) for e in recipe.experts],
+            sampled=recipe.sampled,
         ),
     }
     n_train = sum(q.split == "train" for q in questions)
@@ -195,7 +198,7 @@ def _build(
     )
     finished = time.perf_counter()
 
-    failed = [r for g in graphs for _, _, t, r in g.edges if t < 0]
+    failed = [edge.call for g in graphs for edge in g.edges if edge.next < 0]
     return BuildReport(
         out=str(out),
         questions=len(questions),
@@ -206,7 +209,9 @@ def _build(
         failed=len(failed),
         calls_made=runner.calls_made,
         calls_reused=runner.calls_reused,
-        full_tree_calls=full_tree_calls(len(questions), len(recipe.experts), depth),
+        full_tree_calls=full_tree_calls(
+            len(questions), sum(e.samples for e in recipe.experts), depth
+        ),
         backend_seconds=runner.backend_seconds,
         setup_seconds=runner.setup_seconds,
         seconds={

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dersim.builder.backends.base import Backend, CallFailed, CallRejected, Completion
+from dersim.builder.expand import Call
 from dersim.builder.journal import CallJournal, CallRecord, call_key, expert_fingerprint
 from dersim.builder.progress import progress
 from dersim.builder.prompts import render_request
@@ -67,11 +68,12 @@ class CallRunner:
                 self.setup_seconds += time.perf_counter() - started
             return self._backends[expert]
 
-    def _call(self, key: str, question: Question, previous: str | None, expert: int) -> CallRecord:
+    def _call(self, key: str, call: Call) -> CallRecord:
         """One call with retries; never raises for backend errors."""
+        question, previous, expert, sample = call
         spec = self.experts[expert]
         backend = self._backend(expert)
-        request = render_request(self.prompt, spec, question, previous)
+        request = render_request(self.prompt, spec, question, previous, sample)
         error, attempts, completion = "", 0, None
         started = time.perf_counter()
         for attempt in range(self.build.retries + 1):
@@ -95,12 +97,11 @@ class CallRunner:
             self.seconds_per_expert[spec.name] += elapsed
         return _record(key, question, spec.name, previous, completion, error, attempts)
 
-    def run_level(
-        self, level: int, calls: list[tuple[Question, str | None, int]]
-    ) -> list[CallRecord]:
+    def run_level(self, level: int, calls: list[Call]) -> list[CallRecord]:
         """Records for `calls` (in order): journaled ones reused, the others executed now."""
         keys = [
-            call_key(self._fingerprints[e], q.question_id, q.text, prev) for q, prev, e in calls
+            call_key(self._fingerprints[e], q.question_id, q.text, prev, j)
+            for q, prev, e, j in calls
         ]
         journaled = self.journal.lookup(keys)
         results: list[CallRecord | None] = []
@@ -129,7 +130,7 @@ class CallRunner:
                     # Keep `window` calls submitted; take their records in submission order (the
                     # journal's order stays deterministic), so memory does not grow with the level.
                     for index in itertools.islice(waiting, window - len(pending)):
-                        pending.append((pool.submit(self._call, keys[index], *calls[index]), index))
+                        pending.append((pool.submit(self._call, keys[index], calls[index]), index))
                     self.peak_pending = max(self.peak_pending, len(pending))
                     if not pending:
                         break

@@ -89,8 +89,12 @@ RUN_ONLY_OPTIONS = {
 def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
     """A hash of every setting that changes what `expert` answers (not its price, size or speed)."""
     settings = asdict(expert)
-    for irrelevant in ("params_b", "usd_per_mtok_in", "usd_per_mtok_out"):
+    # The sample count is not a setting of any one call (a call's sample index is in its key);
+    # top_p = 1 (the default) is left out so that greedy experts keep their keys.
+    for irrelevant in ("params_b", "usd_per_mtok_in", "usd_per_mtok_out", "samples"):
         settings.pop(irrelevant)
+    if settings["top_p"] == 1.0:
+        settings.pop("top_p")
     run_only = RUN_ONLY_OPTIONS.get(expert.backend, set())
     settings["options"] = {k: v for k, v in expert.options.items() if k not in run_only}
     settings["prompt"] = asdict(prompt)
@@ -100,14 +104,20 @@ def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
 
 
 def call_key(
-    fingerprint: str, question_id: str, question_text: str, previous_answer: str | None
+    fingerprint: str,
+    question_id: str,
+    question_text: str,
+    previous_answer: str | None,
+    sample: int = 0,
 ) -> str:
-    """The identity of one call; `None` (the root prompt, no KTP) differs from an empty answer."""
+    """The identity of one call; `None` (the root prompt, no KTP) differs from an empty answer.
+    Sample i > 0 of a sampled expert is its own call (sample 0 has the key a single call has)."""
     parts = [
         fingerprint,
         question_id,
         question_text,
         "\x00root" if previous_answer is None else previous_answer,
+        *([f"\x00sample {sample}"] if sample else []),
     ]
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 

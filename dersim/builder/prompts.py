@@ -21,9 +21,14 @@ def user_message(prompt: PromptSpec, question: Question, previous_answer: str | 
 
 
 def render_request(
-    prompt: PromptSpec, expert: ExpertSpec, question: Question, previous_answer: str | None
+    prompt: PromptSpec,
+    expert: ExpertSpec,
+    question: Question,
+    previous_answer: str | None,
+    sample: int = 0,
 ) -> CallRequest:
-    """The full call for `expert` on `question` after `previous_answer` (None at the root)."""
+    """The full call for `expert` on `question` after `previous_answer` (None at the root); a
+    sampled expert's `sample`-th draw is seeded by its index."""
     text = user_message(prompt, question, previous_answer)
     if expert.prompt_format == "completion":
         text = f"{expert.few_shot}{text}\nAnswer:"
@@ -33,4 +38,7 @@ def render_request(
         prompt=text,
         max_new_tokens=expert.max_new_tokens,
         stop=expert.stop,
+        temperature=expert.temperature,
+        top_p=expert.top_p,
+        seed=sample,
     )

@@ -22,6 +22,7 @@ import numpy as np
 
 from dersim.builder.local_models import hub_offline, local_model_path, torch_device
 from dersim.builder.sources.question import Question
+from dersim.cache.answers import last_number, yes_no
 from dersim.errors import BackendError, DatasetError
 from dersim.recipe import MetricSpec
 
@@ -42,19 +43,8 @@ def normalize_tokens(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Yes/no accuracy
+# Yes/no accuracy and numeric exact match (answers read by `dersim.cache.answers`)
 # ---------------------------------------------------------------------------------------------
-
-# "The answer is: **Yes**", "Answer: no" — an explicit verdict wins over an earlier stray yes/no.
-_VERDICT = re.compile(r"\banswer\s*(?:is|would be|:)\s*[:\-\s*_\"'`]*\b(yes|no)\b", re.IGNORECASE)
-_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-
-
-def yes_no(text: str) -> str | None:
-    """The verdict of `text`: its explicit "answer is yes/no", else its first yes/no word, else
-    None."""
-    match = _VERDICT.search(text) or _YES_NO.search(text)
-    return match.group(1).lower() if match else None
 
 
 def accuracy_yesno(answer: str, label: str) -> float:
@@ -64,33 +54,6 @@ def accuracy_yesno(answer: str, label: str) -> float:
     if gold is None:
         raise ValueError(f"label {label!r} is not yes/no")
     return float(yes_no(answer) == gold)
-
-
-# ---------------------------------------------------------------------------------------------
-# Numeric exact match
-# ---------------------------------------------------------------------------------------------
-
-_UNSIGNED = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
-# A number, optionally signed (a minus not glued to a preceding word or digit: "5-3" is 5 and 3),
-# optionally a fraction or ratio "2 / 3", "1 : 4" (elementary_math_qa writes labels that way).
-_NUMBER = re.compile(
-    rf"(?:(?<![\w)])(?P<sign>[-\u2212]))?(?P<a>{_UNSIGNED})(?:\s*[/:]\s*(?P<b>{_UNSIGNED}))?"
-)
-
-
-def last_number(text: str) -> float | None:
-    """The value of the last number in `text` ("1,000", "-2.5", "40 %" -> 40, "2 / 3" -> 0.667)."""
-    matches = list(_NUMBER.finditer(text))
-    if not matches:
-        return None
-    match = matches[-1]
-    value = float(match["a"].replace(",", ""))
-    if match["b"] is not None:
-        denominator = float(match["b"].replace(",", ""))
-        if denominator == 0.0:
-            return None
-        value /= denominator
-    return -value if match["sign"] else value
 
 
 def exact_match_number(answer: str, label: str) -> float:

@@ -12,7 +12,12 @@ import numpy as np
 import pyarrow as pa
 
 from dersim.builder.expand import QuestionGraph
-from dersim.cache.schema import QUESTIONS_SCHEMA, TRANSITIONS_SCHEMA, states_schema
+from dersim.cache.schema import (
+    QUESTIONS_SCHEMA,
+    SAMPLED_TRANSITIONS_SCHEMA,
+    TRANSITIONS_SCHEMA,
+    states_schema,
+)
 from dersim.cache.writer import embedding_column
 
 
@@ -57,27 +62,33 @@ def states_table(
 
 
 def transitions_table(
-    graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]]
+    graphs: list[QuestionGraph], usd_per_mtok: list[tuple[float, float]], sampled: bool = False
 ) -> pa.Table:
     """One row per call made on the way: (state, expert) -> next state, tokens, latency, US dollars
-    (from each expert's (input, output) price per million tokens), status."""
+    (from each expert's (input, output) price per million tokens), status; and, for a recipe with
+    sampled experts (`sampled`), the call's sample index."""
     offsets = state_offsets(graphs)
     rows = [
         (
-            offset + s,
-            e,
-            None if t < 0 else offset + t,
-            r.prompt_tokens,
-            r.completion_tokens,
-            r.latency_s,
-            (r.prompt_tokens * usd_per_mtok[e][0] + r.completion_tokens * usd_per_mtok[e][1]) / 1e6,
-            r.status,
-            r.error,
+            offset + edge.state,
+            edge.expert,
+            None if edge.next < 0 else offset + edge.next,
+            edge.call.prompt_tokens,
+            edge.call.completion_tokens,
+            edge.call.latency_s,
+            (
+                edge.call.prompt_tokens * usd_per_mtok[edge.expert][0]
+                + edge.call.completion_tokens * usd_per_mtok[edge.expert][1]
+            )
+            / 1e6,
+            edge.call.status,
+            edge.call.error,
+            edge.sample,
         )
         for g, offset in zip(graphs, offsets.tolist(), strict=True)
-        for s, e, t, r in g.edges
+        for edge in g.edges
     ]
-    names = TRANSITIONS_SCHEMA.names
+    schema = SAMPLED_TRANSITIONS_SCHEMA if sampled else TRANSITIONS_SCHEMA
     return pa.table(
-        {name: [row[i] for row in rows] for i, name in enumerate(names)}, schema=TRANSITIONS_SCHEMA
+        {name: [row[i] for row in rows] for i, name in enumerate(schema.names)}, schema=schema
     )

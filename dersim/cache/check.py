@@ -31,12 +31,15 @@ from dersim.cache.files import (
 from dersim.cache.schema import (
     MANIFEST,
     QUESTIONS,
+    SAMPLE,
     STATES,
     STATUS_FAILED,
     STATUS_OK,
     TABLE_FILES,
     TRANSITIONS,
+    expert_samples,
     file_sha256,
+    is_sampled,
 )
 from dersim.errors import CacheFormatError
 
@@ -184,9 +187,12 @@ def transitions_problems(
     n_experts: int,
     n_states: int,
     codes: np.ndarray | None = None,
+    samples: Sequence[int] | None = None,
 ) -> list[str]:
     """Known statuses; state, expert and (for 'ok' calls) next state ids in range; one row per
-    (state, expert); with the states' `question_codes`, no call that leads to another question."""
+    (state, expert), or for a sampled cache (each expert's `samples` k) per (state, expert,
+    sample) with the sample in [0, k); with the states' `question_codes`, no call that leads to
+    another question."""
     status = transitions["status"]
     unknown = (~status.is_in([STATUS_OK, STATUS_FAILED])).fill_null(True).to_numpy()
     if unknown.any():
@@ -203,10 +209,22 @@ def transitions_problems(
     )
     if problems:
         return problems
-    keys = np.sort(state * n_experts + expert)
+    pair = "(state_id, expert_id)"
+    keys = state * n_experts + expert
+    if samples is not None:
+        k = np.asarray(samples, dtype=np.int64)
+        sample = _ids(transitions, SAMPLE)
+        outside = (sample < 0) | (sample >= k[expert])
+        if outside.any():
+            return [
+                f"{path}: {_values(int(outside.sum()), SAMPLE)} outside [0, the expert's samples) "
+                f"({_rows(outside)})"
+            ]
+        keys, pair = keys * int(k.max()) + sample, "(state_id, expert_id, sample)"
+    keys = np.sort(keys)
     repeated = int((keys[1:] == keys[:-1]).sum())
     if repeated:
-        problems.append(f"{path}: {repeated} duplicate (state_id, expert_id) pairs")
+        problems.append(f"{path}: {repeated} duplicate {pair} rows")
     if codes is not None:
         crossing = ok & (codes[state] != codes[np.where(ok, nxt, 0)])
         if crossing.any():
@@ -248,7 +266,12 @@ def content_problems(
     if TRANSITIONS in tables:
         codes = None if states is None else question_codes(states)
         problems += transitions_problems(
-            directory / TRANSITIONS, tables[TRANSITIONS], len(manifest["experts"]), n_states, codes
+            directory / TRANSITIONS,
+            tables[TRANSITIONS],
+            len(manifest["experts"]),
+            n_states,
+            codes,
+            expert_samples(manifest) if is_sampled(manifest) else None,
         )
     return problems
 
@@ -292,7 +315,10 @@ def read_checked(
     if verify_hashes:
         raise_first(hash_problems(directory, manifest, files))
     schemas = table_schemas(manifest, metrics)
-    extra = {STATES: [*metrics, *(["embedding"] if embeddings else [])]}
+    extra = {
+        STATES: [*metrics, *(["embedding"] if embeddings else [])],
+        TRANSITIONS: [SAMPLE] if is_sampled(manifest) else [],
+    }
     tables, checked = {}, {}
     for name in files:
         needed = [*CHECKED_COLUMNS[name], *extra.get(name, ())]

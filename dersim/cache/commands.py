@@ -18,6 +18,39 @@ def cache_group() -> None:
     """Inspect and check built caches."""
 
 
+def _sampling_table(sampling: list[dict], metrics: list[str]) -> Table:
+    """Each sampled expert's first calls: distinct answers among its k samples, one sample's mean
+    score, self-consistency and best-of-k by the reference, with 95% intervals."""
+    table = Table(
+        "expert",
+        "k",
+        "distinct",
+        "baseline",
+        *metrics,
+        title="sampled experts, first call (mean [95% interval] over questions)",
+    )
+    labels = (
+        ("per_sample", "one sample"),
+        ("self_consistency", "self-consistency"),
+        ("best_of_k_reference", "best of k (reads the reference)"),
+    )
+    for e in sampling:
+        for row, (key, label) in enumerate(labels):
+            table.add_row(
+                e["name"] if row == 0 else "",
+                str(e["samples"]) if row == 0 else "",
+                f"{e['distinct_share']:.0%}" if row == 0 else "",
+                label,
+                *[
+                    f"{e[key][m]['mean']:.3f} [{e[key][m]['low']:.3f}, {e[key][m]['high']:.3f}]"
+                    for m in metrics
+                ],
+                style="dim" if key == "best_of_k_reference" else None,
+                end_section=row == len(labels) - 1,
+            )
+    return table
+
+
 @cache_group.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
@@ -82,7 +115,9 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
             style="dim",
         )
     out.print(table)
-    if summary["depth"] > 1:
+    if summary["sampling"]:
+        out.print(_sampling_table(summary["sampling"], metrics))
+    if summary["depth"] > 1 and not summary["sampling"]:
         steps = Table(
             "expert",
             "call",
@@ -108,6 +143,12 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
         "cost scale (--cost-scale auto: the dearest expert's mean cost per call on train; alpha = "
         f"1 prices such a call at the whole score range): {scales}"
     )
+    if summary["sampling"]:
+        out.print(
+            "sampled cache: self-consistency votes by the task's answer (majority) or, for free "
+            "text, by embedding (the medoid sample); route figures need draws over children and "
+            "are not shown"
+        )
     for metric, best in summary["best_fixed_route"].items():
         if best:
             cost = (

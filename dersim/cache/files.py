@@ -20,10 +20,12 @@ from dersim.cache.schema import (
     MANIFEST_HASH,
     QUESTIONS,
     QUESTIONS_SCHEMA,
+    SAMPLED_TRANSITIONS_SCHEMA,
     STATES,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
     WRITING_MARKER,
+    is_sampled,
     manifest_hash_line,
     states_schema,
 )
@@ -136,7 +138,7 @@ def table_schemas(
     return {
         QUESTIONS: QUESTIONS_SCHEMA,
         STATES: states_schema(metrics, dim),
-        TRANSITIONS: TRANSITIONS_SCHEMA,
+        TRANSITIONS: SAMPLED_TRANSITIONS_SCHEMA if is_sampled(manifest) else TRANSITIONS_SCHEMA,
     }
 
 

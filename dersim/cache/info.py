@@ -9,7 +9,8 @@ import polars as pl
 from dersim.cache.costs import COST_MODES, CostError, auto_cost_scale, per_call_costs
 from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
-from dersim.cache.schema import STATUS_OK, is_imported
+from dersim.cache.sampling import sampling_summary
+from dersim.cache.schema import STATUS_OK, is_imported, is_sampled
 
 ANSWER_QUANTILES = (
     0.25,
@@ -96,7 +97,13 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
     most D calls reaches; `best_fixed_route`: the one expert sequence (of length <= D) with the best
     mean final score over all questions, with its parameter cost. `calls` counts the answers each
     expert really gave (see `_calls`); a per-call mean the cache does not know is None.
+
+    On a sampled cache the first-answer means are over every sample (the expectation of one
+    sampled call), `oracle_single_call` takes the best of all samples, `sampling` holds each
+    sampled expert's `sampling_summary`, and the route figures (by step, best fixed route), which
+    need draws over children, are None.
     """
+    sampled = is_sampled(cache.manifest)
     s, t, q = cache.states, cache.transitions, cache.questions
     metrics = cache.metric_columns
     names = cache.expert_names
@@ -128,7 +135,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         .to_dicts()
     )
     by_id = {row["expert_id"]: row for row in calls}
-    by_step = expert_scores_by_step(cache, metrics)
+    by_step = None if sampled else expert_scores_by_step(cache, metrics)
     experts = []
     for index, spec in enumerate(cache.manifest["experts"]):
         depth1 = next((row for row in per_expert if row["expert_id"] == index), {})
@@ -146,7 +153,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
                     for key in ("mean_latency_s", "mean_completion_tokens", "mean_cost_usd")
                 },
                 "depth1": {m: depth1.get(m) for m in metrics},
-                "by_step": {m: by_step[m][index] for m in metrics},
+                "by_step": None if by_step is None else {m: by_step[m][index] for m in metrics},
             }
         )
     oracle_single = (
@@ -178,7 +185,10 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
         "answer_score_quantiles": quantiles,
         "oracle_single_call": oracle_single[0] if oracle_single else {},
         "oracle_any_state": oracle_any[0] if oracle_any else {},
-        "best_fixed_route": {m: next(iter(best_fixed_routes(cache, m)), None) for m in metrics},
+        "best_fixed_route": {
+            m: None if sampled else next(iter(best_fixed_routes(cache, m)), None) for m in metrics
+        },
+        "sampling": sampling_summary(cache) if sampled else None,
         "embedding": cache.manifest.get("embedding", {}),
         "cost_scale": cost_scales(cache),
     }

@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 
 from dersim.cache.reader import Cache
-from dersim.cache.schema import STATUS_OK
+from dersim.cache.schema import STATUS_OK, not_replayable
+from dersim.errors import DersimError
 
 MAX_ROUTES = 20_000
 
@@ -54,7 +55,13 @@ class Outcome:
 
 
 def next_state_matrix(cache: Cache) -> np.ndarray:
-    """int32 [S, N]: the successor of each state under each expert, -1 where not built."""
+    """int32 [S, N]: the successor of each state under each expert, -1 where not built.
+
+    Raises:
+        DersimError: a sampled cache, whose calls have several children.
+    """
+    if reason := not_replayable(cache.path, cache.manifest):
+        raise DersimError(reason)
     table = np.full((cache.states.height, len(cache.expert_names)), -1, dtype=np.int32)
     ok = cache.transitions.filter(pl.col("status") == STATUS_OK)
     table[ok["state_id"].to_numpy(), ok["expert_id"].to_numpy()] = ok["next_state_id"].to_numpy()

@@ -62,6 +62,32 @@ TRANSITIONS_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
+# A cache whose recipe samples (some expert's `samples` k > 1) records which of the k calls of a
+# (state, expert) each transition is: rows are then unique per (state, expert, sample).
+SAMPLE = "sample"
+SAMPLED_TRANSITIONS_SCHEMA = TRANSITIONS_SCHEMA.append(pa.field(SAMPLE, pa.int16()))
+
+
+def expert_samples(manifest: dict[str, Any]) -> list[int]:
+    """Each expert's samples per call k (1 for a greedy expert, or a cache from before sampling)."""
+    return [int(e.get("samples", 1)) for e in manifest.get("experts", [])]
+
+
+def is_sampled(manifest: dict[str, Any]) -> bool:
+    """Whether the cache of `manifest` records sampled transitions (a `sample` column)."""
+    return max(expert_samples(manifest), default=1) > 1
+
+
+def not_replayable(directory: Path | str, manifest: dict[str, Any]) -> str | None:
+    """Why routes cannot be replayed on the cache of `manifest` by this version (a sampled cache
+    needs draws over each call's children), or None."""
+    if not is_sampled(manifest):
+        return None
+    return (
+        f"{directory}: a sampled cache ({max(expert_samples(manifest))} samples per call): "
+        "replaying routes over its children is not built yet; `dersim cache info` shows its "
+        "sampling baselines"
+    )
 
 
 def is_imported(manifest: dict[str, Any]) -> bool:

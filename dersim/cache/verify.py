@@ -26,11 +26,14 @@ from dersim.cache.schema import (
     DEDUP_BY_ANSWER,
     QUESTIONS,
     QUESTIONS_SCHEMA,
+    SAMPLED_TRANSITIONS_SCHEMA,
     STATES,
     STATUS_OK,
     TRANSITIONS,
     TRANSITIONS_SCHEMA,
+    expert_samples,
     is_imported,
+    is_sampled,
     states_schema,
 )
 from dersim.errors import CacheFormatError
@@ -42,7 +45,9 @@ def _check_schemas(cache: Cache) -> list[str]:
     dim = int(cache.manifest.get("embedding", {}).get("dim", 0))
     expected = {
         QUESTIONS: QUESTIONS_SCHEMA,
-        TRANSITIONS: TRANSITIONS_SCHEMA,
+        TRANSITIONS: SAMPLED_TRANSITIONS_SCHEMA
+        if is_sampled(cache.manifest)
+        else TRANSITIONS_SCHEMA,
         STATES: states_schema(cache.metric_columns, dim),
     }
     problems = []
@@ -111,11 +116,13 @@ def _check_transitions(cache: Cache) -> list[str]:
         problems.append(f"{where}: {failed} failed calls ({_failed_advice(cache.manifest)})")
     expandable = s.filter(pl.col("depth") < depth).select("state_id")
     counts = expandable.join(ok.group_by("state_id").len(), on="state_id", how="left").fill_null(0)
-    incomplete = counts.filter(pl.col("len") != n_experts).height
+    calls = sum(expert_samples(cache.manifest))  # per state: one per expert, or per sample
+    incomplete = counts.filter(pl.col("len") != calls).height
     if incomplete:
+        what = f"{n_experts} experts'" if calls == n_experts else f"{calls} sampled"
         problems.append(
-            f"{where}: {incomplete} states above depth {depth} lack some of the {n_experts} "
-            "experts' transitions (incomplete to depth D)"
+            f"{where}: {incomplete} states above depth {depth} lack some of the {what} "
+            "transitions (incomplete to depth D)"
         )
     if t.join(s.filter(pl.col("depth") >= depth).select("state_id"), on="state_id").height:
         problems.append(
@@ -162,5 +169,6 @@ def verify_cache(directory: str | Path) -> list[str]:
         len(cache.expert_names),
         cache.states.height,
         None if states is None else question_codes(states),
+        expert_samples(cache.manifest) if is_sampled(cache.manifest) else None,
     )
     return problems + (transitions or _check_transitions(cache))

@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 from dersim.cache.check import read_checked
 from dersim.cache.costs import AUTO, COST_MODES, auto_cost_scale, per_call_costs, resolve_cost_scale
 from dersim.cache.files import embedding_matrix, read_manifest
-from dersim.cache.schema import QUESTIONS, STATES, STATUS_OK, TRANSITIONS, is_imported
+from dersim.cache.schema import (
+    QUESTIONS,
+    STATES,
+    STATUS_OK,
+    TRANSITIONS,
+    is_imported,
+    not_replayable,
+)
 from dersim.cache.splits import DEFAULT_VAL_FRACTION, SPLITS, assign_splits, split_mask
 from dersim.env import DEPLOYABLE_TERMINATORS, REWARDS, TERMINATORS
 from dersim.env.judge import Judge, fit_judge, oracle_noise
@@ -209,7 +216,10 @@ def load_tables(
         EnvError: a setting the cache cannot serve (unknown metric, T_max past the built depth).
     """
     directory = Path(directory)
-    spec = resolve_spec(spec, read_manifest(directory), directory)
+    manifest = read_manifest(directory)
+    if reason := not_replayable(directory, manifest):
+        raise EnvError(reason)
+    spec = resolve_spec(spec, manifest, directory)
     manifest, read = read_checked(
         directory,
         {

@@ -22,6 +22,14 @@ class CallRequest:
     prompt: str  # the full text for completion-format experts, the user message for chat experts
     max_new_tokens: int
     stop: tuple[str, ...]
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0  # the sample index: sample i of a call is drawn with seed i
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the answer is a seeded draw (temperature > 0) rather than the greedy one."""
+        return self.temperature > 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,8 @@ class CallRejected(CallFailed):
 
 
 class Backend(Protocol):
-    """An expert: `complete` must be deterministic for a given request (greedy decoding)."""
+    """An expert: `complete` must be deterministic for a given request (greedy decoding, or a
+    sampled draw fixed by the request's seed)."""
 
     name: str
     prompt_format: str  # "chat" or "completion"

@@ -1,7 +1,8 @@
 """In-process llama.cpp experts: llama-cpp-python running a local GGUF file on the CPU.
 
 Decoding is greedy (temperature 0 makes llama-cpp-python use llama.cpp's argmax sampler; the
-repeat/frequency/presence penalties are neutral) and every call starts from an empty KV cache, so
+repeat/frequency/presence penalties are neutral), or for a sampled expert a draw at its
+temperature and top_p seeded by the sample index, and every call starts from an empty KV cache, so
 a call's answer depends only on its prompt and the model, never on earlier calls: a resumed build
 reproduces exactly the answers an uninterrupted one would have produced.
 
@@ -65,6 +66,20 @@ _GREEDY: dict[str, Any] = {
     "presence_penalty": 0.0,
     "mirostat_mode": 0,
 }
+
+
+def sampling(request: CallRequest) -> dict[str, Any]:
+    """llama-cpp-python's sampler settings for `request`: greedy, or at temperature > 0 plain
+    temperature and nucleus (top_p) sampling, seeded by the request (every other stage off)."""
+    if not request.sampled:
+        return _GREEDY
+    return {
+        **_GREEDY,
+        "temperature": request.temperature,
+        "top_k": 0,  # off: the whole vocabulary, cut by top_p
+        "top_p": request.top_p,
+        "seed": request.seed,
+    }
 
 
 _LOAD_LOCK = threading.Lock()
@@ -202,7 +217,7 @@ class LlamaCppBackend:
         self._llm.create_completion("Hello", max_tokens=1, **_GREEDY)
 
     def complete(self, request: CallRequest) -> Completion:
-        """Greedy-decode one answer from an empty KV cache."""
+        """Decode one answer (greedy, or the request's seeded draw) from an empty KV cache."""
         stop = list(request.stop) or None
         with self._lock:
             self._llm.reset()  # forget the previous call: no KV-cache prefix reuse across calls
@@ -213,12 +228,15 @@ class LlamaCppBackend:
                         messages=[{"role": "user", "content": request.prompt}],
                         max_tokens=request.max_new_tokens,
                         stop=stop,
-                        **_GREEDY,
+                        **sampling(request),
                     )
                     text = out["choices"][0]["message"]["content"] or ""
                 else:
                     out = self._llm.create_completion(
-                        request.prompt, max_tokens=request.max_new_tokens, stop=stop, **_GREEDY
+                        request.prompt,
+                        max_tokens=request.max_new_tokens,
+                        stop=stop,
+                        **sampling(request),
                     )
                     text = out["choices"][0]["text"]
             except ValueError as exc:

@@ -2,7 +2,9 @@
 
 Only the standard library is used (urllib + json). A chat expert posts one user message to
 `{base_url}/chat/completions`; a completion expert posts its full prompt to
-`{base_url}/completions`. Decoding is greedy (temperature 0, top_p 1, seed 0). Servers differ in how
+`{base_url}/completions`. Decoding is greedy (temperature 0, top_p 1, seed 0), or for a sampled
+expert its temperature and top_p with the sample index as the seed (a server that ignores `seed`
+gives a cache that no rebuild reproduces). Servers differ in how
 exactly they honour that: llama-cpp-python's server, for one, applies its default repeat penalty
 (1.1) on top of the argmax, which no standard request field switches off, so its answers can differ
 from those of the in-process llama_cpp backend on the same model and prompt.
@@ -55,7 +57,6 @@ RETRYABLE_4XX = (408, 409, 429)
 _BODY_CHARS = 200  # how much of an error answer's body goes into the error message
 
 # The standard request fields that make a compatible server decode greedily and reproducibly.
-_GREEDY: dict[str, Any] = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -200,7 +201,10 @@ class OpenAIBackend:
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_new_tokens,
-            **_GREEDY,
+            # Greedy (0, 1, seed 0), or a sampled expert's draw: its sample index is the seed.
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
         }
         if self.prompt_format == "chat":
             body["messages"] = [{"role": "user", "content": request.prompt}]

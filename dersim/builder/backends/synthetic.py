@@ -14,7 +14,10 @@ metrics (accuracy, token F1, ROUGE-L, BERTScore) see a known quality. An answer 
 - `fail_rate`, `fail_attempts`: that share of calls fails on its first `fail_attempts` attempts
   (in each process), to exercise retries and failure records.
 Every draw is seeded by a hash of (seed, expert, question, previous answer), so any call gives the
-same answer in any process and in any order: the property that makes cached builds exact.
+same answer in any process and in any order: the property that makes cached builds exact. At
+temperature > 0 the request's seed (its sample index) joins the hash: each sample is an
+independent draw from the same answer distribution (its magnitude does not matter), so a
+sample's chance of a correct label is exactly what it is for the greedy expert.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class SyntheticBackend:
                     self.name,
                     request.question.question_id,
                     "\x00" if request.previous_answer is None else request.previous_answer,
+                    *([f"sample {request.seed}"] if request.sampled else []),
                 ]
             ).encode(),
             digest_size=16,
