@@ -5,6 +5,7 @@ they were."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from dersim.builder.journal import CallJournal
 from dersim.builder.shards import Shard
 from dersim.cache.merge import merge_caches
 from dersim.cache.reader import open_cache
-from dersim.cache.sampling import sampling_summary
+from dersim.cache.sampling import sampling_summary, sampling_voting
 from dersim.cache.schema import TABLE_FILES, TRANSITIONS
 from dersim.cache.verify import verify_cache
 from dersim.cli import main
@@ -131,23 +132,32 @@ def majority_of(k: int, p: float) -> float:
 
 
 def test_self_consistency_matches_the_analytic_majority_vote(tmp_path: Path) -> None:
-    """A synthetic expert whose samples are right with chance 0.6, independently: over 600
-    questions its per-sample accuracy is 0.6 and its 5-sample majority 0.683, within 4 standard
-    errors; `cache info --json` reports the same figures."""
-    text = synthetic_recipe_text(train=500, test=100, depth=1).replace(
-        "skill = 0.9, refine = 0.5, copy = 0.0", "skill = 0.6, refine = 0.5, copy = 0.0"
-    )
-    cache = build(
-        tmp_path, text.replace("params_b = 7.0", "params_b = 7.0\ntemperature = 1.0\nsamples = 5")
-    )
-    (large,) = sampling_summary(open_cache(cache))
-    assert (large["name"], large["samples"], large["questions"]) == ("large", 5, 600)
-    per_sample = large["per_sample"]["accuracy"]["mean"]
-    vote = large["self_consistency"]["accuracy"]["mean"]
-    assert abs(per_sample - 0.6) < 4 * math.sqrt(0.24 / 3000)
-    expected = majority_of(5, 0.6)
-    assert abs(vote - expected) < 4 * math.sqrt(expected * (1 - expected) / 600)
-    assert large["best_of_k_reference"]["accuracy"]["mean"] > vote > per_sample
+    """Three synthetic experts whose samples are right with chance 0.6, independently, 5 samples
+    each, 600 questions: each one's per-sample accuracy is 0.6, its 5-sample majority 0.683, and
+    sampling-voting over all 15 samples 0.787, each within 4 standard errors; `cache info --json`
+    reports them."""
+    text = synthetic_recipe_text(train=500, test=100, depth=1)
+    for skill in ("0.3", "0.6", "0.9"):
+        text = text.replace(f"skill = {skill},", "skill = 0.6,")
+    for size in ("0.5", "2.0", "7.0"):
+        text = text.replace(
+            f"params_b = {size}", f"params_b = {size}\ntemperature = 1.0\nsamples = 5"
+        )
+    cache = build(tmp_path, text)
+    experts = sampling_summary(open_cache(cache))
+    assert [(e["samples"], e["questions"]) for e in experts] == [(5, 600)] * 3
+
+    def close(value: float, p: float, n: int) -> bool:
+        return abs(value - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+    for e in experts:
+        assert close(e["per_sample"]["accuracy"]["mean"], 0.6, 3000)
+        assert close(e["self_consistency"]["accuracy"]["mean"], majority_of(5, 0.6), 600)
+        assert e["best_of_k_reference"]["accuracy"]["mean"] > majority_of(5, 0.6) + 0.1
+    voting = sampling_voting(open_cache(cache))
+    assert voting["calls"] == 15
+    assert close(voting["scores"]["accuracy"]["mean"], majority_of(15, 0.6), 600)
     result = CliRunner().invoke(main, ["cache", "info", str(cache), "--json"])
     assert result.exit_code == 0, result.output
-    assert '"self_consistency"' in result.output
+    summary = json.loads(result.output)
+    assert summary["sampling"] == experts and summary["sampling_voting"] == voting

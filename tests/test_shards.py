@@ -91,8 +91,25 @@ def test_merge_refuses_shards_of_another_recipe(
         ["cache", "merge", str(parts[0]), str(other), str(parts[2]), "--out", str(tmp_path / "m")],
     )
     assert result.exit_code != 0 and result.output.count("\n") == 1
-    assert "not a shard of the same build" in result.output and "experts" in result.output
+    assert "not a shard of the same build" in result.output
+    assert "recipe_fingerprint" in result.output
     assert not (tmp_path / "m" / "manifest.json").exists()
+
+
+def test_a_shard_built_from_its_own_recipe_copy_merges(
+    builds: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    """Each machine may have its own copy of the recipe, in another folder and with its own
+    run-only settings (here the synthetic backend's fail_attempts; for HTTP experts base_url): the
+    merge is still the single build, table for table."""
+    whole, parts = builds
+    copy = tmp_path / "elsewhere" / "r.toml"
+    copy.parent.mkdir()
+    copy.write_text(synthetic_recipe_text(train=12, test=6, fail_attempts=7), encoding="utf-8")
+    own = tmp_path / "own-1"
+    build_cache(load_recipe(copy), own, show_progress=False, shard=Shard(1, SHARDS))
+    merge_caches([parts[0], own, parts[2]], tmp_path / "merged")
+    assert digests(tmp_path / "merged") == digests(whole)
 
 
 @pytest.mark.parametrize("text", ["3/3", "1", "a/b", "-1/2", "0/0"])

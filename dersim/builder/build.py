@@ -18,7 +18,7 @@ from dersim import __version__
 from dersim.builder.backends import backend_fingerprints, make_backend
 from dersim.builder.calls import CallRunner
 from dersim.builder.expand import expand
-from dersim.builder.journal import CallJournal, check_kernels
+from dersim.builder.journal import CallJournal, build_fingerprint, check_kernels
 from dersim.builder.shards import Shard
 from dersim.builder.sources import load_questions
 from dersim.builder.tables import questions_table, states_table, transitions_table
@@ -182,6 +182,7 @@ def _build(
             },
             "backend_fingerprint": fingerprints,
             "recipe": recipe.to_manifest(),
+            "recipe_fingerprint": build_fingerprint(recipe),
             **(
                 {}
                 if shard is None

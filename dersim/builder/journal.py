@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from dersim.cache.schema import STATUS_OK, write_parquet_atomic
 from dersim.errors import BackendError, CacheFormatError
-from dersim.recipe import ExpertSpec, PromptSpec
+from dersim.recipe import ExpertSpec, PromptSpec, Recipe
 
 SHARD_GLOB = "shard-*.parquet"
 # The kernel fingerprints (replay keys) of the in-process backends the journal's calls ran on.
@@ -101,6 +101,19 @@ def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
         :16
     ]
+
+
+def build_fingerprint(recipe: Recipe) -> str:
+    """A hash of the recipe less what may differ between the machines of one sharded build: the
+    recipe's and the dataset's file paths and the experts' run-only options (servers, timeouts).
+    `dersim cache merge` joins only shards whose fingerprints agree."""
+    data = recipe.to_manifest()
+    data.pop("path")
+    data["dataset"].pop("path")
+    for expert in data["experts"]:
+        run_only = RUN_ONLY_OPTIONS.get(expert["backend"], set())
+        expert["options"] = {k: v for k, v in expert["options"].items() if k not in run_only}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def call_key(

@@ -18,9 +18,14 @@ def cache_group() -> None:
     """Inspect and check built caches."""
 
 
-def _sampling_table(sampling: list[dict], metrics: list[str]) -> Table:
+def _interval(value: dict[str, float]) -> str:
+    return f"{value['mean']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+
+def _sampling_table(sampling: list[dict], voting: dict, metrics: list[str]) -> Table:
     """Each sampled expert's first calls: distinct answers among its k samples, one sample's mean
-    score, self-consistency and best-of-k by the reference, with 95% intervals."""
+    score, self-consistency and best-of-k by the reference; then sampling-voting over every
+    expert's samples; with 95% intervals."""
     table = Table(
         "expert",
         "k",
@@ -41,13 +46,17 @@ def _sampling_table(sampling: list[dict], metrics: list[str]) -> Table:
                 str(e["samples"]) if row == 0 else "",
                 f"{e['distinct_share']:.0%}" if row == 0 else "",
                 label,
-                *[
-                    f"{e[key][m]['mean']:.3f} [{e[key][m]['low']:.3f}, {e[key][m]['high']:.3f}]"
-                    for m in metrics
-                ],
+                *[_interval(e[key][m]) for m in metrics],
                 style="dim" if key == "best_of_k_reference" else None,
                 end_section=row == len(labels) - 1,
             )
+    table.add_row(
+        "all experts",
+        str(voting["calls"]),
+        "",
+        "sampling-voting",
+        *[_interval(voting["scores"][m]) for m in metrics],
+    )
     return table
 
 
@@ -116,7 +125,7 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
         )
     out.print(table)
     if summary["sampling"]:
-        out.print(_sampling_table(summary["sampling"], metrics))
+        out.print(_sampling_table(summary["sampling"], summary["sampling_voting"], metrics))
     if summary["depth"] > 1 and not summary["sampling"]:
         steps = Table(
             "expert",

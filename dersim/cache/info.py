@@ -9,7 +9,7 @@ import polars as pl
 from dersim.cache.costs import COST_MODES, CostError, auto_cost_scale, per_call_costs
 from dersim.cache.reader import Cache
 from dersim.cache.routes import best_fixed_routes, expert_scores_by_step
-from dersim.cache.sampling import sampling_summary
+from dersim.cache.sampling import sampling_summary, sampling_voting
 from dersim.cache.schema import STATUS_OK, is_imported, is_sampled
 
 ANSWER_QUANTILES = (
@@ -100,7 +100,8 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
 
     On a sampled cache the first-answer means are over every sample (the expectation of one
     sampled call), `oracle_single_call` takes the best of all samples, `sampling` holds each
-    sampled expert's `sampling_summary`, and the route figures (by step, best fixed route), which
+    sampled expert's `sampling_summary`, `sampling_voting` the vote over all experts' samples, and
+    the route figures (by step, best fixed route), which
     need draws over children, are None.
     """
     sampled = is_sampled(cache.manifest)
@@ -189,6 +190,7 @@ def cache_summary(cache: Cache) -> dict[str, Any]:
             m: None if sampled else next(iter(best_fixed_routes(cache, m)), None) for m in metrics
         },
         "sampling": sampling_summary(cache) if sampled else None,
+        "sampling_voting": sampling_voting(cache) if sampled else None,
         "embedding": cache.manifest.get("embedding", {}),
         "cost_scale": cost_scales(cache),
     }

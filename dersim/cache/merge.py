@@ -73,10 +73,15 @@ def _same_build(shards: list[ShardCache]) -> None:
     first = shards[0]
 
     def dataset(m: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in m["dataset"].items() if k != "splits"}
+        return {k: v for k, v in m["dataset"].items() if k not in ("splits", "path")}
 
+    # Shards may differ in what their recipe fingerprint leaves out (file paths, servers): then
+    # the fingerprint is compared instead of the recipe and experts, and the first shard's are kept.
+    exempt = set(PER_SHARD) | (
+        {"recipe", "experts"} if "recipe_fingerprint" in first.manifest else set()
+    )
     for other in shards[1:]:
-        keys = (set(first.manifest) | set(other.manifest)) - set(PER_SHARD)
+        keys = (set(first.manifest) | set(other.manifest)) - exempt
         differs = sorted(k for k in keys if other.manifest.get(k) != first.manifest.get(k))
         differs += ["dataset"] if dataset(other.manifest) != dataset(first.manifest) else []
         differs += ["shard count"] if other.shard["count"] != first.shard["count"] else []

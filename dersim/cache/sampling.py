@@ -10,7 +10,8 @@ For each expert with k > 1 samples, over its first call on each question (the ro
   the highest mean embedding cosine to all k samples;
 - `best_of_k_reference`: the best of the k samples by the metric itself. It reads the reference
   to choose, so it is an oracle, not a deployable baseline.
-Each is a mean over questions with a normal 95% interval.
+Each is a mean over questions with a normal 95% interval. `sampling_voting` is the DER paper's
+sampling-voting baseline: the same vote over the samples of every expert together (N x k calls).
 """
 
 from __future__ import annotations
@@ -78,6 +79,29 @@ def first_call_samples(cache: Cache) -> pl.DataFrame:
     )
 
 
+def _pick(group: pl.DataFrame, metric: str, embeddings: np.ndarray) -> int:
+    """The row of `group` (one question's samples) the vote for `metric` picks."""
+    if metric in VOTED:
+        return _vote(group["answer"].to_list(), VOTED[metric])
+    return _medoid(embeddings[group["child_row"].to_numpy()])
+
+
+def sampling_voting(cache: Cache) -> dict[str, Any]:
+    """`calls`: the first calls per question (every expert's samples), and `scores`: per metric
+    the mean score (with its 95% interval) of the answer the vote picks among them (see the module
+    docstring)."""
+    calls = first_call_samples(cache)
+    embeddings = embedding_matrix(cache.states.select("embedding").to_arrow())
+    picked: dict[str, list[float]] = {m: [] for m in cache.metric_columns}
+    for _, group in calls.group_by("question_id", maintain_order=True):
+        for m in cache.metric_columns:
+            picked[m].append(group[m][_pick(group, m, embeddings)])
+    return {
+        "calls": sum(expert_samples(cache.manifest)),
+        "scores": {m: mean_interval(np.asarray(v)) for m, v in picked.items()},
+    }
+
+
 def sampling_summary(cache: Cache) -> list[dict[str, Any]]:
     """Per sampled expert: k, temperature, distinct share and the three baselines per metric (see
     the module docstring); greedy experts are left out."""
@@ -96,12 +120,9 @@ def sampling_summary(cache: Cache) -> list[dict[str, Any]]:
             "question_id", maintain_order=True
         ):
             distinct.append(group["next_state_id"].n_unique() / k)
-            rows = group["child_row"].to_numpy()
-            medoid = _medoid(embeddings[rows])
             for m in metrics:
                 scores = group[m].to_numpy()
-                pick = _vote(group["answer"].to_list(), VOTED[m]) if m in VOTED else medoid
-                chosen[m].append(scores[pick])
+                chosen[m].append(scores[_pick(group, m, embeddings)])
                 per_sample[m].append(scores.mean())
                 best[m].append(scores.max())
         out.append(
