@@ -10,8 +10,9 @@ For each expert with k > 1 samples, over its first call on each question (the ro
   the highest mean embedding cosine to all k samples;
 - `best_of_k_reference`: the best of the k samples by the metric itself. It reads the reference
   to choose, so it is an oracle, not a deployable baseline.
-Each is a mean over questions with a normal 95% interval. `sampling_voting` is the DER paper's
-sampling-voting baseline: the same vote over the samples of every expert together (N x k calls).
+Each is a mean over questions with a normal 95% interval (clipped to [0, 1]). `sampling_voting`
+is the DER paper's sampling-voting baseline: the same vote over the samples of every expert
+together (N x k calls).
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ VOTED: dict[str, Callable[[str], object]] = {
 
 
 def mean_interval(values: np.ndarray) -> dict[str, float]:
-    """The mean of `values` and its normal 95% interval (half width 1.96 sd / sqrt(n))."""
+    """The mean of `values` (scores in [0, 1]) and its normal 95% interval (half width
+    1.96 sd / sqrt(n)), clipped to [0, 1]."""
     n = len(values)
     mean = float(np.mean(values)) if n else math.nan
     half = 1.96 * float(np.std(values, ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-    return {"mean": mean, "low": mean - half, "high": mean + half}
+    return {"mean": mean, "low": max(mean - half, 0.0), "high": min(mean + half, 1.0)}
 
 
 def _vote(answers: list[str], read: Callable[[str], object]) -> int:
