@@ -120,10 +120,14 @@ def test_verify_checks_the_sample_column(sampled: Path, tmp_path: Path) -> None:
         rewrite(broken, TRANSITIONS, lambda _: pl.read_parquet(sampled / TRANSITIONS))
 
 
-def test_the_env_refuses_a_sampled_cache_in_one_line(sampled: Path) -> None:
+def test_the_env_and_the_routers_refuse_a_sampled_cache_in_one_line(sampled: Path) -> None:
+    """Until replay draws over a call's children, nothing replays a sampled cache silently."""
     with pytest.raises(EnvError, match="a sampled cache .4 samples per call.") as info:
         load_tables(sampled, EnvSpec(metric="accuracy"))
     assert "\n" not in str(info.value)
+    result = CliRunner().invoke(main, ["routers", "--cache", str(sampled)])
+    assert result.exit_code != 0 and result.output.count("\n") == 1
+    assert "a sampled cache" in result.output
 
 
 def majority_of(k: int, p: float) -> float:

@@ -74,8 +74,11 @@ def cache_info_command(directory: Path, as_json: bool, no_verify: bool) -> None:
 
     Quality by call: each expert's mean score when it makes call d, over every question and
     every route of d - 1 earlier calls (call 1: its own first answers). Answer score quantiles
-    show where to put the env's good-enough threshold p0 for each metric. A damaged cache is refused
-    with one line naming the file; "?" marks a value the cache does not know."""
+    show where to put the env's good-enough threshold p0 for each metric. On a sampled cache: per
+    sampled expert the share of distinct answers among its k samples, one sample's mean,
+    self-consistency, best-of-k by the reference (an oracle), and sampling-voting over every
+    expert's samples, with 95% intervals. A damaged cache is refused with one line naming the
+    file; "?" marks a value the cache does not know."""
     from dersim.cache.costs import COST_UNITS
     from dersim.cache.info import ANSWER_QUANTILES, cache_summary
     from dersim.cache.reader import open_cache
