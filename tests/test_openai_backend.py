@@ -426,6 +426,17 @@ def test_request_shape_is_greedy_and_answers_are_stripped(
     }
 
 
+def test_a_sampled_request_sends_its_temperature_top_p_and_seed(scripted: str) -> None:
+    """A sampled expert's k-th sample asks the server for temperature, top_p and seed k."""
+    from dataclasses import replace
+
+    _Scripted.seen.clear()
+    backend = OpenAIBackend(_spec(f"{scripted}/ok/v1"))
+    backend.complete(replace(_request("Is it?"), temperature=0.7, top_p=0.9, seed=3))
+    ((_, _, body),) = _Scripted.seen
+    assert (body["temperature"], body["top_p"], body["seed"]) == (0.7, 0.9, 3)
+
+
 @pytest.mark.parametrize(
     ("mode", "permanent"),
     [
