@@ -1,8 +1,10 @@
 """One PNG with every router's cost-quality curve, the single experts and the oracle.
 
 Each curve is its points (mean over seeds for stochastic routers) joined in cost order; rows that
-read the reference are dashed and marked in the legend; the single experts are black points with
-their names. The cost axis names the unit and turns logarithmic when costs span decades.
+read the reference are dashed and marked in the legend, DER's curves are drawn thicker; the single
+experts are black points with their names. Colours step through tab20's ten hues before its
+lighter shades, so neighbouring curves never share a hue. The cost axis names the unit and turns
+logarithmic when costs span decades.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from dersim.routers.evaluate import Comparison  # noqa: E402
 MARKERS = "osD^v<>phP*Xd8"
 
 
+def distinct_hue(index: int) -> int:
+    """tab20's colour for curve `index`: its ten dark hues (even entries) first, then the light."""
+    return (2 * index) % 20 + (index // 10) % 2
+
+
 def plot_curves(comparison: Comparison, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 6))
     colours = plt.get_cmap("tab20")
@@ -37,9 +44,9 @@ def plot_curves(comparison: Comparison, path: Path) -> Path:
             linestyle="--" if curve.uses_reference else "-",
             marker=MARKERS[i % len(MARKERS)],
             markersize=4,
-            linewidth=1.2,
+            linewidth=2.4 if curve.name.startswith("der") else 1.2,
             alpha=0.85,
-            color="tab:red" if curve.name == "oracle" else colours(i % 20),
+            color="tab:red" if curve.name == "oracle" else colours(distinct_hue(i)),
             label=label,
         )
     single_cost = comparison.single_cost.mean(axis=1)
