@@ -86,6 +86,12 @@ RUN_ONLY_OPTIONS = {
 }
 
 
+def answer_options(backend: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` less the backend's run-only ones (`RUN_ONLY_OPTIONS`)."""
+    run_only = RUN_ONLY_OPTIONS.get(backend, set())
+    return {k: v for k, v in options.items() if k not in run_only}
+
+
 def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
     """A hash of every setting that changes what `expert` answers (not its price, size or speed)."""
     settings = asdict(expert)
@@ -95,8 +101,7 @@ def expert_fingerprint(expert: ExpertSpec, prompt: PromptSpec) -> str:
         settings.pop(irrelevant)
     if settings["top_p"] == 1.0:
         settings.pop("top_p")
-    run_only = RUN_ONLY_OPTIONS.get(expert.backend, set())
-    settings["options"] = {k: v for k, v in expert.options.items() if k not in run_only}
+    settings["options"] = answer_options(expert.backend, expert.options)
     settings["prompt"] = asdict(prompt)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
         :16
@@ -111,8 +116,7 @@ def build_fingerprint(recipe: Recipe) -> str:
     data.pop("path")
     data["dataset"].pop("path")
     for expert in data["experts"]:
-        run_only = RUN_ONLY_OPTIONS.get(expert["backend"], set())
-        expert["options"] = {k: v for k, v in expert["options"].items() if k not in run_only}
+        expert["options"] = answer_options(expert["backend"], expert["options"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -208,12 +212,10 @@ class CallJournal:
         order."""
         if self._index is None:
             parts = [
-                pl.DataFrame(
-                    {
-                        "key": keys,
-                        "shard": pl.Series([position] * len(keys), dtype=pl.Int64),
-                        "row": pl.Series(range(len(keys)), dtype=pl.Int64),
-                    }
+                pl.DataFrame({"key": keys}).select(
+                    "key",
+                    shard=pl.lit(position, dtype=pl.Int64),
+                    row=pl.int_range(pl.len(), dtype=pl.Int64),
                 )
                 for position, keys in enumerate(self._keys[s] for s in sorted(self._keys))
             ]
@@ -245,7 +247,9 @@ class CallJournal:
             chosen = shard.select(pl.all().gather(rows["row"].sort()))
             for row in chosen.iter_rows(named=True):
                 records[row["key"]] = CallRecord(**row)
-        records.update((k, self._pending[k]) for k in wanted["key"] if k in self._pending)
+        if self._pending:  # few (at most flush_every): look them up, not the wanted keys
+            pending = wanted.filter(pl.col("key").is_in(pl.Series(list(self._pending))))
+            records.update((k, self._pending[k]) for k in pending["key"])
         return records
 
     def get(self, key: str) -> CallRecord | None:

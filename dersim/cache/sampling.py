@@ -81,11 +81,16 @@ def first_call_samples(cache: Cache) -> pl.DataFrame:
     )
 
 
-def _pick(group: pl.DataFrame, metric: str, embeddings: np.ndarray) -> int:
-    """The row of `group` (one question's samples) the vote for `metric` picks."""
-    if metric in VOTED:
-        return _vote(group["answer"].to_list(), VOTED[metric])
-    return _medoid(embeddings[group["child_row"].to_numpy()])
+def _picks(group: pl.DataFrame, metrics: list[str], embeddings: np.ndarray) -> dict[str, int]:
+    """Per metric, the row of `group` (one question's samples) its vote picks: the majority of the
+    metric's answer reading, else the medoid (each computed once for the group)."""
+    answers = group["answer"].to_list()
+    medoid = (
+        _medoid(embeddings[group["child_row"].to_numpy()])
+        if any(m not in VOTED for m in metrics)
+        else 0
+    )
+    return {m: _vote(answers, VOTED[m]) if m in VOTED else medoid for m in metrics}
 
 
 def sampling_voting(cache: Cache) -> dict[str, Any]:
@@ -96,8 +101,8 @@ def sampling_voting(cache: Cache) -> dict[str, Any]:
     embeddings = embedding_matrix(cache.states.select("embedding").to_arrow())
     picked: dict[str, list[float]] = {m: [] for m in cache.metric_columns}
     for _, group in calls.group_by("question_id", maintain_order=True):
-        for m in cache.metric_columns:
-            picked[m].append(group[m][_pick(group, m, embeddings)])
+        for m, row in _picks(group, cache.metric_columns, embeddings).items():
+            picked[m].append(group[m][row])
     return {
         "calls": sum(expert_samples(cache.manifest)),
         "scores": {m: mean_interval(np.asarray(v)) for m, v in picked.items()},
@@ -122,9 +127,10 @@ def sampling_summary(cache: Cache) -> list[dict[str, Any]]:
             "question_id", maintain_order=True
         ):
             distinct.append(group["next_state_id"].n_unique() / k)
+            picks = _picks(group, metrics, embeddings)
             for m in metrics:
                 scores = group[m].to_numpy()
-                chosen[m].append(scores[_pick(group, m, embeddings)])
+                chosen[m].append(scores[picks[m]])
                 per_sample[m].append(scores.mean())
                 best[m].append(scores.max())
         out.append(
